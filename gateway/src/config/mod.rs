@@ -1,0 +1,237 @@
+//! Configuration: the YAML file -> checked `Config`.
+//!
+//! Pipeline: text -> YAML value (syntax errors) -> each section and each upstream / route
+//! deserialized on its own (type errors, unknown keys) -> checked `*Spec` types
+//! (values, references) -> every problem reported together with file:line:column.
+//! serde_yaml is called from this module only, so a fork can replace it in one place.
+
+mod error;
+mod model;
+mod position;
+mod raw;
+pub mod units;
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+use sha2::{Digest, Sha256};
+
+pub use error::{ConfigError, ConfigErrors, KeyPath, Position, Segment};
+pub use model::{
+    AdminSpec, Config, HostMatch, ListenerSpec, LoadBalancing, PathMatch, RouteSpec, ServerSpec,
+    Timeouts, UpstreamSpec,
+};
+
+use error::Problems;
+use position::PositionIndex;
+use raw::{RawAdmin, RawListener, RawRoute, RawServer, RawUpstream, RawUpstreams, TOP_LEVEL_KEYS};
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] ConfigErrors),
+}
+
+/// Reads and checks the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(parse(&text, path)?)
+}
+
+/// Checks config `text`; `source` names it in errors.
+pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
+    let fail = |problems: Problems, index: &PositionIndex| {
+        let mut errors: Vec<ConfigError> = problems
+            .0
+            .into_iter()
+            .map(|(path, position, message)| ConfigError {
+                file: source.to_path_buf(),
+                position: position.unwrap_or_else(|| index.locate(&path)),
+                path,
+                message,
+            })
+            .collect();
+        errors.sort_by_key(|e| (e.position.line, e.position.column));
+        ConfigErrors(errors)
+    };
+
+    let value: Value = match serde_yaml::from_str(text) {
+        Ok(value) => value,
+        Err(e) => {
+            let mut problems = Problems::default();
+            let position = e
+                .location()
+                .map_or(Position { line: 1, column: 1 }, |l| Position {
+                    line: l.line(),
+                    column: l.column(),
+                });
+            let message = e.to_string();
+            let message = message
+                .rfind(" at line ")
+                .map_or(message.as_str(), |cut| &message[..cut]);
+            problems.push_at(
+                KeyPath::root(),
+                position,
+                format!("invalid YAML: {message}"),
+            );
+            return Err(fail(problems, &PositionIndex::default()));
+        }
+    };
+    let index = PositionIndex::build(text);
+    let mut problems = Problems::default();
+    let config = check(value, source, text, &mut problems);
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(fail(problems, &index)),
+    }
+}
+
+/// Deserializes one section, recording a type error under its full key path.
+fn section<T: DeserializeOwned>(
+    value: Value,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(parsed) => Some(parsed),
+        Err(e) => {
+            let inner = KeyPath(
+                e.path()
+                    .iter()
+                    .filter_map(|segment| match segment {
+                        serde_path_to_error::Segment::Map { key } => {
+                            Some(Segment::Key(key.clone()))
+                        }
+                        serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
+                        _ => None,
+                    })
+                    .collect(),
+            );
+            problems.push(path.join(&inner), e.into_inner().to_string());
+            None
+        }
+    }
+}
+
+fn check(value: Value, source: &Path, text: &str, problems: &mut Problems) -> Option<Config> {
+    let root = KeyPath::root();
+    let mut top = match value {
+        Value::Mapping(map) => map,
+        Value::Null => {
+            problems.push(
+                root,
+                "the config is empty; it needs at least `listeners`, `upstreams` and `routes`",
+            );
+            return None;
+        }
+        _ => {
+            problems.push(root, "the top level must be a mapping of `listeners`, `admin`, `upstreams`, `routes`, `server`");
+            return None;
+        }
+    };
+    for key in top.keys() {
+        match key.as_str() {
+            Some(name) if TOP_LEVEL_KEYS.contains(&name) => {}
+            Some(name) => problems.push(
+                root.key(name),
+                format!(
+                    "unknown key `{name}`, expected one of {}",
+                    TOP_LEVEL_KEYS.join(", ")
+                ),
+            ),
+            None => problems.push(root.clone(), "top-level keys must be strings"),
+        }
+    }
+    let mut take = |key: &str| top.remove(key).unwrap_or(Value::Null);
+
+    let server_path = root.key("server");
+    let server = match take("server") {
+        Value::Null => RawServer::default(),
+        value => section(value, &server_path, problems).unwrap_or_default(),
+    };
+    let server = model::server_spec(server, &server_path, problems);
+
+    let listeners_path = root.key("listeners");
+    let listeners = match take("listeners") {
+        Value::Null => Vec::new(),
+        value => section::<Vec<RawListener>>(value, &listeners_path, problems).unwrap_or_default(),
+    };
+    let listeners = model::listener_specs(listeners, &listeners_path, problems);
+
+    let admin_path = root.key("admin");
+    let admin = match take("admin") {
+        Value::Null => None,
+        value => section::<RawAdmin>(value, &admin_path, problems),
+    };
+    let admin = model::admin_spec(admin, &admin_path, problems);
+    model::check_admin_apart(&admin, &listeners, &admin_path, problems);
+
+    let upstreams_path = root.key("upstreams");
+    let raw_upstreams: RawUpstreams = match take("upstreams") {
+        Value::Null => {
+            problems.push(upstreams_path.clone(), "at least one upstream is required");
+            RawUpstreams::new()
+        }
+        value => section(value, &upstreams_path, problems).unwrap_or_default(),
+    };
+    let declared: Vec<String> = raw_upstreams.keys().cloned().collect();
+    let mut upstreams = std::collections::BTreeMap::new();
+    for (name, value) in raw_upstreams {
+        let path = upstreams_path.key(name.clone());
+        let Some(raw) = section::<RawUpstream>(value, &path, problems) else {
+            continue;
+        };
+        if let Some(spec) = model::upstream_spec(&name, raw, &path, problems) {
+            upstreams.insert(name, spec);
+        }
+    }
+
+    let routes_path = root.key("routes");
+    let raw_routes: Vec<Value> = match take("routes") {
+        Value::Null => {
+            problems.push(routes_path.clone(), "at least one route is required");
+            Vec::new()
+        }
+        value => section(value, &routes_path, problems).unwrap_or_default(),
+    };
+    let mut routes = Vec::new();
+    for (i, value) in raw_routes.into_iter().enumerate() {
+        let path = routes_path.index(i);
+        let Some(raw) = section::<RawRoute>(value, &path, problems) else {
+            continue;
+        };
+        if let Some(spec) = model::route_spec(i, raw, &upstreams, &declared, &path, problems) {
+            routes.push((i, spec));
+        }
+    }
+    model::check_routes(&routes, &routes_path, problems);
+
+    Some(Config {
+        source: source.to_path_buf(),
+        hash: content_hash(text),
+        server,
+        listeners,
+        admin,
+        upstreams,
+        routes: routes.into_iter().map(|(_, route)| route).collect(),
+    })
+}
+
+/// First 12 hex digits of the SHA-256 of the file: short enough for a label, long enough to tell apart.
+fn content_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

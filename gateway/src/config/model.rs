@@ -1,0 +1,446 @@
+//! Checked config: every value here is known to be usable, so nothing downstream re-checks.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Method;
+
+use super::error::{KeyPath, Problems};
+use super::raw::{RawAdmin, RawListener, RawLoadBalancing, RawRoute, RawServer, RawUpstream};
+
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+
+/// A whole, valid configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (or `<embedded demo>`).
+    pub source: PathBuf,
+    /// Short content hash of the file, exported as `gateway_config_info{hash}`.
+    pub hash: String,
+    pub server: ServerSpec,
+    pub listeners: Vec<ListenerSpec>,
+    pub admin: AdminSpec,
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSpec {
+    pub threads: NonZeroUsize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace_period: Duration,
+    pub upstream_keepalive_pool_size: usize,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSpec {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub endpoints: Vec<SocketAddr>,
+    pub load_balancing: LoadBalancing,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadBalancing {
+    RoundRobin,
+    /// Power of two random choices on in-flight requests.
+    LeastRequests,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    /// How long a pooled upstream connection may sit unused.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            read: Duration::from_secs(30),
+            write: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub name: String,
+    pub host: HostMatch,
+    pub path: PathMatch,
+    /// Empty means any method.
+    pub methods: Vec<Method>,
+    pub upstream: String,
+    pub strip_prefix: bool,
+    pub host_rewrite: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    Any,
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`.
+    Wildcard(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    Exact(String),
+    /// Matches the prefix itself and anything below it at a `/` boundary.
+    Prefix(String),
+}
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+pub fn server_spec(raw: RawServer, path: &KeyPath, problems: &mut Problems) -> ServerSpec {
+    let default_threads = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    let threads = match raw.threads {
+        None => default_threads,
+        Some(n) => NonZeroUsize::new(n).unwrap_or_else(|| {
+            problems.push(path.key("threads"), "must be at least 1");
+            default_threads
+        }),
+    };
+    ServerSpec {
+        threads,
+        shutdown_grace_period: raw
+            .shutdown_grace_period
+            .map_or(Duration::from_secs(30), |d| d.0),
+        upstream_keepalive_pool_size: raw.upstream_keepalive_pool_size.unwrap_or(128),
+        access_log: raw.access_log.unwrap_or(true),
+    }
+}
+
+/// A listening address: an IP literal and a non-zero port.
+fn listen_address(text: &str, path: KeyPath, problems: &mut Problems) -> Option<SocketAddr> {
+    match text.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() == 0 => {
+            problems.push(path, format!("`{text}` has port 0; give a fixed port"));
+            None
+        }
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push(
+                path,
+                format!("`{text}` is not an address to listen on; write it like 0.0.0.0:8080 or [::]:8080"),
+            );
+            None
+        }
+    }
+}
+
+pub fn listener_specs(
+    raw: Vec<RawListener>,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> Vec<ListenerSpec> {
+    if raw.is_empty() {
+        problems.push(path.clone(), "at least one listener is required");
+    }
+    let mut specs: Vec<ListenerSpec> = Vec::new();
+    for (i, listener) in raw.into_iter().enumerate() {
+        let at = path.index(i).key("address");
+        let Some(address) = listen_address(&listener.address, at.clone(), problems) else {
+            continue;
+        };
+        if specs.iter().any(|s| s.address == address) {
+            problems.push(at, format!("`{address}` is listed twice"));
+            continue;
+        }
+        specs.push(ListenerSpec { address });
+    }
+    specs
+}
+
+pub fn admin_spec(raw: Option<RawAdmin>, path: &KeyPath, problems: &mut Problems) -> AdminSpec {
+    let text = raw.map_or_else(|| DEFAULT_ADMIN_ADDRESS.to_string(), |a| a.address);
+    let fallback = SocketAddr::from(([127, 0, 0, 1], 9901));
+    let address = listen_address(&text, path.key("address"), problems).unwrap_or(fallback);
+    AdminSpec { address }
+}
+
+/// Names become metric labels and URL segments: keep them plain.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+pub fn upstream_spec(
+    name: &str,
+    raw: RawUpstream,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> Option<UpstreamSpec> {
+    let before = problems.0.len();
+    if !valid_name(name) {
+        problems.push(
+            path.clone(),
+            format!("upstream name `{name}` must be 1-64 characters of a-z, 0-9, '-' or '_'"),
+        );
+    }
+    if raw.endpoints.is_empty() {
+        problems.push(path.key("endpoints"), "at least one endpoint is required");
+    }
+    let mut endpoints: Vec<SocketAddr> = Vec::new();
+    for (i, text) in raw.endpoints.iter().enumerate() {
+        let at = path.key("endpoints").index(i);
+        match resolve_endpoint(text) {
+            Ok(addr) if endpoints.contains(&addr) => {
+                problems.push(at, format!("`{text}` is listed twice"));
+            }
+            Ok(addr) => endpoints.push(addr),
+            Err(message) => problems.push(at, message),
+        }
+    }
+    let defaults = Timeouts::default();
+    let mut timeout = |key: &str, value: Option<super::units::HumanDuration>, default: Duration| {
+        let value = value.map_or(default, |d| d.0);
+        if value.is_zero() {
+            problems.push(path.key("timeouts").key(key), "must be greater than 0");
+        }
+        value
+    };
+    let timeouts = Timeouts {
+        connect: timeout("connect", raw.timeouts.connect, defaults.connect),
+        read: timeout("read", raw.timeouts.read, defaults.read),
+        write: timeout("write", raw.timeouts.write, defaults.write),
+        idle: timeout("idle", raw.timeouts.idle, defaults.idle),
+    };
+    let load_balancing = match raw.load_balancing {
+        RawLoadBalancing::RoundRobin => LoadBalancing::RoundRobin,
+        RawLoadBalancing::LeastRequests => LoadBalancing::LeastRequests,
+    };
+    (problems.0.len() == before).then(|| UpstreamSpec {
+        name: name.to_string(),
+        endpoints,
+        load_balancing,
+        timeouts,
+    })
+}
+
+fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!("`{text}` has port 0"));
+        }
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("`{text}` is not host:port"));
+    };
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!(
+            "`{text}` is not host:port with a port from 1 to 65535"
+        ));
+    }
+    // Resolved once at load time; the request path never waits on DNS.
+    text.to_socket_addrs()
+        .map_err(|e| format!("`{text}` does not resolve: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
+}
+
+fn host_match(text: &str, path: KeyPath, problems: &mut Problems) -> HostMatch {
+    let host = text.trim().to_ascii_lowercase();
+    let (wildcard, name) = match host.strip_prefix("*.") {
+        Some(rest) => (true, rest.to_string()),
+        None => (false, host.clone()),
+    };
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.is_empty() || !name.split('.').all(label_ok) {
+        problems.push(
+            path,
+            format!("`{text}` is not a host name; use `api.example.com` or `*.example.com` (a wildcard only as the first label)"),
+        );
+        return HostMatch::Any;
+    }
+    if wildcard {
+        HostMatch::Wildcard(format!(".{name}"))
+    } else {
+        HostMatch::Exact(name)
+    }
+}
+
+fn path_ok(text: &str) -> bool {
+    text.starts_with('/') && !text.contains(['?', '#', ' '])
+}
+
+pub fn route_spec(
+    index: usize,
+    raw: RawRoute,
+    upstreams: &BTreeMap<String, UpstreamSpec>,
+    declared_upstreams: &[String],
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> Option<RouteSpec> {
+    let before = problems.0.len();
+    let m = path.key("match");
+    let host = raw
+        .matcher
+        .host
+        .as_deref()
+        .map_or(HostMatch::Any, |h| host_match(h, m.key("host"), problems));
+    let path_match = match (raw.matcher.path, raw.matcher.path_prefix) {
+        (Some(_), Some(_)) => {
+            problems.push(m.clone(), "give either `path` or `path_prefix`, not both");
+            PathMatch::Prefix("/".into())
+        }
+        (Some(exact), None) => {
+            if !path_ok(&exact) {
+                problems.push(
+                    m.key("path"),
+                    format!("`{exact}` must start with `/` and hold no query"),
+                );
+            }
+            PathMatch::Exact(exact)
+        }
+        (None, prefix) => {
+            let prefix = prefix.unwrap_or_else(|| "/".into());
+            if !path_ok(&prefix) {
+                problems.push(
+                    m.key("path_prefix"),
+                    format!("`{prefix}` must start with `/` and hold no query"),
+                );
+            }
+            PathMatch::Prefix(prefix)
+        }
+    };
+    if raw.strip_prefix && !matches!(&path_match, PathMatch::Prefix(p) if p != "/") {
+        problems.push(
+            path.key("strip_prefix"),
+            "needs a `match.path_prefix` other than `/` to strip",
+        );
+    }
+    let mut methods = Vec::new();
+    for (i, method) in raw.matcher.methods.unwrap_or_default().iter().enumerate() {
+        let upper = method.to_ascii_uppercase();
+        match Method::from_bytes(upper.as_bytes()) {
+            Ok(parsed) if METHODS.contains(&upper.as_str()) => {
+                if !methods.contains(&parsed) {
+                    methods.push(parsed);
+                }
+            }
+            _ => problems.push(
+                m.key("methods").index(i),
+                format!(
+                    "`{method}` is not an HTTP method; use one of {}",
+                    METHODS.join(", ")
+                ),
+            ),
+        }
+    }
+    if let Some(rewrite) = &raw.host_rewrite {
+        let ok = !rewrite.is_empty()
+            && rewrite
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+        if !ok {
+            problems.push(
+                path.key("host_rewrite"),
+                format!("`{rewrite}` is not a host (optionally with :port)"),
+            );
+        }
+    }
+    // An upstream that is declared but invalid has its own errors already.
+    if !upstreams.contains_key(&raw.upstream) && !declared_upstreams.contains(&raw.upstream) {
+        let known = declared_upstreams.join(", ");
+        problems.push(
+            path.key("upstream"),
+            format!(
+                "no upstream named `{}` (declared: {})",
+                raw.upstream,
+                if known.is_empty() { "none" } else { &known }
+            ),
+        );
+    }
+    if let Some(name) = &raw.name {
+        if !valid_name(name) {
+            problems.push(
+                path.key("name"),
+                format!("route name `{name}` must be 1-64 characters of a-z, 0-9, '-' or '_'"),
+            );
+        }
+    }
+    (problems.0.len() == before).then(|| RouteSpec {
+        name: raw.name.unwrap_or_else(|| format!("routes[{index}]")),
+        host,
+        path: path_match,
+        methods,
+        upstream: raw.upstream,
+        strip_prefix: raw.strip_prefix,
+        host_rewrite: raw.host_rewrite,
+    })
+}
+
+/// Checks that involve several routes: unique names, no route hidden by an identical one.
+pub fn check_routes(routes: &[(usize, RouteSpec)], path: &KeyPath, problems: &mut Problems) {
+    for (pos, (index, route)) in routes.iter().enumerate() {
+        for (earlier_index, earlier) in &routes[..pos] {
+            if route.name == earlier.name {
+                problems.push(
+                    path.index(*index).key("name"),
+                    format!(
+                        "route name `{}` is already used by routes[{earlier_index}]",
+                        route.name
+                    ),
+                );
+            }
+            let mut a = route.methods.clone();
+            let mut b = earlier.methods.clone();
+            a.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+            b.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+            if route.host == earlier.host && route.path == earlier.path && a == b {
+                problems.push(
+                    path.index(*index).key("match"),
+                    format!(
+                        "same match as routes[{earlier_index}], so this route could never be used"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+pub fn check_admin_apart(
+    admin: &AdminSpec,
+    listeners: &[ListenerSpec],
+    path: &KeyPath,
+    problems: &mut Problems,
+) {
+    if listeners.iter().any(|l| {
+        l.address.port() == admin.address.port()
+            && (l.address.ip() == admin.address.ip()
+                || l.address.ip().is_unspecified()
+                || admin.address.ip().is_unspecified())
+    }) {
+        problems.push(path.key("address"), format!("`{}` collides with a traffic listener; the admin API must not be reachable on the traffic port", admin.address));
+    }
+}

@@ -1,0 +1,85 @@
+//! The config file as written: plain serde structs, unknown keys rejected.
+//!
+//! Nothing here is checked beyond its type; `model.rs` turns these into `*Spec` types.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::units::HumanDuration;
+
+/// Top-level keys. Sections are kept as YAML values so that each upstream and route
+/// is deserialized on its own and one mistake does not hide the others.
+pub const TOP_LEVEL_KEYS: &[&str] = &["server", "listeners", "admin", "upstreams", "routes"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub threads: Option<usize>,
+    pub shutdown_grace_period: Option<HumanDuration>,
+    pub upstream_keepalive_pool_size: Option<usize>,
+    pub access_log: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub load_balancing: RawLoadBalancing,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLoadBalancing {
+    #[default]
+    RoundRobin,
+    LeastRequests,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<HumanDuration>,
+    pub read: Option<HumanDuration>,
+    pub write: Option<HumanDuration>,
+    pub idle: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    pub upstream: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    pub host_rewrite: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+}
+
+/// Upstreams keyed by name, in file order of their names (BTreeMap: deterministic).
+pub type RawUpstreams = BTreeMap<String, serde_yaml::Value>;

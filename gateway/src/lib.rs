@@ -1,0 +1,18 @@
+//! Edge gateway: a Pingora reverse proxy with a circuit breaker in front of every upstream.
+//!
+//! Module map (see docs/ARCHITECTURE.md): `config` turns YAML into checked specs,
+//! `runtime` compiles them into the snapshot requests use, `proxy` is the request path,
+//! `routing` and `upstream` are what it consults, `admin` is the operator's listener,
+//! `server` wires it all into Pingora, `demo` simulates upstreams with fault injection.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod drain;
+pub mod logging;
+pub mod proxy;
+pub mod routing;
+pub mod runtime;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,96 @@
+//! Responses the gateway writes itself: JSON bodies with a stable `code`.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::{ErrorSource, ErrorType};
+
+/// Every error a client can receive from the gateway itself. The `code` strings are API:
+/// clients match on them, so they never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayError {
+    RouteNotFound,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    BadRequest,
+    Internal,
+}
+
+impl GatewayError {
+    pub fn status(self) -> u16 {
+        match self {
+            Self::RouteNotFound => 404,
+            Self::UpstreamUnavailable => 502,
+            Self::UpstreamTimeout => 504,
+            Self::BadRequest => 400,
+            Self::Internal => 500,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::RouteNotFound => "ROUTE_NOT_FOUND",
+            Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+            Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Self::BadRequest => "BAD_REQUEST",
+            Self::Internal => "INTERNAL_ERROR",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::RouteNotFound => "no route matches this request",
+            Self::UpstreamUnavailable => "the upstream could not be reached or failed",
+            Self::UpstreamTimeout => "the upstream did not answer in time",
+            Self::BadRequest => "the request could not be read",
+            Self::Internal => "the gateway failed to handle this request",
+        }
+    }
+
+    /// What a Pingora error means for the client; None when the client is gone.
+    pub fn from_proxy_error(e: &Error) -> Option<Self> {
+        use ErrorType::*;
+        match (e.esource(), e.etype()) {
+            (_, HTTPStatus(400)) => Some(Self::BadRequest),
+            (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
+                Some(Self::UpstreamTimeout)
+            }
+            (ErrorSource::Upstream, _) => Some(Self::UpstreamUnavailable),
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
+            (ErrorSource::Downstream, _) => Some(Self::BadRequest),
+            (ErrorSource::Internal | ErrorSource::Unset, _) => Some(Self::Internal),
+        }
+    }
+}
+
+/// Writes a complete JSON error response.
+pub async fn write_error(
+    session: &mut Session,
+    error: GatewayError,
+    request_id: &str,
+) -> Result<()> {
+    let body = serde_json::json!({
+        "code": error.code(),
+        "message": error.message(),
+        "request_id": request_id,
+    });
+    write_json(session, error.status(), &body, request_id).await
+}
+
+pub async fn write_json(
+    session: &mut Session,
+    status: u16,
+    body: &serde_json::Value,
+    request_id: &str,
+) -> Result<()> {
+    let body = Bytes::from(body.to_string());
+    let mut header = ResponseHeader::build(status, Some(4))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    header.insert_header(super::headers::REQUEST_ID, request_id)?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
+}

@@ -1,0 +1,68 @@
+//! Assembles the Pingora server from a config and runs it until SIGTERM/SIGINT.
+
+use std::sync::Arc;
+
+use pingora::server::configuration::ServerConf;
+use pingora::server::{ExecutionPhase, Server};
+
+use crate::config::Config;
+use crate::drain::InFlight;
+use crate::proxy::Gateway;
+use crate::runtime::RuntimeHandle;
+
+/// Runs the gateway on `config`; returns only if the server fails to start.
+pub fn run(config: Config) -> ! {
+    let grace = config.server.shutdown_grace_period;
+    let conf = ServerConf {
+        threads: config.server.threads.get(),
+        upstream_keepalive_pool_size: config.server.upstream_keepalive_pool_size,
+        // Pingora sleeps the whole grace period; the drain watcher below exits earlier
+        // as soon as the last in-flight request is done.
+        grace_period_seconds: Some(grace.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let listeners: Vec<String> = config
+        .listeners
+        .iter()
+        .map(|l| l.address.to_string())
+        .collect();
+    let admin_address = config.admin.address.to_string();
+    let runtime = Arc::new(RuntimeHandle::new(config));
+    let in_flight = Arc::new(InFlight::default());
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(Arc::clone(&runtime), Arc::clone(&in_flight)),
+        "gateway",
+    );
+    for address in &listeners {
+        proxy.add_tcp(address);
+    }
+    server.add_service(proxy);
+    server.add_service(crate::admin::service(Arc::clone(&runtime), &admin_address));
+
+    let mut phases = server.watch_execution_phase();
+    std::thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || {
+            while let Ok(phase) = phases.blocking_recv() {
+                if matches!(phase, ExecutionPhase::ShutdownGracePeriod) {
+                    let drained = in_flight.wait_idle(grace);
+                    tracing::info!(
+                        drained,
+                        left = in_flight.current(),
+                        "shutdown: in-flight requests finished"
+                    );
+                    std::process::exit(0);
+                }
+            }
+        })
+        .unwrap_or_else(|e| panic!("cannot start drain thread: {e}"));
+
+    tracing::info!(listeners = ?listeners, admin = %admin_address, "gateway starting");
+    server.run_forever()
+}
