@@ -1,1 +1,221 @@
+//! Test harness: start the real gateway process on loopback ports, wait until it is
+//! ready, and start scripted origin servers for it to proxy to.
 
+pub mod http;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use gateway::demo::origin::{Handler, Origin, Reply, Request, WireFault};
+
+/// The gateway binary built for this test run.
+pub fn gateway_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/gateway-under-test
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("gateway-under-test")
+}
+
+/// A port that was free a moment ago (the gateway binds it by itself).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// An origin that echoes what it received as JSON: which origin, method, path, headers, body.
+pub fn echo(name: &'static str) -> Handler {
+    Arc::new(move |req: &Request| {
+        let headers: serde_json::Map<String, serde_json::Value> = req
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        Reply::json(
+            200,
+            &serde_json::json!({
+                "origin": name,
+                "method": req.method,
+                "target": req.target,
+                "headers": headers,
+                "body": String::from_utf8_lossy(&req.body),
+                "connection": req.connection,
+            }),
+        )
+    })
+}
+
+pub async fn start_origin(handler: Handler) -> Origin {
+    Origin::start(handler).await.expect("origin starts")
+}
+
+/// A loopback address where nothing listens.
+pub fn dead_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A running gateway process; killed on drop.
+pub struct Gateway {
+    child: Option<Child>,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the gateway with `body` (upstreams, routes, ...) plus generated
+    /// `listeners` and `admin` sections on free loopback ports.
+    pub async fn start(body: &str) -> Gateway {
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            match Self::try_start(body).await {
+                Ok(gateway) => return gateway,
+                // Another test may have taken the port between our probe and the bind.
+                Err(e) if e.contains("Address already in use") => last_error = e,
+                Err(e) => panic!("gateway did not start:\n{e}"),
+            }
+        }
+        panic!("gateway did not start after 3 tries:\n{last_error}")
+    }
+
+    async fn try_start(body: &str) -> Result<Gateway, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let yaml = format!(
+            "listeners:\n  - address: \"{listen}\"\nadmin:\n  address: \"{admin}\"\n{body}"
+        );
+        let config_path = dir.path().join("gateway.yaml");
+        std::fs::write(&config_path, yaml).map_err(|e| e.to_string())?;
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
+        let child = Command::new(gateway_binary())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", gateway_binary().display()))?;
+        let mut gateway = Gateway {
+            child: Some(child),
+            listen,
+            admin,
+            config_path,
+            stderr_path,
+            _dir: dir,
+        };
+        gateway.wait_ready().await?;
+        Ok(gateway)
+    }
+
+    /// Waits until both the admin listener answers /ready and the traffic port accepts.
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(format!("exited with {status}:\n{}", self.logs()));
+            }
+            let admin_ready =
+                matches!(http::get(self.admin, "/ready").await, Ok(r) if r.status == 200);
+            if admin_ready && tokio::net::TcpStream::connect(self.listen).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not ready after 30s:\n{}", self.logs()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything the gateway wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends a signal by name (TERM, HUP, ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn conn(&self) -> http::Conn {
+        http::Conn::connect(self.listen)
+            .await
+            .expect("connect to gateway")
+    }
+
+    pub async fn get(&self, path: &str) -> http::Response {
+        self.conn()
+            .await
+            .get(path)
+            .await
+            .expect("request through gateway")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `gateway check` on `yaml` written to a file named `name`; returns (exit code, stdout, stderr).
+pub fn check_config(name: &str, yaml: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, yaml).expect("write config");
+    check_config_file(&path)
+}
+
+pub fn check_config_file(path: &Path) -> (i32, String, String) {
+    let out = Command::new(gateway_binary())
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("gateway check runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -65,6 +65,22 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
         ConfigErrors(errors)
     };
 
+    let index = PositionIndex::build(text);
+    if !index.duplicates.is_empty() {
+        let mut problems = Problems::default();
+        for (path, at, first) in &index.duplicates {
+            let key = match path.0.last() {
+                Some(Segment::Key(key)) => key.as_str(),
+                _ => "",
+            };
+            problems.push_at(
+                path.clone(),
+                *at,
+                format!("duplicate key `{key}` (first given at line {})", first.line),
+            );
+        }
+        return Err(fail(problems, &index));
+    }
     let value: Value = match serde_yaml::from_str(text) {
         Ok(value) => value,
         Err(e) => {
@@ -87,7 +103,6 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
             return Err(fail(problems, &PositionIndex::default()));
         }
     };
-    let index = PositionIndex::build(text);
     let mut problems = Problems::default();
     let config = check(value, source, text, &mut problems);
     match config {

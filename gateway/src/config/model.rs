@@ -381,13 +381,11 @@ pub fn route_spec(
             ),
         );
     }
-    if let Some(name) = &raw.name {
-        if !valid_name(name) {
-            problems.push(
-                path.key("name"),
-                format!("route name `{name}` must be 1-64 characters of a-z, 0-9, '-' or '_'"),
-            );
-        }
+    if let Some(name) = raw.name.as_deref().filter(|n| !valid_name(n)) {
+        problems.push(
+            path.key("name"),
+            format!("route name `{name}` must be 1-64 characters of a-z, 0-9, '-' or '_'"),
+        );
     }
     (problems.0.len() == before).then(|| RouteSpec {
         name: raw.name.unwrap_or_else(|| format!("routes[{index}]")),

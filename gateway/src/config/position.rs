@@ -6,18 +6,21 @@ use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
-use super::error::{KeyPath, Position};
+use super::error::{KeyPath, Position, Segment};
 
 /// Position of every mapping key and sequence item in a document.
 #[derive(Debug, Default)]
 pub struct PositionIndex {
     positions: HashMap<KeyPath, Position>,
+    /// Keys given twice in one mapping: (path, where repeated, where first given).
+    pub duplicates: Vec<(KeyPath, Position, Position)>,
 }
 
 enum Frame {
     Mapping {
         path: KeyPath,
         pending_key: Option<String>,
+        seen_key: bool,
     },
     Sequence {
         path: KeyPath,
@@ -29,6 +32,7 @@ enum Frame {
 struct Builder {
     stack: Vec<Frame>,
     positions: HashMap<KeyPath, Position>,
+    duplicates: Vec<(KeyPath, Position, Position)>,
 }
 
 fn position(mark: Marker) -> Position {
@@ -44,11 +48,32 @@ impl Builder {
     fn place(&mut self, mark: Marker, key_text: Option<&str>) -> Option<KeyPath> {
         match self.stack.last_mut() {
             None => Some(KeyPath::root()),
-            Some(Frame::Mapping { path, pending_key }) => match pending_key.take() {
+            Some(Frame::Mapping {
+                path,
+                pending_key,
+                seen_key,
+            }) => match pending_key.take() {
                 None => {
                     let key = key_text.unwrap_or_default().to_string();
                     let key_path = path.key(key.clone());
-                    self.positions.entry(key_path).or_insert(position(mark));
+                    let here = position(mark);
+                    if !*seen_key && matches!(path.0.last(), Some(Segment::Index(_))) {
+                        // A block mapping's start mark lies after its first key; the key
+                        // itself is where a reader looks for the mapping.
+                        self.positions.insert(path.clone(), here);
+                    }
+                    *seen_key = true;
+                    let inside_duplicate = self
+                        .duplicates
+                        .iter()
+                        .any(|(dup, ..)| key_path.0.starts_with(&dup.0));
+                    match self.positions.get(&key_path) {
+                        Some(_) if inside_duplicate => {}
+                        Some(first) => self.duplicates.push((key_path, here, *first)),
+                        None => {
+                            self.positions.insert(key_path, here);
+                        }
+                    }
                     *pending_key = Some(key);
                     None
                 }
@@ -79,6 +104,7 @@ impl MarkedEventReceiver for Builder {
                 self.stack.push(Frame::Mapping {
                     path,
                     pending_key: None,
+                    seen_key: false,
                 });
             }
             Event::SequenceStart(..) => {
@@ -104,6 +130,7 @@ impl PositionIndex {
         }
         Self {
             positions: builder.positions,
+            duplicates: builder.duplicates,
         }
     }
 
@@ -134,6 +161,16 @@ mod tests {
         let y = KeyPath::root().key("a").key("list").index(1).key("y");
         assert_eq!(index.locate(&y), Position { line: 5, column: 7 });
         let missing = KeyPath::root().key("a").key("list").index(1).key("zzz");
-        assert_eq!(index.locate(&missing).line, 5);
+        assert_eq!(index.locate(&missing), Position { line: 5, column: 7 });
+        assert!(index.duplicates.is_empty());
+        let dup = PositionIndex::build("a: 1\nb: 2\na: 3\n");
+        assert_eq!(
+            dup.duplicates,
+            vec![(
+                KeyPath::root().key("a"),
+                Position { line: 3, column: 1 },
+                Position { line: 1, column: 1 }
+            )]
+        );
     }
 }

@@ -1,0 +1,42 @@
+# Edge gateway: every entry point a person or CI needs.
+#   make demo    the gateway in front of simulated upstreams with fault injection
+#   make test    fmt check, clippy -D warnings, the whole test suite
+#   make check   validate every shipped config with `gateway check`
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all demo test setup lint fmt check build
+
+all: test
+
+# Native build prerequisites (pingora builds C code with cmake) and the plugin target.
+setup:
+	@missing=""; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v cc >/dev/null || missing="$$missing build-essential"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing:$$missing -- run: sudo apt-get install -y$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+	@# RUSTUP_AUTO_INSTALL=0 on these machines: add the listed target ourselves (quick when present).
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+build: setup
+	$(CARGO) build --workspace --all-targets
+
+demo: setup
+	$(CARGO) run -p gateway -- demo
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+check: setup
+	@for f in config/*.yaml; do $(CARGO) run -q -p gateway -- check --config $$f || exit 1; done
+
+test: lint
+	$(CARGO) test --workspace

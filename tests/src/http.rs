@@ -1,0 +1,173 @@
+//! A deliberately small HTTP/1.1 client: explicit connections, so tests can assert
+//! keep-alive, send odd requests and hold requests open.
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON; panics with the body text when it is not JSON (tests only).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// One client connection, reused across requests (keep-alive).
+pub struct Conn {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Conn {
+    pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buffer: Vec::new(),
+        })
+    }
+
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<Response> {
+        let mut head = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            head.push_str("host: gateway.test\r\n");
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" || method == "PUT" {
+            head.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        self.stream.write_all(&bytes).await?;
+        self.read_response(method == "HEAD").await
+    }
+
+    pub async fn get(&mut self, path: &str) -> io::Result<Response> {
+        self.request("GET", path, &[], b"").await
+    }
+
+    async fn read_more(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 8192];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        self.buffer.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    async fn read_response(&mut self, head_only: bool) -> io::Result<Response> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut parsed = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(len) = parsed
+                .parse(&self.buffer)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            {
+                let status = parsed.code.unwrap_or(0);
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                self.buffer.drain(..len);
+                let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+                let body = if head_only || status == 204 || status == 304 {
+                    Vec::new()
+                } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+                    self.read_chunked().await?
+                } else if let Some(length) =
+                    find("content-length").and_then(|v| v.parse::<usize>().ok())
+                {
+                    while self.buffer.len() < length {
+                        self.read_more().await?;
+                    }
+                    self.buffer.drain(..length).collect()
+                } else {
+                    // Close-delimited.
+                    while self.read_more().await.is_ok() {}
+                    std::mem::take(&mut self.buffer)
+                };
+                return Ok(Response {
+                    status,
+                    headers,
+                    body,
+                });
+            }
+            self.read_more().await?;
+        }
+    }
+
+    async fn read_line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
+                self.buffer.drain(..end + 2);
+                return Ok(line);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    async fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.read_line().await?;
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+            if size == 0 {
+                while !self.read_line().await?.is_empty() {}
+                return Ok(body);
+            }
+            while self.buffer.len() < size + 2 {
+                self.read_more().await?;
+            }
+            body.extend(self.buffer.drain(..size));
+            self.buffer.drain(..2);
+        }
+    }
+}
+
+/// One request on a fresh connection.
+pub async fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
+    Conn::connect(addr).await?.get(path).await
+}

@@ -1,0 +1,287 @@
+//! `gateway check`: every invalid config is refused with file:line:column, the key
+//! path and a message a user can act on; every shipped example passes.
+
+use std::path::Path;
+
+use gateway_tests::{check_config, check_config_file};
+
+const HEAD: &str = "listeners:\n  - address: \"127.0.0.1:8080\"\n";
+const UPSTREAM: &str = "upstreams:\n  api:\n    endpoints: [\"127.0.0.1:9001\"]\n";
+const ROUTE: &str = "routes:\n  - upstream: api\n";
+
+/// (case, yaml, expected "line:column: path: message fragment")
+fn cases() -> Vec<(&'static str, String, &'static str)> {
+    let ok = |s: &str| format!("{HEAD}{UPSTREAM}{ROUTE}{s}");
+    vec![
+        (
+            "yaml syntax",
+            format!("{HEAD}upstreams: [unclosed\n"),
+            "4:1: (top level): invalid YAML",
+        ),
+        (
+            "empty file",
+            String::new(),
+            "1:1: (top level): the config is empty",
+        ),
+        (
+            "top level is a list",
+            "- a\n- b\n".into(),
+            "1:1: (top level): the top level must be a mapping",
+        ),
+        (
+            "unknown top-level key",
+            ok("upstream:\n  x: 1\n"),
+            "8:1: upstream: unknown key `upstream`",
+        ),
+        (
+            "duplicate key",
+            format!("{HEAD}{UPSTREAM}  api:\n    endpoints: [\"127.0.0.1:9002\"]\n{ROUTE}"),
+            "6:3: upstreams.api: duplicate key `api` (first given at line 4)",
+        ),
+        (
+            "no listeners",
+            format!("{UPSTREAM}{ROUTE}"),
+            "1:1: listeners: at least one listener is required",
+        ),
+        (
+            "bad listener address",
+            format!("listeners:\n  - address: \"localhost:80\"\n{UPSTREAM}{ROUTE}"),
+            "2:5: listeners[0].address: `localhost:80` is not an address to listen on",
+        ),
+        (
+            "listener port 0",
+            format!("listeners:\n  - address: \"127.0.0.1:0\"\n{UPSTREAM}{ROUTE}"),
+            "2:5: listeners[0].address: `127.0.0.1:0` has port 0",
+        ),
+        (
+            "duplicate listener",
+            format!("{HEAD}  - address: \"127.0.0.1:8080\"\n{UPSTREAM}{ROUTE}"),
+            "3:5: listeners[1].address: `127.0.0.1:8080` is listed twice",
+        ),
+        (
+            "unknown listener key",
+            format!(
+                "listeners:\n  - address: \"127.0.0.1:8080\"\n    tls: true\n{UPSTREAM}{ROUTE}"
+            ),
+            "3:5: listeners[0].tls: unknown field `tls`",
+        ),
+        (
+            "admin on the traffic port",
+            ok("admin:\n  address: \"0.0.0.0:8080\"\n"),
+            "9:3: admin.address: `0.0.0.0:8080` collides with a traffic listener",
+        ),
+        (
+            "no upstreams",
+            format!("{HEAD}{ROUTE}"),
+            "1:1: upstreams: at least one upstream is required",
+        ),
+        (
+            "upstream without endpoints",
+            format!("{HEAD}upstreams:\n  api:\n    endpoints: []\n{ROUTE}"),
+            "5:5: upstreams.api.endpoints: at least one endpoint is required",
+        ),
+        (
+            "endpoints not a list",
+            format!("{HEAD}upstreams:\n  api:\n    endpoints: \"127.0.0.1:9001\"\n{ROUTE}"),
+            "5:5: upstreams.api.endpoints: invalid type: string \"127.0.0.1:9001\", expected a sequence",
+        ),
+        (
+            "endpoint without port",
+            format!("{HEAD}upstreams:\n  api:\n    endpoints: [\"127.0.0.1\"]\n{ROUTE}"),
+            "5:17: upstreams.api.endpoints[0]: `127.0.0.1` is not host:port",
+        ),
+        (
+            "endpoint bad port",
+            format!("{HEAD}upstreams:\n  api:\n    endpoints: [\"svc:99999\"]\n{ROUTE}"),
+            "5:17: upstreams.api.endpoints[0]: `svc:99999` is not host:port with a port from 1 to 65535",
+        ),
+        (
+            "duplicate endpoint",
+            format!(
+                "{HEAD}upstreams:\n  api:\n    endpoints: [\"127.0.0.1:9001\", \"127.0.0.1:9001\"]\n{ROUTE}"
+            ),
+            "5:35: upstreams.api.endpoints[1]: `127.0.0.1:9001` is listed twice",
+        ),
+        (
+            "unknown upstream key",
+            format!("{HEAD}{UPSTREAM}    retries: 3\n{ROUTE}"),
+            "6:5: upstreams.api.retries: unknown field `retries`",
+        ),
+        (
+            "bad upstream name",
+            format!(
+                "{HEAD}upstreams:\n  Market Data:\n    endpoints: [\"127.0.0.1:9001\"]\n{ROUTE}"
+            ),
+            "4:3: upstreams.Market Data: upstream name `Market Data` must be",
+        ),
+        (
+            "unknown load balancing",
+            format!("{HEAD}{UPSTREAM}    load_balancing: random\n{ROUTE}"),
+            "6:5: upstreams.api.load_balancing: unknown variant `random`, expected `round_robin` or `least_requests`",
+        ),
+        (
+            "duration without unit",
+            format!("{HEAD}{UPSTREAM}    timeouts:\n      connect: 5\n{ROUTE}"),
+            "7:7: upstreams.api.timeouts.connect: `5` has no unit",
+        ),
+        (
+            "duration bad unit",
+            format!("{HEAD}{UPSTREAM}    timeouts:\n      read: 5x\n{ROUTE}"),
+            "7:7: upstreams.api.timeouts.read: `5x` has unknown unit `x`",
+        ),
+        (
+            "zero timeout",
+            format!("{HEAD}{UPSTREAM}    timeouts:\n      connect: 0s\n{ROUTE}"),
+            "7:7: upstreams.api.timeouts.connect: must be greater than 0",
+        ),
+        (
+            "negative number",
+            ok("server:\n  threads: -1\n"),
+            "9:3: server.threads: invalid value: integer `-1`, expected usize",
+        ),
+        (
+            "zero threads",
+            ok("server:\n  threads: 0\n"),
+            "9:3: server.threads: must be at least 1",
+        ),
+        (
+            "no routes",
+            format!("{HEAD}{UPSTREAM}"),
+            "1:1: routes: at least one route is required",
+        ),
+        (
+            "dangling upstream",
+            format!("{HEAD}{UPSTREAM}routes:\n  - upstream: apii\n"),
+            "7:5: routes[0].upstream: no upstream named `apii` (declared: api)",
+        ),
+        (
+            "route missing upstream",
+            format!("{HEAD}{UPSTREAM}routes:\n  - match: {{ path: /x }}\n"),
+            "7:5: routes[0]: missing field `upstream`",
+        ),
+        (
+            "path without slash",
+            format!(
+                "{HEAD}{UPSTREAM}routes:\n  - match: {{ path_prefix: api }}\n    upstream: api\n"
+            ),
+            "7:14: routes[0].match.path_prefix: `api` must start with `/`",
+        ),
+        (
+            "path and prefix",
+            format!(
+                "{HEAD}{UPSTREAM}routes:\n  - match: {{ path: /a, path_prefix: /b }}\n    upstream: api\n"
+            ),
+            "7:5: routes[0].match: give either `path` or `path_prefix`, not both",
+        ),
+        (
+            "strip without prefix",
+            format!("{HEAD}{UPSTREAM}routes:\n  - upstream: api\n    strip_prefix: true\n"),
+            "8:5: routes[0].strip_prefix: needs a `match.path_prefix` other than `/`",
+        ),
+        (
+            "wildcard in the middle",
+            format!(
+                "{HEAD}{UPSTREAM}routes:\n  - match: {{ host: \"api.*.com\" }}\n    upstream: api\n"
+            ),
+            "7:14: routes[0].match.host: `api.*.com` is not a host name",
+        ),
+        (
+            "unknown method",
+            format!(
+                "{HEAD}{UPSTREAM}routes:\n  - match: {{ methods: [GET, FETCH] }}\n    upstream: api\n"
+            ),
+            "7:29: routes[0].match.methods[1]: `FETCH` is not an HTTP method",
+        ),
+        (
+            "bad host rewrite",
+            format!("{HEAD}{UPSTREAM}routes:\n  - upstream: api\n    host_rewrite: \"a b\"\n"),
+            "8:5: routes[0].host_rewrite: `a b` is not a host",
+        ),
+        (
+            "duplicate route",
+            format!(
+                "{HEAD}{UPSTREAM}routes:\n  - {{ match: {{ path_prefix: /a }}, upstream: api }}\n  - {{ match: {{ path_prefix: /a }}, upstream: api }}\n"
+            ),
+            "8:7: routes[1].match: same match as routes[0], so this route could never be used",
+        ),
+        (
+            "duplicate route name",
+            format!(
+                "{HEAD}{UPSTREAM}routes:\n  - {{ name: r, match: {{ path: /a }}, upstream: api }}\n  - {{ name: r, match: {{ path: /b }}, upstream: api }}\n"
+            ),
+            "8:7: routes[1].name: route name `r` is already used by routes[0]",
+        ),
+    ]
+}
+
+#[test]
+fn invalid_configs_are_refused_with_position_and_path() {
+    let cases = cases();
+    assert!(cases.len() >= 20);
+    let mut failures = Vec::new();
+    for (name, yaml, expected) in &cases {
+        let (code, stdout, stderr) = check_config("bad.yaml", yaml);
+        let ok = code == 2 && stdout.is_empty() && stderr.contains(&format!("bad.yaml:{expected}"));
+        if !ok {
+            failures.push(format!(
+                "{name}: exit {code}, expected `bad.yaml:{expected}` in:\n{stderr}{stdout}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn all_errors_are_reported_in_one_run() {
+    let yaml = format!(
+        "{HEAD}upstreams:\n  a:\n    endpoints: [\"nope\"]\n  b:\n    endpoints: [\"127.0.0.1:1\"]\n    timeouts: {{ read: 0s }}\nroutes:\n  - upstream: c\n"
+    );
+    let (code, _, stderr) = check_config("multi.yaml", &yaml);
+    assert_eq!(code, 2);
+    assert!(stderr.starts_with("3 errors in config:"), "{stderr}");
+    for fragment in [
+        "multi.yaml:5:17: upstreams.a.endpoints[0]",
+        "multi.yaml:8:17: upstreams.b.timeouts.read",
+        "multi.yaml:10:5: routes[0].upstream",
+    ] {
+        assert!(
+            stderr.contains(fragment),
+            "missing {fragment} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let (code, _, stderr) = check_config_file(Path::new("/nonexistent/gateway.yaml"));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("cannot read config file /nonexistent/gateway.yaml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn shipped_example_configs_pass_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("config dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let (code, stdout, stderr) = check_config_file(&path);
+            assert_eq!(code, 0, "{}: {stderr}", path.display());
+            assert!(stdout.contains(": ok (hash "), "{stdout}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "expected gateway.yaml and demo.yaml, checked {checked}"
+    );
+}
