@@ -173,6 +173,7 @@ mod tests {
             endpoints: vec!["127.0.0.1:1".parse().expect("addr")],
             load_balancing: LoadBalancing::RoundRobin,
             timeouts: Timeouts::default(),
+            breaker: Default::default(),
         }));
         Route {
             spec: RouteSpec {

@@ -116,6 +116,7 @@ mod tests {
                 .collect(),
             load_balancing: lb,
             timeouts: Timeouts::default(),
+            breaker: Default::default(),
         }))
     }
 

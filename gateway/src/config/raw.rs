@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::units::HumanDuration;
+use super::units::{HumanDuration, WindowSize};
 
 /// Top-level keys. Sections are kept as YAML values so that each upstream and route
 /// is deserialized on its own and one mistake does not hide the others.
@@ -41,6 +41,58 @@ pub struct RawUpstream {
     pub load_balancing: RawLoadBalancing,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    pub breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub window: Option<RawWindow>,
+    pub minimum_requests: Option<u32>,
+    pub failure_rate: Option<f64>,
+    pub consecutive_failures: Option<u32>,
+    pub slow_call: Option<RawSlowCall>,
+    pub open_duration: Option<HumanDuration>,
+    pub backoff: Option<RawBackoff>,
+    pub half_open: Option<RawHalfOpen>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawWindowKind {
+    Count,
+    Time,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    pub kind: RawWindowKind,
+    /// Calls for a count window, a duration for a time window.
+    pub size: WindowSize,
+    pub buckets: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlowCall {
+    pub duration: HumanDuration,
+    pub rate: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackoff {
+    pub multiplier: Option<f64>,
+    pub max: HumanDuration,
+    pub jitter: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHalfOpen {
+    pub permitted_requests: Option<u32>,
+    pub success_threshold: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

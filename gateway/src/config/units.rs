@@ -143,6 +143,43 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A window size: a number of calls (`100`) or a duration (`30s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSize {
+    Calls(u64),
+    Duration(std::time::Duration),
+}
+
+struct WindowSizeVisitor;
+
+impl Visitor<'_> for WindowSizeVisitor {
+    type Value = WindowSize;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a number of calls (100) or a duration (30s)")
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<WindowSize, E> {
+        Ok(WindowSize::Calls(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<WindowSize, E> {
+        Err(E::custom(format!("`{v}` is negative")))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<WindowSize, E> {
+        parse_duration(v)
+            .map(WindowSize::Duration)
+            .map_err(E::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for WindowSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(WindowSizeVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

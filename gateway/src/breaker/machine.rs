@@ -1,0 +1,561 @@
+//! The breaker: admission, outcome recording, transitions.
+//!
+//! Hot path: in closed state `try_acquire` is one atomic load and `Permit::record`
+//! touches atomics only (window counters, the consecutive-failure count). The per-breaker
+//! mutex is taken only for rare work: transitions, half-open probes, operator changes.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use super::clock::{Clock, Nanos};
+use super::events::{Reason, Transition, TransitionListener};
+use super::policy::{BreakerPolicy, TripCause};
+use super::state::{Mode, State, Word};
+use super::window::{Window, WindowCounts};
+
+/// What the caller decided about a finished call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Success,
+    Failure,
+    /// Says nothing about the upstream's health (e.g. the client went away).
+    Ignored,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub latency: Duration,
+    /// Overrides the policy's latency threshold when set (a predicate may decide).
+    pub slow: Option<bool>,
+}
+
+impl Outcome {
+    pub fn success(latency: Duration) -> Self {
+        Self {
+            verdict: Verdict::Success,
+            latency,
+            slow: None,
+        }
+    }
+
+    pub fn failure(latency: Duration) -> Self {
+        Self {
+            verdict: Verdict::Failure,
+            latency,
+            slow: None,
+        }
+    }
+
+    pub fn ignored() -> Self {
+        Self {
+            verdict: Verdict::Ignored,
+            latency: Duration::ZERO,
+            slow: None,
+        }
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    /// Open, HalfOpen (all probes taken) or ForcedOpen.
+    pub state: State,
+    /// A hint for `Retry-After`: the rest of the open period (zero when unknown).
+    pub retry_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PermitKind {
+    /// Counted in the window (closed, metrics-only).
+    Tracked,
+    /// A half-open probe: its outcome decides whether the breaker closes.
+    Probe,
+    /// Disabled breaker: nothing is recorded.
+    Untracked,
+}
+
+/// Admission to call the upstream, recorded with `Breaker::record` exactly once. A permit
+/// dropped unrecorded (the request was cancelled) counts as ignored: for a half-open
+/// probe that gives its place back.
+///
+/// Only probes hold a reference to their breaker: an ordinary permit touches no shared
+/// reference count, so two cores admitting at once do not contend.
+#[derive(Debug)]
+pub struct Permit {
+    breaker_id: u64,
+    epoch: u64,
+    kind: PermitKind,
+    probe: Option<ProbeGuard>,
+}
+
+impl Permit {
+    pub fn is_probe(&self) -> bool {
+        self.kind == PermitKind::Probe
+    }
+}
+
+/// Returns an unrecorded probe's place when dropped.
+#[derive(Debug)]
+struct ProbeGuard {
+    breaker: Arc<Breaker>,
+    epoch: u64,
+    armed: bool,
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.breaker
+                .on_outcome(self.epoch, PermitKind::Probe, Outcome::ignored());
+        }
+    }
+}
+
+/// Bookkeeping that only changes under the lock.
+#[derive(Debug)]
+struct Control {
+    probes_admitted: u32,
+    probe_successes: u32,
+    /// Consecutive re-opens after failed probes; drives backoff. Zero once closed.
+    reopens: u32,
+    since: Nanos,
+    since_wall: SystemTime,
+}
+
+/// A read-only view for the admin API and metrics.
+#[derive(Debug, Clone)]
+pub struct BreakerSnapshot {
+    pub state: State,
+    pub mode: Mode,
+    pub in_state_for: Duration,
+    pub since: SystemTime,
+    pub window: WindowCounts,
+    pub consecutive_failures: u32,
+    pub rejections: u64,
+    /// Left of the open period, when open.
+    pub open_remaining: Option<Duration>,
+    pub probes_admitted: u32,
+    pub probe_successes: u32,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    /// Tells permits of different breakers apart.
+    id: u64,
+    name: Arc<str>,
+    policy: BreakerPolicy,
+    clock: Arc<dyn Clock>,
+    listener: Arc<dyn TransitionListener>,
+    word: AtomicU64,
+    open_until: AtomicU64,
+    window: ArcSwap<Window>,
+    consecutive_failures: AtomicU32,
+    rejections: AtomicU64,
+    control: Mutex<Control>,
+}
+
+impl Breaker {
+    pub fn new(
+        name: impl Into<Arc<str>>,
+        policy: BreakerPolicy,
+        clock: Arc<dyn Clock>,
+        listener: Arc<dyn TransitionListener>,
+    ) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let now = clock.now();
+        Self {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            name: name.into(),
+            policy,
+            word: AtomicU64::new(
+                Word {
+                    state: State::Closed,
+                    epoch: 0,
+                }
+                .pack(),
+            ),
+            open_until: AtomicU64::new(0),
+            window: ArcSwap::from_pointee(Window::new(policy.window)),
+            consecutive_failures: AtomicU32::new(0),
+            rejections: AtomicU64::new(0),
+            control: Mutex::new(Control {
+                probes_admitted: 0,
+                probe_successes: 0,
+                reopens: 0,
+                since: now,
+                since_wall: SystemTime::now(),
+            }),
+            clock,
+            listener,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn policy(&self) -> &BreakerPolicy {
+        &self.policy
+    }
+
+    pub fn state(&self) -> State {
+        self.word().state
+    }
+
+    fn word(&self) -> Word {
+        Word::unpack(self.word.load(Ordering::Acquire))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Control> {
+        // A panic while holding this lock cannot leave Control inconsistent in a way
+        // worse than a stale count; keep serving rather than poison every request.
+        self.control
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks to call the upstream.
+    pub fn try_acquire(self: &Arc<Self>) -> Result<Permit, Rejected> {
+        let word = self.word();
+        match word.state {
+            State::Closed | State::MetricsOnly => Ok(self.permit(word.epoch, PermitKind::Tracked)),
+            State::Disabled => Ok(self.permit(word.epoch, PermitKind::Untracked)),
+            State::ForcedOpen => Err(self.reject(State::ForcedOpen, Duration::ZERO)),
+            State::Open => {
+                let now = self.clock.now();
+                let until = Nanos(self.open_until.load(Ordering::Acquire));
+                if now < until {
+                    return Err(self.reject(State::Open, now.until(until)));
+                }
+                self.acquire_slow()
+            }
+            State::HalfOpen => self.acquire_slow(),
+        }
+    }
+
+    fn permit(self: &Arc<Self>, epoch: u64, kind: PermitKind) -> Permit {
+        let probe = (kind == PermitKind::Probe).then(|| ProbeGuard {
+            breaker: Arc::clone(self),
+            epoch,
+            armed: true,
+        });
+        Permit {
+            breaker_id: self.id,
+            epoch,
+            kind,
+            probe,
+        }
+    }
+
+    /// Records the outcome of the call `permit` admitted.
+    pub fn record(&self, mut permit: Permit, outcome: Outcome) {
+        if permit.breaker_id != self.id {
+            debug_assert!(
+                false,
+                "permit recorded on breaker `{}` that did not issue it",
+                self.name
+            );
+            return;
+        }
+        if let Some(guard) = permit.probe.as_mut() {
+            guard.armed = false;
+        }
+        self.on_outcome(permit.epoch, permit.kind, outcome);
+    }
+
+    fn reject(&self, state: State, retry_after: Duration) -> Rejected {
+        self.rejections.fetch_add(1, Ordering::Relaxed);
+        Rejected { state, retry_after }
+    }
+
+    /// Open past its deadline, or half-open: decided under the lock.
+    fn acquire_slow(self: &Arc<Self>) -> Result<Permit, Rejected> {
+        let mut control = self.lock();
+        let mut word = self.word();
+        let mut event = None;
+        if word.state == State::Open {
+            let now = self.clock.now();
+            let until = Nanos(self.open_until.load(Ordering::Acquire));
+            if now < until {
+                return Err(self.reject(State::Open, now.until(until)));
+            }
+            let (next, transition) = self.transition(
+                &mut control,
+                word,
+                State::HalfOpen,
+                Reason::OpenPeriodElapsed,
+                None,
+            );
+            word = next;
+            event = Some(transition);
+        }
+        let result = match word.state {
+            State::HalfOpen
+                if control.probes_admitted < self.policy.half_open.permitted_requests.get() =>
+            {
+                control.probes_admitted += 1;
+                Ok(self.permit(word.epoch, PermitKind::Probe))
+            }
+            State::HalfOpen => {
+                let hint = self.policy.open_duration.min(Duration::from_secs(1));
+                Err(self.reject(State::HalfOpen, hint))
+            }
+            // Changed while we waited for the lock: take the fast path again.
+            _ => {
+                drop(control);
+                return self.try_acquire();
+            }
+        };
+        drop(control);
+        self.emit(event);
+        result
+    }
+
+    fn on_outcome(&self, epoch: u64, kind: PermitKind, outcome: Outcome) {
+        match kind {
+            PermitKind::Untracked => {}
+            PermitKind::Tracked => self.record_tracked(epoch, outcome),
+            PermitKind::Probe => self.record_probe(epoch, outcome),
+        }
+    }
+
+    fn record_tracked(&self, epoch: u64, outcome: Outcome) {
+        let word = self.word();
+        // The episode this call was admitted in is over: its outcome describes the past.
+        if word.epoch != epoch || outcome.verdict == Verdict::Ignored {
+            return;
+        }
+        let failure = outcome.verdict == Verdict::Failure;
+        let slow = outcome
+            .slow
+            .unwrap_or_else(|| self.policy.is_slow(outcome.latency));
+        let now = self.clock.now();
+        let window = self.window.load();
+        window.record(now, failure, slow);
+        let consecutive = if failure {
+            self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            // Read first: a store on every success would bounce the cache line between cores.
+            if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                self.consecutive_failures.store(0, Ordering::Release);
+            }
+            0
+        };
+        // Only a failure or a slow call can tip a closed breaker; metrics-only never trips.
+        if word.state != State::Closed || !(failure || slow) {
+            return;
+        }
+        let counts = window.counts(now);
+        if let Some(cause) = self.policy.trip_cause(counts, consecutive) {
+            self.trip(word, cause, counts, consecutive);
+        }
+    }
+
+    fn trip(&self, seen: Word, cause: TripCause, counts: WindowCounts, consecutive: u32) {
+        let mut control = self.lock();
+        let word = self.word();
+        if word != seen {
+            return; // another request already moved the breaker on
+        }
+        let open_for = self.policy.open_duration(0, self.entropy());
+        let snapshot = Some((counts, consecutive));
+        let (_, event) = self.transition_with(
+            &mut control,
+            word,
+            State::Open,
+            Reason::Tripped(cause),
+            Some(open_for),
+            snapshot,
+        );
+        drop(control);
+        self.emit(Some(event));
+    }
+
+    fn record_probe(&self, epoch: u64, outcome: Outcome) {
+        let mut control = self.lock();
+        let word = self.word();
+        if word.epoch != epoch || word.state != State::HalfOpen {
+            return;
+        }
+        let slow = outcome
+            .slow
+            .unwrap_or_else(|| self.policy.is_slow(outcome.latency));
+        let event = match outcome.verdict {
+            Verdict::Ignored => {
+                // An uninformative probe gives its place back.
+                control.probes_admitted = control.probes_admitted.saturating_sub(1);
+                None
+            }
+            // A slow probe says the upstream has not recovered either.
+            Verdict::Failure => Some(self.reopen(&mut control, word)),
+            Verdict::Success if slow => Some(self.reopen(&mut control, word)),
+            Verdict::Success => {
+                control.probe_successes += 1;
+                if control.probe_successes >= self.policy.half_open.success_threshold.get() {
+                    control.reopens = 0;
+                    let (_, event) = self.transition(
+                        &mut control,
+                        word,
+                        State::Closed,
+                        Reason::ProbesSucceeded,
+                        None,
+                    );
+                    Some(event)
+                } else {
+                    None
+                }
+            }
+        };
+        drop(control);
+        self.emit(event);
+    }
+
+    fn reopen(&self, control: &mut Control, word: Word) -> Transition {
+        control.reopens = control.reopens.saturating_add(1);
+        let open_for = self.policy.open_duration(control.reopens, self.entropy());
+        self.transition(
+            control,
+            word,
+            State::Open,
+            Reason::ProbeFailed,
+            Some(open_for),
+        )
+        .1
+    }
+
+    /// Operator override: force open, disable, metrics-only, or back to automatic.
+    pub fn set_mode(&self, mode: Mode) -> Option<Transition> {
+        let mut control = self.lock();
+        let word = self.word();
+        let to = match mode {
+            Mode::Automatic
+                if matches!(word.state, State::Closed | State::Open | State::HalfOpen) =>
+            {
+                return None;
+            }
+            Mode::Automatic => State::Closed,
+            Mode::ForcedOpen => State::ForcedOpen,
+            Mode::Disabled => State::Disabled,
+            Mode::MetricsOnly => State::MetricsOnly,
+        };
+        if to == word.state {
+            return None;
+        }
+        control.reopens = 0;
+        let (_, event) = self.transition(&mut control, word, to, Reason::Operator(mode), None);
+        drop(control);
+        self.emit(Some(event.clone()));
+        Some(event)
+    }
+
+    /// Back to closed and automatic, with an empty window and no backoff history.
+    pub fn reset(&self) -> Transition {
+        let mut control = self.lock();
+        let word = self.word();
+        control.reopens = 0;
+        let (_, event) = self.transition(&mut control, word, State::Closed, Reason::Reset, None);
+        drop(control);
+        self.emit(Some(event.clone()));
+        event
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.state() {
+            State::ForcedOpen => Mode::ForcedOpen,
+            State::Disabled => Mode::Disabled,
+            State::MetricsOnly => Mode::MetricsOnly,
+            _ => Mode::Automatic,
+        }
+    }
+
+    pub fn snapshot(&self) -> BreakerSnapshot {
+        let control = self.lock();
+        let word = self.word();
+        let now = self.clock.now();
+        let open_remaining = (word.state == State::Open)
+            .then(|| now.until(Nanos(self.open_until.load(Ordering::Acquire))));
+        BreakerSnapshot {
+            state: word.state,
+            mode: self.mode(),
+            in_state_for: control.since.until(now),
+            since: control.since_wall,
+            window: self.window.load().counts(now),
+            consecutive_failures: self.consecutive_failures.load(Ordering::Acquire),
+            rejections: self.rejections.load(Ordering::Relaxed),
+            open_remaining,
+            probes_admitted: control.probes_admitted,
+            probe_successes: control.probe_successes,
+        }
+    }
+
+    fn transition(
+        &self,
+        control: &mut Control,
+        from: Word,
+        to: State,
+        reason: Reason,
+        open_for: Option<Duration>,
+    ) -> (Word, Transition) {
+        self.transition_with(control, from, to, reason, open_for, None)
+    }
+
+    /// Moves to `to` (caller holds the lock). Every new state starts with a fresh window.
+    fn transition_with(
+        &self,
+        control: &mut Control,
+        from: Word,
+        to: State,
+        reason: Reason,
+        open_for: Option<Duration>,
+        snapshot: Option<(WindowCounts, u32)>,
+    ) -> (Word, Transition) {
+        let now = self.clock.now();
+        let (window, consecutive) = snapshot.unwrap_or_else(|| {
+            (
+                self.window.load().counts(now),
+                self.consecutive_failures.load(Ordering::Acquire),
+            )
+        });
+        if let Some(d) = open_for {
+            self.open_until.store(now.after(d).0, Ordering::Release);
+        }
+        self.window.store(Arc::new(Window::new(self.policy.window)));
+        self.consecutive_failures.store(0, Ordering::Release);
+        control.probes_admitted = 0;
+        control.probe_successes = 0;
+        control.since = now;
+        control.since_wall = SystemTime::now();
+        let next = from.next(to);
+        self.word.store(next.pack(), Ordering::Release);
+        let event = Transition {
+            breaker: Arc::clone(&self.name),
+            from: from.state,
+            to,
+            reason,
+            at: control.since_wall,
+            window,
+            consecutive_failures: consecutive,
+            open_for,
+        };
+        (next, event)
+    }
+
+    fn emit(&self, event: Option<Transition>) {
+        if let Some(event) = event {
+            self.listener.on_transition(&event);
+        }
+    }
+
+    /// A value in [0, 1) for backoff jitter: the clock's low bits, mixed (splitmix64).
+    fn entropy(&self) -> f64 {
+        let mut z = self.clock.now().0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}

@@ -1,0 +1,24 @@
+//! The circuit-breaker engine: no I/O, no Pingora, time only through an injected clock.
+//!
+//! `Breaker::try_acquire` admits a call (or rejects it with a retry hint); the returned
+//! `Permit` records the call's outcome exactly once. Transitions are reported to a
+//! `TransitionListener` with the reason and the window as it was at that moment.
+
+mod clock;
+mod events;
+mod machine;
+mod policy;
+mod state;
+mod window;
+
+pub use clock::{Clock, CoarseClock, ManualClock, MonotonicClock, Nanos};
+pub use events::{Broadcast, NoListener, Reason, Transition, TransitionListener};
+pub use machine::{Breaker, BreakerSnapshot, Outcome, Permit, Rejected, Verdict};
+pub use policy::{
+    BackoffPolicy, BreakerPolicy, HalfOpenPolicy, SlowCallPolicy, TripCause, WindowPolicy,
+};
+pub use state::{Mode, State};
+pub use window::WindowCounts;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,317 @@
+//! Sliding windows of recent outcomes, recorded with atomics only.
+//!
+//! A window is never cleared in place: the breaker swaps in a fresh one, so a record
+//! racing a reset lands wholly in the old window or wholly in the new one.
+
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::clock::Nanos;
+use super::policy::WindowPolicy;
+
+/// Counts of the calls a window currently holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WindowCounts {
+    pub calls: u32,
+    pub failures: u32,
+    pub slow: u32,
+}
+
+impl WindowCounts {
+    pub fn failure_rate(&self) -> f64 {
+        ratio(self.failures, self.calls)
+    }
+
+    pub fn slow_rate(&self) -> f64 {
+        ratio(self.slow, self.calls)
+    }
+}
+
+fn ratio(part: u32, whole: u32) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        f64::from(part) / f64::from(whole)
+    }
+}
+
+#[derive(Debug)]
+pub enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Window {
+    pub fn new(policy: WindowPolicy) -> Self {
+        match policy {
+            WindowPolicy::Count { size } => Window::Count(CountWindow::new(size.get())),
+            WindowPolicy::Time { size, buckets } => {
+                Window::Time(TimeWindow::new(size, buckets.get()))
+            }
+        }
+    }
+
+    pub fn record(&self, now: Nanos, failure: bool, slow: bool) {
+        match self {
+            Window::Count(w) => w.record(failure, slow),
+            Window::Time(w) => w.record(now, failure, slow),
+        }
+    }
+
+    pub fn counts(&self, now: Nanos) -> WindowCounts {
+        match self {
+            Window::Count(w) => w.counts(),
+            Window::Time(w) => w.counts(now),
+        }
+    }
+}
+
+const PRESENT: u8 = 1;
+const FAILED: u8 = 2;
+const SLOW: u8 = 4;
+
+/// The last N calls: a ring of outcome codes plus running totals.
+#[derive(Debug)]
+pub struct CountWindow {
+    slots: Box<[AtomicU8]>,
+    next: AtomicU64,
+    calls: AtomicI64,
+    failures: AtomicI64,
+    slow: AtomicI64,
+}
+
+impl CountWindow {
+    fn new(size: usize) -> Self {
+        Self {
+            slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
+            next: AtomicU64::new(0),
+            calls: AtomicI64::new(0),
+            failures: AtomicI64::new(0),
+            slow: AtomicI64::new(0),
+        }
+    }
+
+    fn record(&self, failure: bool, slow: bool) {
+        let code = PRESENT | if failure { FAILED } else { 0 } | if slow { SLOW } else { 0 };
+        let len = self.slots.len() as u64;
+        let index = (self.next.fetch_add(1, Ordering::Relaxed) % len) as usize;
+        let old = self.slots[index].swap(code, Ordering::AcqRel);
+        // Totals move by the difference between the evicted outcome and the new one.
+        let delta = |bit: u8| i64::from(code & bit != 0) - i64::from(old & bit != 0);
+        for (total, bit) in [
+            (&self.calls, PRESENT),
+            (&self.failures, FAILED),
+            (&self.slow, SLOW),
+        ] {
+            let d = delta(bit);
+            if d != 0 {
+                total.fetch_add(d, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn counts(&self) -> WindowCounts {
+        // Concurrent records can leave a total briefly behind its slots; never below zero.
+        let read =
+            |t: &AtomicI64| u32::try_from(t.load(Ordering::Relaxed).max(0)).unwrap_or(u32::MAX);
+        WindowCounts {
+            calls: read(&self.calls),
+            failures: read(&self.failures),
+            slow: read(&self.slow),
+        }
+    }
+}
+
+/// Counters one group of threads writes, alone on its cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Shard {
+    calls: AtomicU32,
+    failures: AtomicU32,
+    slow: AtomicU32,
+}
+
+/// Threads spread over this many shards per bucket, so that two cores recording at
+/// once do not fight over one cache line.
+const SHARDS: usize = 8;
+
+fn shard_index() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Which time slice this bucket holds, plus one (0: never used).
+    slice: AtomicU64,
+    shards: [Shard; SHARDS],
+}
+
+/// Calls in the last `size`: a ring of buckets, each one slice of time.
+#[derive(Debug)]
+pub struct TimeWindow {
+    buckets: Box<[Bucket]>,
+    slice_nanos: u64,
+}
+
+impl TimeWindow {
+    fn new(size: Duration, buckets: usize) -> Self {
+        let slice = (size.as_nanos() / buckets as u128).max(1);
+        Self {
+            buckets: (0..buckets).map(|_| Bucket::default()).collect(),
+            slice_nanos: u64::try_from(slice).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn slice(&self, now: Nanos) -> u64 {
+        now.0 / self.slice_nanos
+    }
+
+    fn record(&self, now: Nanos, failure: bool, slow: bool) {
+        let slice = self.slice(now);
+        let bucket = &self.buckets[(slice % self.buckets.len() as u64) as usize];
+        let current = bucket.slice.load(Ordering::Acquire);
+        if current != slice + 1
+            && bucket
+                .slice
+                .compare_exchange(current, slice + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // This bucket held an expired slice: start it over. A record racing this
+            // rotation may be lost; windows are statistics, not ledgers.
+            for shard in &bucket.shards {
+                shard.calls.store(0, Ordering::Relaxed);
+                shard.failures.store(0, Ordering::Relaxed);
+                shard.slow.store(0, Ordering::Relaxed);
+            }
+        }
+        let shard = &bucket.shards[shard_index()];
+        shard.calls.fetch_add(1, Ordering::Relaxed);
+        if failure {
+            shard.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if slow {
+            shard.slow.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counts(&self, now: Nanos) -> WindowCounts {
+        let slice = self.slice(now);
+        let oldest = (slice + 1).saturating_sub(self.buckets.len() as u64);
+        let mut counts = WindowCounts::default();
+        for bucket in self.buckets.iter() {
+            let held = bucket.slice.load(Ordering::Acquire);
+            // Only slices inside the window count; a bucket from a later slice cannot exist.
+            if held == 0 || held - 1 < oldest || held - 1 > slice {
+                continue;
+            }
+            for shard in &bucket.shards {
+                counts.calls += shard.calls.load(Ordering::Relaxed);
+                counts.failures += shard.failures.load(Ordering::Relaxed);
+                counts.slow += shard.slow.load(Ordering::Relaxed);
+            }
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use super::*;
+
+    fn nz(n: usize) -> NonZeroUsize {
+        NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+    }
+
+    #[test]
+    fn count_window_keeps_only_the_last_n_calls() {
+        let w = Window::new(WindowPolicy::Count { size: nz(3) });
+        let t = Nanos(0);
+        w.record(t, true, false);
+        w.record(t, true, true);
+        assert_eq!(
+            w.counts(t),
+            WindowCounts {
+                calls: 2,
+                failures: 2,
+                slow: 1
+            }
+        );
+        w.record(t, false, false);
+        w.record(t, false, false); // evicts the first failure
+        assert_eq!(
+            w.counts(t),
+            WindowCounts {
+                calls: 3,
+                failures: 1,
+                slow: 1
+            }
+        );
+        w.record(t, false, false); // evicts the slow failure
+        assert_eq!(
+            w.counts(t),
+            WindowCounts {
+                calls: 3,
+                failures: 0,
+                slow: 0
+            }
+        );
+    }
+
+    #[test]
+    fn time_window_expires_whole_buckets() {
+        let sec = |s: u64| Nanos(s * 1_000_000_000);
+        let w = Window::new(WindowPolicy::Time {
+            size: Duration::from_secs(10),
+            buckets: nz(5),
+        });
+        w.record(sec(0), true, false); // bucket [0s, 2s)
+        w.record(sec(3), false, true); // bucket [2s, 4s)
+        assert_eq!(
+            w.counts(sec(9)),
+            WindowCounts {
+                calls: 2,
+                failures: 1,
+                slow: 1
+            }
+        );
+        // At 10s the window is [2s, 12s): the first bucket has expired.
+        assert_eq!(
+            w.counts(sec(10)),
+            WindowCounts {
+                calls: 1,
+                failures: 0,
+                slow: 1
+            }
+        );
+        // Recording at 12s reuses the expired ring position of slice [2s, 4s).
+        w.record(sec(12), true, false);
+        assert_eq!(
+            w.counts(sec(12)),
+            WindowCounts {
+                calls: 1,
+                failures: 1,
+                slow: 0
+            }
+        );
+        assert_eq!(w.counts(sec(100)), WindowCounts::default());
+    }
+
+    #[test]
+    fn rates_are_zero_without_calls() {
+        assert_eq!(WindowCounts::default().failure_rate(), 0.0);
+        let c = WindowCounts {
+            calls: 4,
+            failures: 1,
+            slow: 2,
+        };
+        assert_eq!(c.failure_rate(), 0.25);
+        assert_eq!(c.slow_rate(), 0.5);
+    }
+}
