@@ -7,10 +7,13 @@
 
 pub mod admin;
 pub mod breaker;
+pub mod bulkhead;
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod drain;
+pub mod events;
 pub mod logging;
 pub mod proxy;
 pub mod routing;

@@ -168,13 +168,21 @@ mod tests {
         methods: &[Method],
         strip: bool,
     ) -> Route {
-        let upstream = Arc::new(Upstream::new(UpstreamSpec {
-            name: "u".into(),
-            endpoints: vec!["127.0.0.1:1".parse().expect("addr")],
-            load_balancing: LoadBalancing::RoundRobin,
-            timeouts: Timeouts::default(),
-            breaker: Default::default(),
-        }));
+        let upstream = Arc::new(Upstream::new(
+            UpstreamSpec {
+                name: "u".into(),
+                endpoints: vec!["127.0.0.1:1".parse().expect("addr")],
+                load_balancing: LoadBalancing::RoundRobin,
+                timeouts: Timeouts::default(),
+                max_concurrent_requests: None,
+                breaker: Default::default(),
+                failure_when: Default::default(),
+                fallback: crate::config::FallbackSpec::Default,
+                outlier_detection: None,
+            },
+            Arc::new(crate::breaker::ManualClock::default()),
+            Arc::default(),
+        ));
         Route {
             spec: RouteSpec {
                 name: name.into(),

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
+use crate::breaker::{Clock, CoarseClock};
 use crate::config::Config;
+use crate::events::EventHub;
 use crate::routing::{Route, RouteTable};
 use crate::upstream::Upstream;
 
@@ -24,11 +26,15 @@ pub struct Runtime {
 
 impl Runtime {
     /// Compiles a checked config. Infallible: everything that can fail was checked.
-    pub fn build(config: Config, generation: u64) -> Self {
+    pub fn build(config: Config, generation: u64, events: &Arc<EventHub>) -> Self {
+        let clock: Arc<dyn Clock> = Arc::new(CoarseClock);
         let upstreams: BTreeMap<String, Arc<Upstream>> = config
             .upstreams
             .values()
-            .map(|spec| (spec.name.clone(), Arc::new(Upstream::new(spec.clone()))))
+            .map(|spec| {
+                let upstream = Upstream::new(spec.clone(), Arc::clone(&clock), Arc::clone(events));
+                (spec.name.clone(), Arc::new(upstream))
+            })
             .collect();
         let routes = config
             .routes
@@ -55,13 +61,16 @@ impl Runtime {
 pub struct RuntimeHandle {
     current: ArcSwap<Runtime>,
     generations: AtomicU64,
+    pub events: Arc<EventHub>,
 }
 
 impl RuntimeHandle {
     pub fn new(config: Config) -> Self {
+        let events = Arc::new(EventHub::default());
         Self {
-            current: ArcSwap::from_pointee(Runtime::build(config, 1)),
+            current: ArcSwap::from_pointee(Runtime::build(config, 1, &events)),
             generations: AtomicU64::new(1),
+            events,
         }
     }
 
@@ -73,7 +82,7 @@ impl RuntimeHandle {
     /// Replaces the snapshot; requests already running keep theirs.
     pub fn apply(&self, config: Config) -> Arc<Runtime> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        let runtime = Arc::new(Runtime::build(config, generation));
+        let runtime = Arc::new(Runtime::build(config, generation, &self.events));
         self.current.store(Arc::clone(&runtime));
         runtime
     }

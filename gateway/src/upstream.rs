@@ -1,12 +1,17 @@
-//! Upstream pools: endpoints, load balancing and the peer Pingora connects to.
+//! Upstream pools: endpoints, load balancing, outlier ejection, and the resilience
+//! state every request to the pool goes through (breaker, bulkhead).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{LoadBalancing, UpstreamSpec};
+use crate::breaker::{Breaker, Clock, Nanos};
+use crate::bulkhead::Bulkhead;
+use crate::config::{LoadBalancing, OutlierSpec, UpstreamSpec};
+use crate::events::EventHub;
 
 /// One address of a pool.
 #[derive(Debug)]
@@ -16,6 +21,11 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     /// Connection template: cloning it is cheaper than building one per request.
     peer: HttpPeer,
+    consecutive_failures: AtomicU32,
+    /// Clock time until which the endpoint gets no traffic (0: not ejected).
+    ejected_until: AtomicU64,
+    /// Ejections in a row; each one lasts longer. Reset by a success after returning.
+    ejections: AtomicU32,
 }
 
 /// A named pool of endpoints.
@@ -23,11 +33,17 @@ pub struct Endpoint {
 pub struct Upstream {
     pub spec: UpstreamSpec,
     pub endpoints: Vec<Endpoint>,
+    pub breaker: Arc<Breaker>,
+    pub bulkhead: Arc<Bulkhead>,
     next: AtomicUsize,
+    clock: Arc<dyn Clock>,
+    events: Arc<EventHub>,
+    /// Serializes ejection decisions so the pool-share cap holds.
+    ejecting: Mutex<()>,
 }
 
 impl Upstream {
-    pub fn new(spec: UpstreamSpec) -> Self {
+    pub fn new(spec: UpstreamSpec, clock: Arc<dyn Clock>, events: Arc<EventHub>) -> Self {
         let endpoints = spec
             .endpoints
             .iter()
@@ -42,13 +58,28 @@ impl Upstream {
                     addr: *addr,
                     in_flight: AtomicUsize::new(0),
                     peer,
+                    consecutive_failures: AtomicU32::new(0),
+                    ejected_until: AtomicU64::new(0),
+                    ejections: AtomicU32::new(0),
                 }
             })
             .collect();
+        let breaker = Arc::new(Breaker::new(
+            spec.name.as_str(),
+            spec.breaker,
+            Arc::clone(&clock),
+            events.clone(),
+        ));
+        let bulkhead = Arc::new(Bulkhead::new(spec.max_concurrent_requests.map(|n| n.get())));
         Self {
             spec,
             endpoints,
+            breaker,
+            bulkhead,
             next: AtomicUsize::new(0),
+            clock,
+            events,
+            ejecting: Mutex::new(()),
         }
     }
 
@@ -56,19 +87,45 @@ impl Upstream {
         &self.spec.name
     }
 
-    /// Chooses an endpoint and counts the request against it until the lease drops.
-    pub fn lease(self: &Arc<Self>) -> EndpointLease {
+    fn available(&self, index: usize, now: Nanos) -> bool {
+        self.endpoints[index].ejected_until.load(Ordering::Acquire) <= now.0
+    }
+
+    /// Endpoints currently ejected.
+    pub fn ejected(&self) -> impl Iterator<Item = &Endpoint> {
+        let now = self.clock.now();
+        self.endpoints
+            .iter()
+            .filter(move |e| e.ejected_until.load(Ordering::Acquire) > now.0)
+    }
+
+    /// Chooses an endpoint, skipping ejected ones (unless every one is), and counts the
+    /// request against it until the lease drops. `avoid` is an endpoint that just failed.
+    pub fn lease(self: &Arc<Self>, avoid: Option<usize>) -> EndpointLease {
         let count = self.endpoints.len();
+        let now = self.clock.now();
+        let usable = |i: usize| self.available(i, now) && (count == 1 || Some(i) != avoid);
         let index = match self.spec.load_balancing {
-            LoadBalancing::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % count,
-            LoadBalancing::LeastRequests if count > 1 => {
-                // Power of two random choices: near-optimal, no global ordering to maintain.
-                let a = rand::random::<usize>() % count;
-                let b = (a + 1 + rand::random::<usize>() % (count - 1)) % count;
+            LoadBalancing::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..count)
+                    .map(|k| (start + k) % count)
+                    .find(|i| usable(*i))
+                    .unwrap_or(start % count)
+            }
+            LoadBalancing::LeastRequests => {
+                // Power of two random choices among usable endpoints.
+                let pick = |seed: usize| {
+                    (0..count)
+                        .map(|k| (seed + k) % count)
+                        .find(|i| usable(*i))
+                        .unwrap_or(seed % count)
+                };
+                let a = pick(rand::random::<usize>());
+                let b = pick(rand::random::<usize>());
                 let load = |i: usize| self.endpoints[i].in_flight.load(Ordering::Relaxed);
                 if load(b) < load(a) { b } else { a }
             }
-            LoadBalancing::LeastRequests => 0,
         };
         self.endpoints[index]
             .in_flight
@@ -77,6 +134,61 @@ impl Upstream {
             upstream: Arc::clone(self),
             index,
         }
+    }
+
+    /// Feeds outlier detection with the result of one call to endpoint `index`.
+    pub fn report(&self, index: usize, failed: bool) {
+        let Some(spec) = self.spec.outlier_detection else {
+            return;
+        };
+        let endpoint = &self.endpoints[index];
+        if !failed {
+            if endpoint.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+            }
+            if endpoint.ejections.load(Ordering::Relaxed) != 0
+                && self.available(index, self.clock.now())
+            {
+                endpoint.ejections.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let failures = endpoint.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures >= spec.consecutive_failures.get() {
+            self.try_eject(index, spec, failures);
+        }
+    }
+
+    fn try_eject(&self, index: usize, spec: OutlierSpec, failures: u32) {
+        let _decide = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.clock.now();
+        let endpoint = &self.endpoints[index];
+        if !self.available(index, now) {
+            return; // already ejected
+        }
+        let ejected = (0..self.endpoints.len())
+            .filter(|i| !self.available(*i, now))
+            .count();
+        let allowed = self.endpoints.len() * usize::from(spec.max_ejection_percent) / 100;
+        if ejected + 1 > allowed {
+            return; // ejecting more would leave too little of the pool
+        }
+        let repeats = endpoint.ejections.fetch_add(1, Ordering::AcqRel);
+        let factor = 1u32.checked_shl(repeats.min(16)).unwrap_or(u32::MAX);
+        let period = spec.ejection.saturating_mul(factor).min(spec.max_ejection);
+        endpoint
+            .ejected_until
+            .store(now.after(period).0, Ordering::Release);
+        endpoint.consecutive_failures.store(0, Ordering::Release);
+        self.events
+            .endpoint_ejected(self.name(), endpoint.addr, period, failures);
+    }
+
+    /// Time until an ejected endpoint returns, for the admin API.
+    pub fn ejected_for(&self, endpoint: &Endpoint) -> Option<Duration> {
+        let now = self.clock.now();
+        let until = Nanos(endpoint.ejected_until.load(Ordering::Acquire));
+        (until > now).then(|| now.until(until))
     }
 }
 
@@ -92,6 +204,10 @@ impl EndpointLease {
         &self.upstream.endpoints[self.index]
     }
 
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     pub fn peer(&self) -> Box<HttpPeer> {
         Box::new(self.endpoint().peer.clone())
     }
@@ -105,35 +221,56 @@ impl Drop for EndpointLease {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::config::Timeouts;
+    use std::num::NonZeroU32;
 
-    fn pool(lb: LoadBalancing, n: u16) -> Arc<Upstream> {
-        Arc::new(Upstream::new(UpstreamSpec {
+    use super::*;
+    use crate::breaker::ManualClock;
+    use crate::config::{FallbackSpec, Timeouts};
+
+    fn pool(
+        lb: LoadBalancing,
+        n: u16,
+        outliers: Option<OutlierSpec>,
+    ) -> (Arc<Upstream>, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        let spec = UpstreamSpec {
             name: "p".into(),
             endpoints: (1..=n)
                 .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
                 .collect(),
             load_balancing: lb,
             timeouts: Timeouts::default(),
+            max_concurrent_requests: None,
             breaker: Default::default(),
-        }))
+            failure_when: Default::default(),
+            fallback: FallbackSpec::Default,
+            outlier_detection: outliers,
+        };
+        (
+            Arc::new(Upstream::new(spec, clock.clone(), Arc::default())),
+            clock,
+        )
+    }
+
+    fn ports(p: &Arc<Upstream>, n: usize) -> Vec<u16> {
+        (0..n)
+            .map(|_| p.lease(None).endpoint().addr.port())
+            .collect()
     }
 
     #[test]
     fn round_robin_cycles_through_endpoints() {
-        let p = pool(LoadBalancing::RoundRobin, 3);
-        let ports: Vec<u16> = (0..6).map(|_| p.lease().endpoint().addr.port()).collect();
-        assert_eq!(ports, vec![1, 2, 3, 1, 2, 3]);
+        let (p, _) = pool(LoadBalancing::RoundRobin, 3, None);
+        assert_eq!(ports(&p, 6), vec![1, 2, 3, 1, 2, 3]);
     }
 
     #[test]
     fn least_requests_avoids_the_busy_endpoint() {
-        let p = pool(LoadBalancing::LeastRequests, 2);
-        let held = p.lease();
+        let (p, _) = pool(LoadBalancing::LeastRequests, 2, None);
+        let held = p.lease(None);
         let busy = held.endpoint().addr;
         for _ in 0..50 {
-            assert_ne!(p.lease().endpoint().addr, busy);
+            assert_ne!(p.lease(None).endpoint().addr, busy);
         }
         drop(held);
         assert!(
@@ -141,5 +278,52 @@ mod tests {
                 .iter()
                 .all(|e| e.in_flight.load(Ordering::Relaxed) == 0)
         );
+    }
+
+    #[test]
+    fn outliers_are_ejected_for_growing_periods_within_the_pool_share() {
+        let spec = OutlierSpec {
+            consecutive_failures: NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN),
+            ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(25),
+            max_ejection_percent: 50,
+        };
+        let (p, clock) = pool(LoadBalancing::RoundRobin, 2, Some(spec));
+        p.report(0, true);
+        assert_eq!(p.ejected().count(), 0);
+        p.report(0, true);
+        assert_eq!(
+            ports(&p, 4),
+            vec![2, 2, 2, 2],
+            "ejected endpoint gets no traffic"
+        );
+        // The other endpoint fails too, but ejecting it would exceed 50% of the pool.
+        p.report(1, true);
+        p.report(1, true);
+        assert_eq!(p.ejected().count(), 1);
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(p.ejected().count(), 0, "back after the ejection period");
+        p.report(0, true);
+        p.report(0, true);
+        assert_eq!(
+            p.ejected_for(&p.endpoints[0]),
+            Some(Duration::from_secs(20))
+        );
+        clock.advance(Duration::from_secs(20));
+        p.report(0, true);
+        p.report(0, true);
+        assert_eq!(
+            p.ejected_for(&p.endpoints[0]),
+            Some(Duration::from_secs(25)),
+            "capped"
+        );
+    }
+
+    #[test]
+    fn a_failed_endpoint_is_avoided_on_retry() {
+        let (p, _) = pool(LoadBalancing::RoundRobin, 3, None);
+        for _ in 0..6 {
+            assert_ne!(p.lease(Some(1)).index(), 1);
+        }
     }
 }

@@ -9,6 +9,7 @@ mod error;
 mod model;
 mod position;
 mod raw;
+mod resilience;
 pub mod units;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub use model::{
     AdminSpec, Config, HostMatch, ListenerSpec, LoadBalancing, PathMatch, RouteSpec, ServerSpec,
     Timeouts, UpstreamSpec,
 };
+pub use resilience::{FallbackSpec, OutlierSpec, StaticResponse};
 
 use error::Problems;
 use position::PositionIndex;
@@ -210,6 +212,8 @@ fn check(value: Value, source: &Path, text: &str, problems: &mut Problems) -> Op
             upstreams.insert(name, spec);
         }
     }
+
+    resilience::check_fallback_chains(&upstreams, &declared, &upstreams_path, problems);
 
     let routes_path = root.key("routes");
     let raw_routes: Vec<Value> = match take("routes") {

@@ -9,12 +9,10 @@ use std::time::Duration;
 use http::Method;
 
 use super::error::{KeyPath, Problems};
-use super::raw::{
-    RawAdmin, RawBreaker, RawListener, RawLoadBalancing, RawRoute, RawServer, RawUpstream,
-    RawWindowKind,
-};
-use super::units::WindowSize;
-use crate::breaker::{BackoffPolicy, BreakerPolicy, SlowCallPolicy, WindowPolicy};
+use super::raw::{RawAdmin, RawListener, RawLoadBalancing, RawRoute, RawServer, RawUpstream};
+use super::resilience::{self, FallbackSpec, OutlierSpec};
+use crate::breaker::BreakerPolicy;
+use crate::classify::FailureWhen;
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 
@@ -57,7 +55,12 @@ pub struct UpstreamSpec {
     pub endpoints: Vec<SocketAddr>,
     pub load_balancing: LoadBalancing,
     pub timeouts: Timeouts,
+    /// Bulkhead: requests beyond this many in flight are answered at once.
+    pub max_concurrent_requests: Option<NonZeroU32>,
     pub breaker: BreakerPolicy,
+    pub failure_when: FailureWhen,
+    pub fallback: FallbackSpec,
+    pub outlier_detection: Option<OutlierSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,13 +242,53 @@ pub fn upstream_spec(
         RawLoadBalancing::RoundRobin => LoadBalancing::RoundRobin,
         RawLoadBalancing::LeastRequests => LoadBalancing::LeastRequests,
     };
-    let breaker = breaker_policy(raw.breaker, &path.key("breaker"), problems);
+    let max_concurrent_requests = raw.max_concurrent_requests.map(|n| {
+        NonZeroU32::new(n).unwrap_or_else(|| {
+            problems.push(
+                path.key("max_concurrent_requests"),
+                "must be at least 1 (leave it out for no limit)",
+            );
+            NonZeroU32::MIN
+        })
+    });
+    let breaker_path = path.key("breaker");
+    let (breaker, failure_when, fallback) = match raw.breaker {
+        None => (
+            BreakerPolicy::default(),
+            FailureWhen::default(),
+            FallbackSpec::Default,
+        ),
+        Some(mut raw_breaker) => {
+            let failure_when = resilience::failure_when(
+                raw_breaker.failure_when.take(),
+                &breaker_path.key("failure_when"),
+                problems,
+            );
+            let fallback = resilience::fallback(
+                raw_breaker.fallback.take(),
+                &breaker_path.key("fallback"),
+                problems,
+            );
+            (
+                resilience::breaker_policy(Some(raw_breaker), &breaker_path, problems),
+                failure_when,
+                fallback,
+            )
+        }
+    };
+    let outlier_detection = raw
+        .outlier_detection
+        .map(|raw| resilience::outlier_detection(raw, &path.key("outlier_detection"), problems));
     (problems.0.len() == before).then(|| UpstreamSpec {
         name: name.to_string(),
         endpoints,
         load_balancing,
         timeouts,
+        max_concurrent_requests,
         breaker,
+        failure_when,
+        fallback,
+        outlier_detection,
     })
 }
 
@@ -449,179 +492,4 @@ pub fn check_admin_apart(
     }) {
         problems.push(path.key("address"), format!("`{}` collides with a traffic listener; the admin API must not be reachable on the traffic port", admin.address));
     }
-}
-
-/// Checks a `breaker:` block; `None` (no block) gives the documented defaults.
-pub fn breaker_policy(
-    raw: Option<RawBreaker>,
-    path: &KeyPath,
-    problems: &mut Problems,
-) -> BreakerPolicy {
-    let defaults = BreakerPolicy::default();
-    let Some(raw) = raw else {
-        return defaults;
-    };
-    let mut policy = defaults;
-    let ratio = |value: f64, key: KeyPath, problems: &mut Problems| {
-        if !(value > 0.0 && value <= 1.0) {
-            problems.push(
-                key,
-                format!("`{value}` must be a ratio above 0 and at most 1 (0.5 is 50%)"),
-            );
-        }
-        value
-    };
-    let positive = |value: u32, key: KeyPath, problems: &mut Problems| {
-        NonZeroU32::new(value).unwrap_or_else(|| {
-            problems.push(key, "must be at least 1");
-            NonZeroU32::MIN
-        })
-    };
-
-    if let Some(window) = raw.window {
-        let at = path.key("window");
-        policy.window = match (window.kind, window.size) {
-            (RawWindowKind::Count, WindowSize::Calls(n)) => {
-                if window.buckets.is_some() {
-                    problems.push(at.key("buckets"), "only a time window has buckets");
-                }
-                match usize::try_from(n)
-                    .ok()
-                    .filter(|n| (1..=100_000).contains(n))
-                    .and_then(NonZeroUsize::new)
-                {
-                    Some(size) => WindowPolicy::Count { size },
-                    None => {
-                        problems.push(
-                            at.key("size"),
-                            format!("a count window holds 1 to 100000 calls, not {n}"),
-                        );
-                        defaults.window
-                    }
-                }
-            }
-            (RawWindowKind::Time, WindowSize::Duration(size)) => {
-                let buckets = window.buckets.unwrap_or(10);
-                let ok =
-                    (1..=1000).contains(&buckets) && size.as_millis() >= 10 * u128::from(buckets);
-                match NonZeroUsize::new(buckets as usize).filter(|_| ok) {
-                    Some(buckets) => WindowPolicy::Time { size, buckets },
-                    None => {
-                        problems.push(at.key("buckets"), format!("{buckets} buckets over {size:?}: use 1 to 1000 buckets of at least 10ms each"));
-                        defaults.window
-                    }
-                }
-            }
-            (RawWindowKind::Count, WindowSize::Duration(_)) => {
-                problems.push(
-                    at.key("size"),
-                    "a count window's size is a number of calls, such as 100",
-                );
-                defaults.window
-            }
-            (RawWindowKind::Time, WindowSize::Calls(n)) => {
-                problems.push(
-                    at.key("size"),
-                    format!("a time window's size is a duration, such as 30s (got `{n}`)"),
-                );
-                defaults.window
-            }
-        };
-    }
-    if let Some(n) = raw.minimum_requests {
-        policy.minimum_requests = positive(n, path.key("minimum_requests"), problems);
-    }
-    if let WindowPolicy::Count { size } = policy.window
-        && policy.minimum_requests.get() as usize > size.get()
-    {
-        problems.push(
-            path.key("minimum_requests"),
-            format!(
-                "{} is more than the window's {} calls, so rates would never be evaluated",
-                policy.minimum_requests, size
-            ),
-        );
-    }
-    // Naming any trip condition replaces the default one.
-    if raw.failure_rate.is_some() || raw.consecutive_failures.is_some() || raw.slow_call.is_some() {
-        policy.failure_rate = raw
-            .failure_rate
-            .map(|r| ratio(r, path.key("failure_rate"), problems));
-        policy.consecutive_failures = raw
-            .consecutive_failures
-            .map(|n| positive(n, path.key("consecutive_failures"), problems));
-        policy.slow_call = raw.slow_call.map(|slow| {
-            if slow.duration.0.is_zero() {
-                problems.push(
-                    path.key("slow_call").key("duration"),
-                    "must be greater than 0",
-                );
-            }
-            SlowCallPolicy {
-                duration: slow.duration.0,
-                rate: ratio(slow.rate, path.key("slow_call").key("rate"), problems),
-            }
-        });
-    }
-    if let Some(open) = raw.open_duration {
-        if open.0.is_zero() {
-            problems.push(path.key("open_duration"), "must be greater than 0");
-        }
-        policy.open_duration = open.0;
-    }
-    if let Some(backoff) = raw.backoff {
-        let at = path.key("backoff");
-        let multiplier = backoff.multiplier.unwrap_or(2.0);
-        if !(1.0..=100.0).contains(&multiplier) {
-            problems.push(
-                at.key("multiplier"),
-                format!("`{multiplier}` must be from 1 to 100"),
-            );
-        }
-        let jitter = backoff.jitter.unwrap_or(0.0);
-        if !(0.0..1.0).contains(&jitter) {
-            problems.push(
-                at.key("jitter"),
-                format!("`{jitter}` must be at least 0 and below 1"),
-            );
-        }
-        if backoff.max.0 < policy.open_duration {
-            problems.push(
-                at.key("max"),
-                format!(
-                    "{:?} is shorter than open_duration {:?}",
-                    backoff.max.0, policy.open_duration
-                ),
-            );
-        }
-        policy.backoff = Some(BackoffPolicy {
-            multiplier,
-            max: backoff.max.0,
-            jitter,
-        });
-    }
-    if let Some(half_open) = raw.half_open {
-        let at = path.key("half_open");
-        if let Some(n) = half_open.permitted_requests {
-            policy.half_open.permitted_requests =
-                positive(n, at.key("permitted_requests"), problems);
-        }
-        policy.half_open.success_threshold = match half_open.success_threshold {
-            Some(n) => positive(n, at.key("success_threshold"), problems),
-            None => policy
-                .half_open
-                .success_threshold
-                .min(policy.half_open.permitted_requests),
-        };
-        if policy.half_open.success_threshold > policy.half_open.permitted_requests {
-            problems.push(
-                at.key("success_threshold"),
-                format!(
-                    "{} is more than permitted_requests {}, so the breaker could never close",
-                    policy.half_open.success_threshold, policy.half_open.permitted_requests
-                ),
-            );
-        }
-    }
-    policy
 }

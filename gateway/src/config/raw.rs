@@ -41,7 +41,38 @@ pub struct RawUpstream {
     pub load_balancing: RawLoadBalancing,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    pub max_concurrent_requests: Option<u32>,
     pub breaker: Option<RawBreaker>,
+    pub outlier_detection: Option<RawOutlierDetection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlierDetection {
+    pub consecutive_failures: Option<u32>,
+    pub ejection: Option<HumanDuration>,
+    pub max_ejection: Option<HumanDuration>,
+    pub max_ejection_percent: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailureWhen {
+    /// Status codes (`429`), classes (`"5xx"`) or ranges (`"500-504"`).
+    pub statuses: Option<Vec<serde_yaml::Value>>,
+    /// `all`, `none`, or a list of transport error kinds.
+    pub errors: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFallback {
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<String>,
+    pub json: Option<serde_json::Value>,
+    pub upstream: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +86,8 @@ pub struct RawBreaker {
     pub open_duration: Option<HumanDuration>,
     pub backoff: Option<RawBackoff>,
     pub half_open: Option<RawHalfOpen>,
+    pub failure_when: Option<RawFailureWhen>,
+    pub fallback: Option<RawFallback>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

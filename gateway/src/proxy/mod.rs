@@ -1,13 +1,20 @@
 //! The request path. Read top to bottom, it is the story of one request:
 //!
 //! 1. `new_ctx`: take the current runtime snapshot; it serves this request to the end.
-//! 2. `request_filter`: give the request an id and find its route (or answer 404).
-//! 3. `upstream_peer`: pick an endpoint of the route's upstream.
+//! 2. `request_filter`: give the request an id, find its route (or answer 404), and ask
+//!    the upstream's breaker and bulkhead for admission; a rejected request gets the
+//!    fallback (a response, or another upstream) and never touches the upstream.
+//! 3. `upstream_peer`: pick an endpoint, skipping ejected ones.
 //! 4. `upstream_request_filter`: rewrite path and host, add forwarding headers.
-//! 5. `response_filter`: tag the response with the request id.
-//! 6. `fail_to_proxy`: turn a failure into a JSON error with a stable code.
-//! 7. `logging`: one access-log line.
+//! 5. `upstream_response_filter`: note the upstream's status and how long it took.
+//! 6. `response_filter`: tag the response (request id, fallback headers).
+//! 7. `fail_to_connect` / `fail_to_proxy`: record a connect failure; answer a failure
+//!    with the static fallback or a JSON error with a stable code.
+//! 8. `logging`: record the outcome in the breaker and outlier detection (exactly once;
+//!    a client that went away counts for nothing), then one access-log line.
 
+mod call;
+mod fallback;
 mod headers;
 mod respond;
 
@@ -18,14 +25,20 @@ use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
+use pingora::{ErrorSource, ErrorType};
 
+use crate::classify::{CallResult, TransportError};
+use crate::config::FallbackSpec;
 use crate::drain::{InFlight, InFlightGuard};
 use crate::routing::Route;
 use crate::runtime::{Runtime, RuntimeHandle};
-use crate::upstream::EndpointLease;
 
+pub use fallback::{FALLBACK_HEADER, FALLBACK_UPSTREAM_HEADER};
 pub use headers::REQUEST_ID;
 pub use respond::GatewayError;
+
+use call::Call;
+use fallback::{Admission, FallbackReason};
 
 /// The proxy: shared by all requests, holds nothing that changes on reload itself.
 pub struct Gateway {
@@ -45,8 +58,9 @@ pub struct RequestCtx {
     started: Instant,
     request_id: String,
     route: Option<Arc<Route>>,
-    lease: Option<EndpointLease>,
-    error: Option<GatewayError>,
+    call: Option<Call>,
+    /// Set when the gateway answered instead of the upstream.
+    answered: Option<&'static str>,
     _in_flight: InFlightGuard,
 }
 
@@ -60,8 +74,8 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             request_id: String::new(),
             route: None,
-            lease: None,
-            error: None,
+            call: None,
+            answered: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -69,16 +83,25 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id = headers::request_id(req.headers.get(REQUEST_ID).map(|v| v.as_bytes()));
-        let host = request_host(req);
-        let route = ctx.runtime.routes.find(host, req.uri.path(), &req.method);
-        match route {
-            Some(route) => {
-                ctx.route = Some(route);
+        let Some(route) = ctx
+            .runtime
+            .routes
+            .find(request_host(req), req.uri.path(), &req.method)
+        else {
+            ctx.answered = Some(GatewayError::RouteNotFound.code());
+            respond::write_error(session, GatewayError::RouteNotFound, &ctx.request_id).await?;
+            return Ok(true);
+        };
+        let admission = fallback::admit(&ctx.runtime, &route.upstream);
+        ctx.route = Some(route);
+        match admission {
+            Admission::Call(call) => {
+                ctx.call = Some(call);
                 Ok(false)
             }
-            None => {
-                ctx.error = Some(GatewayError::RouteNotFound);
-                respond::write_error(session, GatewayError::RouteNotFound, &ctx.request_id).await?;
+            Admission::Respond { upstream, reason } => {
+                ctx.answered = Some(reason.as_str());
+                fallback::respond(session, &upstream, reason, &ctx.request_id).await?;
                 Ok(true)
             }
         }
@@ -89,14 +112,11 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
-        let lease = route.upstream.lease();
-        let peer = lease.peer();
-        ctx.lease = Some(lease);
-        Ok(peer)
+        let call = ctx
+            .call
+            .as_mut()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no admitted upstream call"))?;
+        Ok(call.peer())
     }
 
     async fn upstream_request_filter(
@@ -127,6 +147,22 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(call) = ctx
+            .call
+            .as_mut()
+            .filter(|_| !response.status.is_informational())
+        {
+            call.on_response(response.status.as_u16());
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -134,7 +170,29 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         response.insert_header(REQUEST_ID, &ctx.request_id)?;
+        if let Some((_, reason)) = ctx.call.as_ref().and_then(|c| c.fallback_for.as_ref()) {
+            let upstream = ctx
+                .call
+                .as_ref()
+                .map_or("", |c| c.upstream.name())
+                .to_string();
+            response.insert_header(FALLBACK_HEADER, reason.as_str())?;
+            response.insert_header(FALLBACK_UPSTREAM_HEADER, upstream)?;
+        }
         Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(call) = ctx.call.as_mut() {
+            call.finish(CallResult::Transport(TransportError::from_error(&e)));
+        }
+        e
     }
 
     async fn fail_to_proxy(
@@ -144,14 +202,31 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let error = GatewayError::from_proxy_error(e);
-        ctx.error = error;
         // Once the response head is out, the only honest signal left is closing the connection.
         let can_respond = session.response_written().is_none();
-        let status = match error {
-            Some(error) if can_respond => {
-                if ctx.request_id.is_empty() {
-                    ctx.request_id = headers::request_id(None);
-                }
+        if ctx.request_id.is_empty() {
+            ctx.request_id = headers::request_id(None);
+        }
+        let static_fallback = ctx
+            .call
+            .as_ref()
+            .filter(|_| e.esource() == &ErrorSource::Upstream)
+            .map(|c| Arc::clone(&c.upstream))
+            .filter(|u| matches!(u.spec.fallback, FallbackSpec::Static(_)));
+        let status = match (error, static_fallback) {
+            (Some(_), Some(upstream)) if can_respond => {
+                ctx.answered = Some(FallbackReason::UpstreamFailed.as_str());
+                fallback::respond(
+                    session,
+                    &upstream,
+                    FallbackReason::UpstreamFailed,
+                    &ctx.request_id,
+                )
+                .await
+                .unwrap_or(0)
+            }
+            (Some(error), None) if can_respond => {
+                ctx.answered = Some(error.code());
                 if let Err(write_error) =
                     respond::write_error(session, error, &ctx.request_id).await
                 {
@@ -168,11 +243,15 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(call) = ctx.call.as_mut() {
+            call.finish(call_result(e, call.status));
+        }
         if !ctx.runtime.config.server.access_log {
             return;
         }
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let call = ctx.call.as_ref();
         tracing::info!(
             target: "gateway::access",
             request_id = %ctx.request_id,
@@ -182,13 +261,25 @@ impl ProxyHttp for Gateway {
             path = req.uri.path(),
             status,
             route = ctx.route.as_ref().map_or("", |r| r.spec.name.as_str()),
-            upstream = ctx.route.as_ref().map_or("", |r| r.upstream.name()),
-            endpoint = ?ctx.lease.as_ref().map(|l| l.endpoint().addr),
-            code = ctx.error.map_or("", GatewayError::code),
+            upstream = call.map_or("", |c| c.upstream.name()),
+            endpoint = ?call.and_then(Call::endpoint),
+            answered_by_gateway = ctx.answered.unwrap_or(""),
             error = e.map(|e| e.to_string()),
             duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
             "request"
         );
+    }
+}
+
+/// How the exchange ended, from the error Pingora reports (if any) and the status seen.
+fn call_result(e: Option<&Error>, status: Option<u16>) -> CallResult {
+    match (e, status) {
+        (Some(e), _) if e.esource() == &ErrorSource::Upstream => {
+            CallResult::Transport(TransportError::from_error(e))
+        }
+        // The client went away: only an answer the upstream already gave counts.
+        (_, Some(status)) => CallResult::Response(status),
+        (_, None) => CallResult::Abandoned,
     }
 }
 

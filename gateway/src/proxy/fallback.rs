@@ -1,0 +1,180 @@
+//! What a client gets instead of the upstream: chosen when admission fails or the
+//! upstream fails without an answer. Every fallback response says so in a header.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+
+use crate::breaker::State;
+use crate::config::FallbackSpec;
+use crate::runtime::Runtime;
+use crate::upstream::Upstream;
+
+use super::call::{Call, Rejection};
+use super::headers::REQUEST_ID;
+
+pub const FALLBACK_HEADER: &str = "x-gateway-fallback";
+pub const FALLBACK_UPSTREAM_HEADER: &str = "x-gateway-fallback-upstream";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackReason {
+    /// The breaker rejected the call (open, half-open with all probes taken, forced open).
+    CircuitOpen { state: State, retry_after: Duration },
+    /// The bulkhead was full.
+    Overloaded,
+    /// The upstream failed before any response head reached the client.
+    UpstreamFailed,
+}
+
+impl FallbackReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackReason::CircuitOpen { .. } => "circuit_open",
+            FallbackReason::Overloaded => "overloaded",
+            FallbackReason::UpstreamFailed => "upstream_failed",
+        }
+    }
+
+    fn retry_after(self) -> Option<Duration> {
+        match self {
+            FallbackReason::CircuitOpen { retry_after, .. } => Some(retry_after),
+            FallbackReason::Overloaded => Some(Duration::from_secs(1)),
+            FallbackReason::UpstreamFailed => None,
+        }
+    }
+}
+
+impl From<Rejection> for FallbackReason {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::Breaker(rejected) => FallbackReason::CircuitOpen {
+                state: rejected.state,
+                retry_after: rejected.retry_after,
+            },
+            Rejection::Overloaded => FallbackReason::Overloaded,
+        }
+    }
+}
+
+pub enum Admission {
+    /// Go ahead: with the route's upstream, or a fallback upstream standing in for it.
+    Call(Call),
+    /// Answer with `upstream`'s fallback response.
+    Respond {
+        upstream: Arc<Upstream>,
+        reason: FallbackReason,
+    },
+}
+
+/// Admits the request to `upstream`, following `fallback: { upstream }` links when it
+/// rejects (config validation guarantees the chain ends).
+pub fn admit(runtime: &Runtime, upstream: &Arc<Upstream>) -> Admission {
+    let mut current = Arc::clone(upstream);
+    let mut first_rejection: Option<FallbackReason> = None;
+    for _ in 0..=runtime.upstreams.len() {
+        match Call::admit(&current) {
+            Ok(mut call) => {
+                if let Some(reason) = first_rejection {
+                    call.fallback_for = Some((upstream.name().to_string(), reason));
+                }
+                return Admission::Call(call);
+            }
+            Err(rejection) => {
+                let reason = first_rejection.get_or_insert(FallbackReason::from(rejection));
+                let next = match &current.spec.fallback {
+                    FallbackSpec::Upstream(name) => runtime.upstreams.get(name),
+                    _ => None,
+                };
+                match next {
+                    Some(next) => current = Arc::clone(next),
+                    None => {
+                        return Admission::Respond {
+                            upstream: current,
+                            reason: *reason,
+                        };
+                    }
+                }
+            }
+        }
+    }
+    Admission::Respond {
+        upstream: current,
+        reason: first_rejection.unwrap_or(FallbackReason::Overloaded),
+    }
+}
+
+/// Writes `upstream`'s fallback response: its configured static response, or the
+/// default JSON 503. Returns the status sent.
+pub async fn respond(
+    session: &mut Session,
+    upstream: &Upstream,
+    reason: FallbackReason,
+    request_id: &str,
+) -> Result<u16> {
+    let (status, mut headers, body) = match &upstream.spec.fallback {
+        FallbackSpec::Static(response) => (
+            response.status,
+            response.headers.clone(),
+            response.body.clone(),
+        ),
+        _ => default_response(upstream.name(), reason, request_id),
+    };
+    if let Some(retry_after) = reason.retry_after() {
+        if !headers.iter().any(|(n, _)| n == "retry-after") {
+            // Whole seconds, rounded up, at least 1: never tell a client to retry at once.
+            let secs = retry_after.as_millis().div_ceil(1000).max(1);
+            headers.push(("retry-after".into(), secs.to_string()));
+        }
+    }
+    let mut header = ResponseHeader::build(status, Some(headers.len() + 4))?;
+    for (name, value) in headers {
+        header.insert_header(name, value)?;
+    }
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header(FALLBACK_HEADER, reason.as_str())?;
+    header.insert_header(REQUEST_ID, request_id)?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(status)
+}
+
+fn default_response(
+    upstream: &str,
+    reason: FallbackReason,
+    request_id: &str,
+) -> (u16, Vec<(String, String)>, Bytes) {
+    let retry_after_ms = reason.retry_after().map_or(0, |d| d.as_millis() as u64);
+    let body = match reason {
+        FallbackReason::CircuitOpen { state, .. } => serde_json::json!({
+            "code": "CIRCUIT_BREAKER_OPEN",
+            "message": "the upstream is failing; the gateway is not calling it for now",
+            "upstream": upstream,
+            "state": state.as_str(),
+            "retry_after_ms": retry_after_ms,
+            "request_id": request_id,
+        }),
+        FallbackReason::Overloaded => serde_json::json!({
+            "code": "UPSTREAM_OVERLOADED",
+            "message": "too many requests in flight to this upstream",
+            "upstream": upstream,
+            "retry_after_ms": retry_after_ms,
+            "request_id": request_id,
+        }),
+        FallbackReason::UpstreamFailed => serde_json::json!({
+            "code": "UPSTREAM_UNAVAILABLE",
+            "message": "the upstream could not be reached or failed",
+            "upstream": upstream,
+            "request_id": request_id,
+        }),
+    };
+    let headers = vec![
+        ("content-type".to_string(), "application/json".to_string()),
+        ("cache-control".to_string(), "no-store".to_string()),
+    ];
+    (503, headers, Bytes::from(body.to_string()))
+}
