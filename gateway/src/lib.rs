@@ -16,6 +16,7 @@ pub mod drain;
 pub mod events;
 pub mod logging;
 pub mod proxy;
+pub mod retry_budget;
 pub mod routing;
 pub mod runtime;
 pub mod server;

@@ -179,6 +179,7 @@ mod tests {
                 failure_when: Default::default(),
                 fallback: crate::config::FallbackSpec::Default,
                 outlier_detection: None,
+                retries: Default::default(),
             },
             Arc::new(crate::breaker::ManualClock::default()),
             Arc::default(),

@@ -12,6 +12,7 @@ use crate::breaker::{Breaker, Clock, Nanos};
 use crate::bulkhead::Bulkhead;
 use crate::config::{LoadBalancing, OutlierSpec, UpstreamSpec};
 use crate::events::EventHub;
+use crate::retry_budget::RetryBudget;
 
 /// One address of a pool.
 #[derive(Debug)]
@@ -35,8 +36,9 @@ pub struct Upstream {
     pub endpoints: Vec<Endpoint>,
     pub breaker: Arc<Breaker>,
     pub bulkhead: Arc<Bulkhead>,
+    pub retry_budget: RetryBudget,
     next: AtomicUsize,
-    clock: Arc<dyn Clock>,
+    pub clock: Arc<dyn Clock>,
     events: Arc<EventHub>,
     /// Serializes ejection decisions so the pool-share cap holds.
     ejecting: Mutex<()>,
@@ -71,11 +73,16 @@ impl Upstream {
             events.clone(),
         ));
         let bulkhead = Arc::new(Bulkhead::new(spec.max_concurrent_requests.map(|n| n.get())));
+        let retry_budget = RetryBudget::new(
+            spec.retries.budget_ratio,
+            spec.retries.budget_min_per_second,
+        );
         Self {
             spec,
             endpoints,
             breaker,
             bulkhead,
+            retry_budget,
             next: AtomicUsize::new(0),
             clock,
             events,
@@ -105,15 +112,21 @@ impl Upstream {
         let count = self.endpoints.len();
         let now = self.clock.now();
         let usable = |i: usize| self.available(i, now) && (count == 1 || Some(i) != avoid);
-        let index = match self.spec.load_balancing {
-            LoadBalancing::RoundRobin => {
+        let index = match (avoid, self.spec.load_balancing) {
+            // A retry takes the next usable endpoint after the one that failed, without
+            // moving the shared rotation (which would skew first attempts).
+            (Some(failed), _) => (1..=count)
+                .map(|k| (failed + k) % count)
+                .find(|i| usable(*i))
+                .unwrap_or((failed + 1) % count),
+            (None, LoadBalancing::RoundRobin) => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 (0..count)
                     .map(|k| (start + k) % count)
                     .find(|i| usable(*i))
                     .unwrap_or(start % count)
             }
-            LoadBalancing::LeastRequests => {
+            (None, LoadBalancing::LeastRequests) => {
                 // Power of two random choices among usable endpoints.
                 let pick = |seed: usize| {
                     (0..count)
@@ -122,7 +135,13 @@ impl Upstream {
                         .unwrap_or(seed % count)
                 };
                 let a = pick(rand::random::<usize>());
-                let b = pick(rand::random::<usize>());
+                // A second, different choice when there is one.
+                let b = match count {
+                    1 => a,
+                    _ => Some(pick(a + 1 + rand::random::<usize>() % (count - 1)))
+                        .filter(|b| usable(*b))
+                        .unwrap_or(a),
+                };
                 let load = |i: usize| self.endpoints[i].in_flight.load(Ordering::Relaxed);
                 if load(b) < load(a) { b } else { a }
             }
@@ -245,6 +264,7 @@ mod tests {
             failure_when: Default::default(),
             fallback: FallbackSpec::Default,
             outlier_detection: outliers,
+            retries: Default::default(),
         };
         (
             Arc::new(Upstream::new(spec, clock.clone(), Arc::default())),

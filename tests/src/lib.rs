@@ -143,6 +143,25 @@ impl Gateway {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Waits (up to 10 s) until a log line contains every one of `fragments`; returns it.
+    pub async fn wait_for_log(&self, fragments: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = self.logs();
+            if let Some(line) = logs
+                .lines()
+                .find(|l| fragments.iter().all(|f| l.contains(f)))
+            {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {fragments:?} in:\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }

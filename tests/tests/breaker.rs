@@ -269,7 +269,7 @@ async fn outlier_ejection_moves_traffic_off_a_dead_endpoint() {
         upstream_yaml(
             "api",
             &format!("\"{}\", \"{}\"", healthy.addr(), dead_address()),
-            "    timeouts: { connect: 300ms }\n    breaker: { failure_rate: 0.9, minimum_requests: 100 }\n    outlier_detection: { consecutive_failures: 2, ejection: 30s }\n"
+            "    timeouts: { connect: 300ms }\n    retries: { attempts: 0 }\n    breaker: { failure_rate: 0.9, minimum_requests: 100 }\n    outlier_detection: { consecutive_failures: 2, ejection: 30s }\n"
         )
     ))
     .await;
@@ -368,14 +368,8 @@ async fn a_cancelled_client_request_is_not_an_upstream_failure() {
     seen.recv().await.expect("request reached the origin");
     pending.abort(); // drops the client connection mid-request
     // Wait until the gateway has finished with the request (its access-log line).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw.logs().contains("cancelled-by-client") {
-        assert!(
-            Instant::now() < deadline,
-            "gateway never logged the cancelled request"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_for_log(&["gateway::access", "cancelled-by-client"])
+        .await;
     script.delay_ms.store(0, Ordering::SeqCst);
     assert_eq!(
         gw.get("/").await.status,
@@ -439,4 +433,100 @@ routes:
         );
         assert!(response.header("x-gateway-fallback").is_some());
     }
+}
+
+#[tokio::test]
+async fn connect_failures_are_retried_on_another_endpoint_for_idempotent_requests_only() {
+    let healthy = start_origin(echo("healthy")).await;
+    let gw = Gateway::start(&format!(
+        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
+        upstream_yaml(
+            "api",
+            &format!("\"{}\", \"{}\"", healthy.addr(), dead_address()),
+            "    timeouts: { connect: 300ms }\n    breaker: { failure_rate: 0.9, minimum_requests: 100 }\n"
+        )
+    ))
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            gw.get("/").await.status,
+            200,
+            "GET is retried on the healthy endpoint"
+        );
+    }
+    let mut failed_posts = 0;
+    for _ in 0..10 {
+        let response = gw
+            .conn()
+            .await
+            .request("POST", "/orders", &[], b"{}")
+            .await
+            .expect("response");
+        if response.status != 200 {
+            failed_posts += 1;
+        }
+    }
+    assert_eq!(
+        failed_posts, 5,
+        "a POST that failed to connect is not retried"
+    );
+    assert_eq!(healthy.stats().requests(), 15);
+}
+
+#[tokio::test]
+async fn the_retry_budget_caps_retries() {
+    let healthy = start_origin(echo("healthy")).await;
+    let gw = Gateway::start(&format!(
+        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
+        upstream_yaml(
+            "api",
+            &format!("\"{}\", \"{}\"", healthy.addr(), dead_address()),
+            "    timeouts: { connect: 300ms }\n    retries: { attempts: 1, budget: { ratio: 0.0, min_per_second: 1 } }\n    breaker: { failure_rate: 0.9, minimum_requests: 1000 }\n"
+        )
+    ))
+    .await;
+    let mut failures = 0;
+    for _ in 0..40 {
+        if gw.get("/").await.status != 200 {
+            failures += 1;
+        }
+    }
+    // 20 requests meet the dead endpoint; the floor of 1 retry a second over the
+    // 10-second window lets 10 of them retry.
+    assert_eq!(failures, 10);
+}
+
+#[tokio::test]
+async fn half_open_probes_are_never_retried() {
+    let gw = Gateway::start(&format!(
+        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
+        upstream_yaml(
+            "api",
+            &format!("\"{}\", \"{}\"", dead_address(), dead_address()),
+            "    timeouts: { connect: 300ms }\n    retries: { attempts: 3 }\n    breaker: { consecutive_failures: 3, open_duration: 300ms }\n"
+        )
+    ))
+    .await;
+    let first = gw
+        .conn()
+        .await
+        .request("GET", "/", &[("x-request-id", "closed-call")], b"")
+        .await
+        .expect("response");
+    assert_eq!(first.status, 502);
+    assert_eq!(gw.get("/").await.status, 503);
+    tokio::time::sleep(Duration::from_millis(400)).await; // the open period under test
+    let probe = gw
+        .conn()
+        .await
+        .request("GET", "/", &[("x-request-id", "probe-call")], b"")
+        .await
+        .expect("response");
+    assert_eq!(probe.status, 502);
+    // While closed, the failures were retried until the third one opened the breaker;
+    // the probe was not retried at all.
+    let closed = gw.wait_for_log(&["gateway::access", "closed-call"]).await;
+    assert!(closed.contains("retries=2"), "{closed}");
+    let probe = gw.wait_for_log(&["gateway::access", "probe-call"]).await;
+    assert!(probe.contains("retries=0"), "{probe}");
 }

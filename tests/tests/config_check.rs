@@ -104,8 +104,8 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ),
         (
             "unknown upstream key",
-            format!("{HEAD}{UPSTREAM}    retries: 3\n{ROUTE}"),
-            "6:5: upstreams.api.retries: unknown field `retries`",
+            format!("{HEAD}{UPSTREAM}    retry_policy: 3\n{ROUTE}"),
+            "6:5: upstreams.api.retry_policy: unknown field `retry_policy`",
         ),
         (
             "bad upstream name",
@@ -203,6 +203,58 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
                 "{HEAD}{UPSTREAM}routes:\n  - {{ match: {{ path_prefix: /a }}, upstream: api }}\n  - {{ match: {{ path_prefix: /a }}, upstream: api }}\n"
             ),
             "8:7: routes[1].match: same match as routes[0], so this route could never be used",
+        ),
+        (
+            "bad status class",
+            format!(
+                "{HEAD}{UPSTREAM}    breaker:\n      failure_when: {{ statuses: [\"6xx\"] }}\n{ROUTE}"
+            ),
+            "7:34: upstreams.api.breaker.failure_when.statuses[0]: `6xx` is not a status",
+        ),
+        (
+            "bad error kind",
+            format!(
+                "{HEAD}{UPSTREAM}    breaker:\n      failure_when: {{ errors: [timeout] }}\n{ROUTE}"
+            ),
+            "7:32: upstreams.api.breaker.failure_when.errors[0]: `timeout` is not an error kind; use connect_refused",
+        ),
+        (
+            "fallback to unknown upstream",
+            format!(
+                "{HEAD}{UPSTREAM}    breaker:\n      fallback: {{ upstream: backup }}\n{ROUTE}"
+            ),
+            "7:19: upstreams.api.breaker.fallback.upstream: no upstream named `backup`",
+        ),
+        (
+            "fallback loop",
+            format!(
+                "{HEAD}{UPSTREAM}    breaker: {{ fallback: {{ upstream: b }} }}\n  b:\n    endpoints: [\"127.0.0.1:9002\"]\n    breaker: {{ fallback: {{ upstream: api }} }}\n{ROUTE}"
+            ),
+            "6:28: upstreams.api.breaker.fallback.upstream: fallback loop: api -> b -> api",
+        ),
+        (
+            "fallback body and json",
+            format!(
+                "{HEAD}{UPSTREAM}    breaker:\n      fallback: {{ body: x, json: {{ a: 1 }} }}\n{ROUTE}"
+            ),
+            "7:7: upstreams.api.breaker.fallback: give `body` or `json`, not both",
+        ),
+        (
+            "ejection percent",
+            format!(
+                "{HEAD}{UPSTREAM}    outlier_detection: {{ max_ejection_percent: 150 }}\n{ROUTE}"
+            ),
+            "6:26: upstreams.api.outlier_detection.max_ejection_percent: 150 is not a percentage",
+        ),
+        (
+            "too many retries",
+            format!("{HEAD}{UPSTREAM}    retries: {{ attempts: 10 }}\n{ROUTE}"),
+            "6:16: upstreams.api.retries.attempts: 10 is more than 5 extra attempts",
+        ),
+        (
+            "zero bulkhead",
+            format!("{HEAD}{UPSTREAM}    max_concurrent_requests: 0\n{ROUTE}"),
+            "6:5: upstreams.api.max_concurrent_requests: must be at least 1",
         ),
         (
             "duplicate route name",

@@ -119,6 +119,9 @@ impl Drop for ProbeGuard {
 #[derive(Debug)]
 struct Control {
     probes_admitted: u32,
+    /// Probes admitted and not yet recorded, from this or an earlier half-open period:
+    /// the upstream never sees more than `permitted_requests` probes at once.
+    outstanding_probes: u32,
     probe_successes: u32,
     /// Consecutive re-opens after failed probes; drives backoff. Zero once closed.
     reopens: u32,
@@ -184,6 +187,7 @@ impl Breaker {
             rejections: AtomicU64::new(0),
             control: Mutex::new(Control {
                 probes_admitted: 0,
+                outstanding_probes: 0,
                 probe_successes: 0,
                 reopens: 0,
                 since: now,
@@ -293,11 +297,14 @@ impl Breaker {
             word = next;
             event = Some(transition);
         }
+        let permitted = self.policy.half_open.permitted_requests.get();
         let result = match word.state {
             State::HalfOpen
-                if control.probes_admitted < self.policy.half_open.permitted_requests.get() =>
+                if control.probes_admitted < permitted
+                    && control.outstanding_probes < permitted =>
             {
                 control.probes_admitted += 1;
+                control.outstanding_probes += 1;
                 Ok(self.permit(word.epoch, PermitKind::Probe))
             }
             State::HalfOpen => {
@@ -377,6 +384,7 @@ impl Breaker {
 
     fn record_probe(&self, epoch: u64, outcome: Outcome) {
         let mut control = self.lock();
+        control.outstanding_probes = control.outstanding_probes.saturating_sub(1);
         let word = self.word();
         if word.epoch != epoch || word.state != State::HalfOpen {
             return;

@@ -700,6 +700,7 @@ mod model {
         calls: VecDeque<(u64, bool, bool)>,
         consecutive: u32,
         probes: u32,
+        outstanding: u32,
         successes: u32,
         reopens: u32,
     }
@@ -747,8 +748,10 @@ mod model {
                     if self.state == State::Open {
                         self.go(State::HalfOpen, None);
                     }
-                    if self.probes < self.policy.half_open.permitted_requests.get() {
+                    let permitted = self.policy.half_open.permitted_requests.get();
+                    if self.probes < permitted && self.outstanding < permitted {
                         self.probes += 1;
+                        self.outstanding += 1;
                         Ok((true, self.epoch))
                     } else {
                         Err(State::HalfOpen)
@@ -758,6 +761,9 @@ mod model {
         }
 
         fn record(&mut self, probe: bool, epoch: u64, verdict: Verdict, latency: Duration) {
+            if probe {
+                self.outstanding -= 1;
+            }
             if epoch != self.epoch {
                 return;
             }
@@ -836,7 +842,7 @@ mod model {
         #[test]
         fn engine_matches_reference_model(policy in policy(), ops in proptest::collection::vec(op(), 1..120)) {
             let f = fixture(policy);
-            let mut model = Model { policy, now: 0, state: State::Closed, epoch: 0, open_until: 0, calls: VecDeque::new(), consecutive: 0, probes: 0, successes: 0, reopens: 0 };
+            let mut model = Model { policy, now: 0, state: State::Closed, epoch: 0, open_until: 0, calls: VecDeque::new(), consecutive: 0, probes: 0, outstanding: 0, successes: 0, reopens: 0 };
             let mut held: Vec<(Permit, bool, u64)> = Vec::new();
             for op in ops {
                 match op {

@@ -10,7 +10,7 @@ use http::Method;
 
 use super::error::{KeyPath, Problems};
 use super::raw::{RawAdmin, RawListener, RawLoadBalancing, RawRoute, RawServer, RawUpstream};
-use super::resilience::{self, FallbackSpec, OutlierSpec};
+use super::resilience::{self, FallbackSpec, OutlierSpec, RetrySpec};
 use crate::breaker::BreakerPolicy;
 use crate::classify::FailureWhen;
 
@@ -61,6 +61,7 @@ pub struct UpstreamSpec {
     pub failure_when: FailureWhen,
     pub fallback: FallbackSpec,
     pub outlier_detection: Option<OutlierSpec>,
+    pub retries: RetrySpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +280,7 @@ pub fn upstream_spec(
     let outlier_detection = raw
         .outlier_detection
         .map(|raw| resilience::outlier_detection(raw, &path.key("outlier_detection"), problems));
+    let retries = resilience::retries(raw.retries, &path.key("retries"), problems);
     (problems.0.len() == before).then(|| UpstreamSpec {
         name: name.to_string(),
         endpoints,
@@ -289,6 +291,7 @@ pub fn upstream_spec(
         failure_when,
         fallback,
         outlier_detection,
+        retries,
     })
 }
 

@@ -44,6 +44,21 @@ pub struct RawUpstream {
     pub max_concurrent_requests: Option<u32>,
     pub breaker: Option<RawBreaker>,
     pub outlier_detection: Option<RawOutlierDetection>,
+    pub retries: Option<RawRetries>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    pub attempts: Option<u32>,
+    pub budget: Option<RawRetryBudget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryBudget {
+    pub ratio: Option<f64>,
+    pub min_per_second: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::error::{KeyPath, Problems};
-use super::raw::{RawBreaker, RawFailureWhen, RawFallback, RawOutlierDetection, RawWindowKind};
+use super::raw::{
+    RawBreaker, RawFailureWhen, RawFallback, RawOutlierDetection, RawRetries, RawWindowKind,
+};
 use super::units::WindowSize;
 use crate::breaker::{BackoffPolicy, BreakerPolicy, SlowCallPolicy, WindowPolicy};
 use crate::classify::{FailureWhen, TransportError};
@@ -407,6 +409,59 @@ pub fn outlier_detection(
         ejection,
         max_ejection,
         max_ejection_percent: u8::try_from(percent.min(100)).unwrap_or(100),
+    }
+}
+
+/// Retries of failed connects on another endpoint, within a budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetrySpec {
+    /// Extra attempts per request (0: never retry).
+    pub attempts: u32,
+    /// Retries may add at most this share of recent requests...
+    pub budget_ratio: f64,
+    /// ...plus this many per second.
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            attempts: 1,
+            budget_ratio: 0.2,
+            budget_min_per_second: 3,
+        }
+    }
+}
+
+pub fn retries(raw: Option<RawRetries>, path: &KeyPath, problems: &mut Problems) -> RetrySpec {
+    let defaults = RetrySpec::default();
+    let Some(raw) = raw else {
+        return defaults;
+    };
+    let attempts = raw.attempts.unwrap_or(defaults.attempts);
+    if attempts > 5 {
+        problems.push(
+            path.key("attempts"),
+            format!("{attempts} is more than 5 extra attempts; retries multiply load"),
+        );
+    }
+    let budget = raw.budget;
+    let ratio = budget
+        .as_ref()
+        .and_then(|b| b.ratio)
+        .unwrap_or(defaults.budget_ratio);
+    if !(0.0..=1.0).contains(&ratio) {
+        problems.push(
+            path.key("budget").key("ratio"),
+            format!("`{ratio}` must be from 0 to 1"),
+        );
+    }
+    RetrySpec {
+        attempts,
+        budget_ratio: ratio,
+        budget_min_per_second: budget
+            .and_then(|b| b.min_per_second)
+            .unwrap_or(defaults.budget_min_per_second),
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::breaker::{Outcome, Permit, Rejected};
+use crate::breaker::{Outcome, Permit, Rejected, State};
 use crate::bulkhead::BulkheadSlot;
 use crate::classify::CallResult;
 use crate::upstream::{EndpointLease, Upstream};
@@ -33,6 +33,9 @@ pub struct Call {
     head_latency: Option<Duration>,
     /// Set when this call stands in for a rejected upstream.
     pub fallback_for: Option<(String, FallbackReason)>,
+    /// Admitted as a half-open probe: its one attempt is the test, never retried.
+    probe: bool,
+    retries: u32,
 }
 
 impl Call {
@@ -40,7 +43,10 @@ impl Call {
     pub fn admit(upstream: &Arc<Upstream>) -> Result<Call, Rejection> {
         let permit = upstream.breaker.try_acquire().map_err(Rejection::Breaker)?;
         let slot = upstream.bulkhead.try_enter().ok_or(Rejection::Overloaded)?;
+        upstream.retry_budget.record_request(&*upstream.clock);
         Ok(Call {
+            probe: permit.is_probe(),
+            retries: 0,
             upstream: Arc::clone(upstream),
             permit: Some(permit),
             _slot: slot,
@@ -66,14 +72,39 @@ impl Call {
         self.lease.as_ref().map(|l| l.endpoint().addr)
     }
 
-    pub fn is_probe(&self) -> bool {
-        self.permit.as_ref().is_some_and(Permit::is_probe)
-    }
-
     /// The upstream's response head arrived.
     pub fn on_response(&mut self, status: u16) {
         self.status = Some(status);
         self.head_latency = self.started.map(|s| s.elapsed());
+    }
+
+    /// After a failed connect (already recorded): whether to try another endpoint.
+    /// Only idempotent requests, never a half-open probe, only while the breaker is
+    /// closed, within `retries.attempts` and the retry budget; the retry is admitted by
+    /// the breaker like any call, so every attempt is recorded exactly once.
+    pub fn retry_connect(&mut self, idempotent: bool) -> bool {
+        let upstream = &self.upstream;
+        let allowed = idempotent
+            && !self.probe
+            && self.retries < upstream.spec.retries.attempts
+            && upstream.endpoints.len() > 1
+            && upstream.breaker.state() == State::Closed
+            && upstream.retry_budget.try_withdraw(&*upstream.clock);
+        if !allowed {
+            return false;
+        }
+        match upstream.breaker.try_acquire() {
+            Ok(permit) if !permit.is_probe() => {
+                self.permit = Some(permit);
+                self.retries += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn retries(&self) -> u32 {
+        self.retries
     }
 
     /// Records how the exchange ended: into the breaker (once) and outlier detection.

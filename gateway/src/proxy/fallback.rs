@@ -122,12 +122,12 @@ pub async fn respond(
         ),
         _ => default_response(upstream.name(), reason, request_id),
     };
-    if let Some(retry_after) = reason.retry_after() {
-        if !headers.iter().any(|(n, _)| n == "retry-after") {
-            // Whole seconds, rounded up, at least 1: never tell a client to retry at once.
-            let secs = retry_after.as_millis().div_ceil(1000).max(1);
-            headers.push(("retry-after".into(), secs.to_string()));
-        }
+    if let Some(retry_after) = reason.retry_after()
+        && !headers.iter().any(|(n, _)| n == "retry-after")
+    {
+        // Whole seconds, rounded up, at least 1: never tell a client to retry at once.
+        let secs = retry_after.as_millis().div_ceil(1000).max(1);
+        headers.push(("retry-after".into(), secs.to_string()));
     }
     let mut header = ResponseHeader::build(status, Some(headers.len() + 4))?;
     for (name, value) in headers {

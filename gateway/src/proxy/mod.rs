@@ -7,11 +7,14 @@
 //! 3. `upstream_peer`: pick an endpoint, skipping ejected ones.
 //! 4. `upstream_request_filter`: rewrite path and host, add forwarding headers.
 //! 5. `upstream_response_filter`: note the upstream's status and how long it took.
-//! 6. `response_filter`: tag the response (request id, fallback headers).
-//! 7. `fail_to_connect` / `fail_to_proxy`: record a connect failure; answer a failure
-//!    with the static fallback or a JSON error with a stable code.
-//! 8. `logging`: record the outcome in the breaker and outlier detection (exactly once;
-//!    a client that went away counts for nothing), then one access-log line.
+//! 6. `upstream_response_body_filter`: at the end of the body, record the outcome in
+//!    the breaker and outlier detection, before the client sees the end of it.
+//! 7. `response_filter`: tag the response (request id, fallback headers).
+//! 8. `fail_to_connect`: record the failed attempt; retry another endpoint if allowed.
+//! 9. `fail_to_proxy`: record the failure, then answer with the static fallback or a
+//!    JSON error with a stable code.
+//! 10. `logging`: record whatever is not yet recorded (a client that went away counts
+//!     for nothing), then one access-log line. Every call is recorded exactly once.
 
 mod call;
 mod fallback;
@@ -163,6 +166,20 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        // The exchange is over: record it before the client can see the end of it.
+        if let Some(call) = ctx.call.as_mut().filter(|_| end_of_stream) {
+            call.finish(call_result(None, call.status));
+        }
+        Ok(None)
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -184,13 +201,16 @@ impl ProxyHttp for Gateway {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
-        e: Box<Error>,
+        mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(call) = ctx.call.as_mut() {
             call.finish(CallResult::Transport(TransportError::from_error(&e)));
+            if call.retry_connect(session.req_header().method.is_idempotent()) {
+                e.set_retry(true);
+            }
         }
         e
     }
@@ -201,6 +221,9 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(call) = ctx.call.as_mut() {
+            call.finish(call_result(Some(e), call.status));
+        }
         let error = GatewayError::from_proxy_error(e);
         // Once the response head is out, the only honest signal left is closing the connection.
         let can_respond = session.response_written().is_none();
@@ -263,6 +286,7 @@ impl ProxyHttp for Gateway {
             route = ctx.route.as_ref().map_or("", |r| r.spec.name.as_str()),
             upstream = call.map_or("", |c| c.upstream.name()),
             endpoint = ?call.and_then(Call::endpoint),
+            retries = call.map_or(0, Call::retries),
             answered_by_gateway = ctx.answered.unwrap_or(""),
             error = e.map(|e| e.to_string()),
             duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
