@@ -41,6 +41,16 @@ impl EventHub {
     }
 }
 
+impl EventHub {
+    pub fn endpoint_health(&self, upstream: &str, endpoint: std::net::SocketAddr, healthy: bool) {
+        if healthy {
+            tracing::info!(target: "gateway::health", upstream, %endpoint, "endpoint healthy");
+        } else {
+            tracing::warn!(target: "gateway::health", upstream, %endpoint, "endpoint unhealthy");
+        }
+    }
+}
+
 impl TransitionListener for EventHub {
     fn on_transition(&self, t: &Transition) {
         tracing::warn!(

@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod events;
+pub mod health;
 pub mod logging;
 pub mod proxy;
 pub mod retry_budget;

@@ -180,6 +180,7 @@ mod tests {
                 fallback: crate::config::FallbackSpec::Default,
                 outlier_detection: None,
                 retries: Default::default(),
+                health_check: None,
             },
             Arc::new(crate::breaker::ManualClock::default()),
             Arc::default(),

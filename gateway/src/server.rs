@@ -44,6 +44,10 @@ pub fn run(config: Config) -> ! {
     }
     server.add_service(proxy);
     server.add_service(crate::admin::service(Arc::clone(&runtime), &admin_address));
+    server.add_service(pingora::services::background::background_service(
+        "health checks",
+        crate::health::HealthChecker::new(Arc::clone(&runtime)),
+    ));
 
     let mut phases = server.watch_execution_phase();
     std::thread::Builder::new()

@@ -2,7 +2,7 @@
 //! state every request to the pool goes through (breaker, bulkhead).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +27,16 @@ pub struct Endpoint {
     ejected_until: AtomicU64,
     /// Ejections in a row; each one lasts longer. Reset by a success after returning.
     ejections: AtomicU32,
+    /// Active health: true until health checks say otherwise.
+    healthy: AtomicBool,
+    /// Consecutive health-check results in the same direction.
+    health_streak: AtomicU32,
+}
+
+impl Endpoint {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
 }
 
 /// A named pool of endpoints.
@@ -63,6 +73,8 @@ impl Upstream {
                     consecutive_failures: AtomicU32::new(0),
                     ejected_until: AtomicU64::new(0),
                     ejections: AtomicU32::new(0),
+                    healthy: AtomicBool::new(true),
+                    health_streak: AtomicU32::new(0),
                 }
             })
             .collect();
@@ -95,7 +107,43 @@ impl Upstream {
     }
 
     fn available(&self, index: usize, now: Nanos) -> bool {
-        self.endpoints[index].ejected_until.load(Ordering::Acquire) <= now.0
+        let endpoint = &self.endpoints[index];
+        endpoint.ejected_until.load(Ordering::Acquire) <= now.0 && endpoint.is_healthy()
+    }
+
+    /// Whether an open breaker may let probes through: always, unless health checks
+    /// gate it and no endpoint currently passes them.
+    pub fn may_probe(&self) -> bool {
+        match &self.spec.health_check {
+            Some(check) if check.gate_breaker => self.endpoints.iter().any(Endpoint::is_healthy),
+            _ => true,
+        }
+    }
+
+    /// Feeds one health-check result for endpoint `index`; returns the new health when
+    /// it changed.
+    pub fn report_health(&self, index: usize, passed: bool) -> Option<bool> {
+        let check = self.spec.health_check.as_ref()?;
+        let endpoint = &self.endpoints[index];
+        let healthy = endpoint.is_healthy();
+        if passed == healthy {
+            endpoint.health_streak.store(0, Ordering::Release);
+            return None;
+        }
+        let streak = endpoint.health_streak.fetch_add(1, Ordering::AcqRel) + 1;
+        let needed = if passed {
+            check.healthy_threshold
+        } else {
+            check.unhealthy_threshold
+        };
+        if streak < needed.get() {
+            return None;
+        }
+        endpoint.health_streak.store(0, Ordering::Release);
+        endpoint.healthy.store(passed, Ordering::Release);
+        self.events
+            .endpoint_health(self.name(), endpoint.addr, passed);
+        Some(passed)
     }
 
     /// Endpoints currently ejected.
@@ -265,6 +313,7 @@ mod tests {
             fallback: FallbackSpec::Default,
             outlier_detection: outliers,
             retries: Default::default(),
+            health_check: None,
         };
         (
             Arc::new(Upstream::new(spec, clock.clone(), Arc::default())),

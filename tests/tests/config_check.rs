@@ -257,6 +257,13 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             "6:5: upstreams.api.max_concurrent_requests: must be at least 1",
         ),
         (
+            "health check too often",
+            format!(
+                "{HEAD}{UPSTREAM}    health_check: {{ path: /health, interval: 10ms }}\n{ROUTE}"
+            ),
+            "6:36: upstreams.api.health_check.interval: must be at least 100ms",
+        ),
+        (
             "duplicate route name",
             format!(
                 "{HEAD}{UPSTREAM}routes:\n  - {{ name: r, match: {{ path: /a }}, upstream: api }}\n  - {{ name: r, match: {{ path: /b }}, upstream: api }}\n"

@@ -23,7 +23,7 @@ pub use model::{
     AdminSpec, Config, HostMatch, ListenerSpec, LoadBalancing, PathMatch, RouteSpec, ServerSpec,
     Timeouts, UpstreamSpec,
 };
-pub use resilience::{FallbackSpec, OutlierSpec, RetrySpec, StaticResponse};
+pub use resilience::{FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec, StaticResponse};
 
 use error::Problems;
 use position::PositionIndex;

@@ -10,7 +10,7 @@ use http::Method;
 
 use super::error::{KeyPath, Problems};
 use super::raw::{RawAdmin, RawListener, RawLoadBalancing, RawRoute, RawServer, RawUpstream};
-use super::resilience::{self, FallbackSpec, OutlierSpec, RetrySpec};
+use super::resilience::{self, FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec};
 use crate::breaker::BreakerPolicy;
 use crate::classify::FailureWhen;
 
@@ -62,6 +62,7 @@ pub struct UpstreamSpec {
     pub fallback: FallbackSpec,
     pub outlier_detection: Option<OutlierSpec>,
     pub retries: RetrySpec,
+    pub health_check: Option<HealthCheckSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +282,9 @@ pub fn upstream_spec(
         .outlier_detection
         .map(|raw| resilience::outlier_detection(raw, &path.key("outlier_detection"), problems));
     let retries = resilience::retries(raw.retries, &path.key("retries"), problems);
+    let health_check = raw
+        .health_check
+        .map(|raw| resilience::health_check(raw, &path.key("health_check"), problems));
     (problems.0.len() == before).then(|| UpstreamSpec {
         name: name.to_string(),
         endpoints,
@@ -292,6 +296,7 @@ pub fn upstream_spec(
         fallback,
         outlier_detection,
         retries,
+        health_check,
     })
 }
 

@@ -45,6 +45,20 @@ pub struct RawUpstream {
     pub breaker: Option<RawBreaker>,
     pub outlier_detection: Option<RawOutlierDetection>,
     pub retries: Option<RawRetries>,
+    pub health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: String,
+    pub interval: Option<HumanDuration>,
+    pub timeout: Option<HumanDuration>,
+    pub expected_statuses: Option<Vec<serde_yaml::Value>>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+    #[serde(default)]
+    pub gate_breaker: bool,
 }
 
 #[derive(Debug, Deserialize)]

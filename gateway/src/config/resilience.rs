@@ -8,7 +8,8 @@ use bytes::Bytes;
 
 use super::error::{KeyPath, Problems};
 use super::raw::{
-    RawBreaker, RawFailureWhen, RawFallback, RawOutlierDetection, RawRetries, RawWindowKind,
+    RawBreaker, RawFailureWhen, RawFallback, RawHealthCheck, RawOutlierDetection, RawRetries,
+    RawWindowKind,
 };
 use super::units::WindowSize;
 use crate::breaker::{BackoffPolicy, BreakerPolicy, SlowCallPolicy, WindowPolicy};
@@ -462,6 +463,79 @@ pub fn retries(raw: Option<RawRetries>, path: &KeyPath, problems: &mut Problems)
         budget_min_per_second: budget
             .and_then(|b| b.min_per_second)
             .unwrap_or(defaults.budget_min_per_second),
+    }
+}
+
+/// Active health checks of every endpoint of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckSpec {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Inclusive status ranges that mean healthy.
+    pub expected_statuses: Vec<(u16, u16)>,
+    pub healthy_threshold: NonZeroU32,
+    pub unhealthy_threshold: NonZeroU32,
+    /// An open breaker may let probes through only while a health check passes.
+    pub gate_breaker: bool,
+}
+
+pub fn health_check(
+    raw: RawHealthCheck,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> HealthCheckSpec {
+    if !raw.path.starts_with('/') || raw.path.contains(' ') {
+        problems.push(
+            path.key("path"),
+            format!("`{}` must start with `/`", raw.path),
+        );
+    }
+    let interval = raw.interval.map_or(Duration::from_secs(5), |d| d.0);
+    let timeout = raw.timeout.map_or(Duration::from_secs(1), |d| d.0);
+    if interval < Duration::from_millis(100) {
+        problems.push(path.key("interval"), "must be at least 100ms");
+    }
+    if timeout.is_zero() || timeout > interval {
+        problems.push(
+            path.key("timeout"),
+            format!("{timeout:?} must be above 0 and at most the interval {interval:?}"),
+        );
+    }
+    let expected_statuses = match raw.expected_statuses {
+        None => vec![(200, 299)],
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, value)| {
+                let parsed = status_range(value);
+                if parsed.is_none() {
+                    problems.push(
+                        path.key("expected_statuses").index(i),
+                        format!(
+                            "`{}` is not a status; use 200, \"2xx\" or \"200-204\"",
+                            yaml_text(value)
+                        ),
+                    );
+                }
+                parsed
+            })
+            .collect(),
+    };
+    let threshold = |value: Option<u32>, default: u32, key: &str, problems: &mut Problems| {
+        NonZeroU32::new(value.unwrap_or(default)).unwrap_or_else(|| {
+            problems.push(path.key(key), "must be at least 1");
+            NonZeroU32::MIN
+        })
+    };
+    HealthCheckSpec {
+        path: raw.path,
+        interval,
+        timeout,
+        expected_statuses,
+        healthy_threshold: threshold(raw.healthy_threshold, 2, "healthy_threshold", problems),
+        unhealthy_threshold: threshold(raw.unhealthy_threshold, 3, "unhealthy_threshold", problems),
+        gate_breaker: raw.gate_breaker,
     }
 }
 

@@ -41,6 +41,18 @@ pub struct Call {
 impl Call {
     /// Asks the upstream's breaker, then its bulkhead. Nothing touches the network here.
     pub fn admit(upstream: &Arc<Upstream>) -> Result<Call, Rejection> {
+        // With gated recovery, an open breaker waits for a passing health check.
+        if upstream.breaker.state() == State::Open && !upstream.may_probe() {
+            let retry_after = upstream
+                .spec
+                .health_check
+                .as_ref()
+                .map_or(Duration::ZERO, |h| h.interval);
+            return Err(Rejection::Breaker(Rejected {
+                state: State::Open,
+                retry_after,
+            }));
+        }
         let permit = upstream.breaker.try_acquire().map_err(Rejection::Breaker)?;
         let slot = upstream.bulkhead.try_enter().ok_or(Rejection::Overloaded)?;
         upstream.retry_budget.record_request(&*upstream.clock);
