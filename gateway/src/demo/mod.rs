@@ -99,18 +99,26 @@ Edge gateway demo
   admin          http://{admin}/health
   upstreams      market-data 127.0.0.1:9101 + 127.0.0.1:9102, portfolio 127.0.0.1:9201, orders 127.0.0.1:9301
 
-Try:
+Normal traffic:
   curl -s http://{listen}/api/v1/market/quotes/ACME
   curl -s http://{listen}/api/v1/portfolio/portfolios/42
   curl -s -X POST -d '{{"symbol":"ACME","qty":10}}' http://{listen}/api/v1/orders/orders
-  curl -s http://{listen}/nowhere                                  # 404 ROUTE_NOT_FOUND
 
-Inject faults straight into a simulated upstream:
-  curl -s -X POST 'http://127.0.0.1:9201/_fault?failure_rate=1'      # portfolio answers 500
-  curl -s -X POST 'http://127.0.0.1:9201/_fault?latency=3s'          # slower than its 2s read timeout: 504
-  curl -s -X POST 'http://127.0.0.1:9201/_fault?down_for=30s'        # port closed: 502 UPSTREAM_UNAVAILABLE
-  curl -s -X POST 'http://127.0.0.1:9201/_fault?reset_rate=0.5'      # half the connections reset
-  curl -s -X DELETE http://127.0.0.1:9201/_fault                     # back to healthy
+An incident: portfolio starts failing, its breaker opens after 3 failures
+  curl -s -X POST 'http://127.0.0.1:9201/_fault?failure_rate=1'
+  for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{{http_code}} ' http://{listen}/api/v1/portfolio/portfolios/42; done; echo
+  curl -si http://{listen}/api/v1/portfolio/portfolios/42     # 503 CIRCUIT_BREAKER_OPEN, Retry-After
+Recovery: heal it; after 10s two probes go through and the breaker closes
+  curl -s -X DELETE http://127.0.0.1:9201/_fault
+
+A market-data instance dies: retried on the other one, then ejected; clients see no error
+  curl -s -X POST 'http://127.0.0.1:9101/_fault?down_for=60s'
+  for i in $(seq 10); do curl -s -o /dev/null -w '%{{http_code}} ' http://{listen}/api/v1/market/quotes; done; echo
+Both die: the breaker opens and clients get the stale-quotes fallback
+  curl -s -X POST 'http://127.0.0.1:9102/_fault?down_for=60s'
+
+Other faults on any simulated upstream: latency=3s, reset_rate=0.5, status=429, DELETE to clear.
+Breaker transitions, ejections and health changes are logged on stderr.
 "#
     );
 }
