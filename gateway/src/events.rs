@@ -1,54 +1,144 @@
-//! Operator-visible events: every breaker transition and endpoint ejection is logged
-//! through tracing and fanned out to subscribers (the admin event stream).
+//! Operator-visible events: every breaker transition, endpoint ejection and health
+//! change is logged through tracing, counted in metrics, kept in a short per-upstream
+//! history (for the admin API) and broadcast as JSON to live subscribers (the admin
+//! event stream). Events are rare, so building their JSON here costs nothing on the
+//! request path.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::breaker::{Broadcast, Transition, TransitionListener};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::breaker::{Transition, TransitionListener};
+use crate::metrics::Metrics;
+
+/// Transitions kept per upstream for `GET /api/v1/breakers/{upstream}`.
+const HISTORY: usize = 20;
 
 #[derive(Debug)]
 pub struct EventHub {
-    transitions: Broadcast,
+    sender: broadcast::Sender<Arc<Value>>,
+    history: Mutex<HashMap<String, VecDeque<Value>>>,
+    /// The config generation in service, stamped on every event.
+    generation: AtomicU64,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for EventHub {
     fn default() -> Self {
-        Self {
-            transitions: Broadcast::new(1024),
-        }
+        Self::new(Arc::default())
     }
 }
 
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl EventHub {
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Transition>> {
-        self.transitions.subscribe()
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            sender: broadcast::channel(1024).0,
+            history: Mutex::default(),
+            generation: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    /// A live feed of events as JSON objects with a `type` field. A subscriber that
+    /// falls behind misses old events (`Lagged`); it never slows the gateway down.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Value>> {
+        self.sender.subscribe()
+    }
+
+    pub fn set_generation(&self, generation: u64) {
+        self.generation.store(generation, Ordering::Relaxed);
+    }
+
+    /// The most recent transitions of `upstream`, oldest first.
+    pub fn history(&self, upstream: &str) -> Vec<Value> {
+        self.history
+            .lock()
+            .map(|h| {
+                h.get(upstream)
+                    .map(|v| v.iter().cloned().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+
+    fn publish(&self, event: Value) {
+        // No subscriber is not an error.
+        let _ = self.sender.send(Arc::new(event));
     }
 
     pub fn endpoint_ejected(
         &self,
         upstream: &str,
-        endpoint: std::net::SocketAddr,
-        for_: std::time::Duration,
+        endpoint: SocketAddr,
+        period: Duration,
         failures: u32,
     ) {
+        self.metrics.ejection(upstream, &endpoint.to_string());
         tracing::warn!(
             target: "gateway::outlier",
             upstream,
             %endpoint,
-            ejected_for_ms = for_.as_millis() as u64,
+            ejected_for_ms = period.as_millis() as u64,
             consecutive_failures = failures,
             "endpoint ejected"
         );
+        self.publish(json!({
+            "type": "endpoint_ejected",
+            "upstream": upstream,
+            "endpoint": endpoint.to_string(),
+            "ejected_for_ms": period.as_millis() as u64,
+            "consecutive_failures": failures,
+            "at_unix_ms": unix_ms(SystemTime::now()),
+            "config_generation": self.generation.load(Ordering::Relaxed),
+        }));
     }
-}
 
-impl EventHub {
-    pub fn endpoint_health(&self, upstream: &str, endpoint: std::net::SocketAddr, healthy: bool) {
+    pub fn endpoint_health(&self, upstream: &str, endpoint: SocketAddr, healthy: bool) {
         if healthy {
             tracing::info!(target: "gateway::health", upstream, %endpoint, "endpoint healthy");
         } else {
             tracing::warn!(target: "gateway::health", upstream, %endpoint, "endpoint unhealthy");
         }
+        self.publish(json!({
+            "type": "endpoint_health",
+            "upstream": upstream,
+            "endpoint": endpoint.to_string(),
+            "healthy": healthy,
+            "at_unix_ms": unix_ms(SystemTime::now()),
+        }));
     }
+}
+
+/// The JSON form of a transition: what changed, why, and the window at that moment.
+pub fn transition_json(t: &Transition, generation: u64) -> Value {
+    json!({
+        "type": "breaker_transition",
+        "upstream": &*t.breaker,
+        "from": t.from.as_str(),
+        "to": t.to.as_str(),
+        "reason": t.reason.as_str(),
+        "at_unix_ms": unix_ms(t.at),
+        "window": {
+            "calls": t.window.calls,
+            "failures": t.window.failures,
+            "slow": t.window.slow,
+            "failure_rate": t.window.failure_rate(),
+            "slow_rate": t.window.slow_rate(),
+        },
+        "consecutive_failures": t.consecutive_failures,
+        "open_for_ms": t.open_for.map(|d| d.as_millis() as u64),
+        "config_generation": generation,
+    })
 }
 
 impl TransitionListener for EventHub {
@@ -68,6 +158,15 @@ impl TransitionListener for EventHub {
             open_for_ms = t.open_for.map(|d| d.as_millis() as u64),
             "breaker transition"
         );
-        self.transitions.on_transition(t);
+        self.metrics.transition(t);
+        let event = transition_json(t, self.generation.load(Ordering::Relaxed));
+        if let Ok(mut history) = self.history.lock() {
+            let list = history.entry(t.breaker.to_string()).or_default();
+            if list.len() == HISTORY {
+                list.pop_front();
+            }
+            list.push_back(event.clone());
+        }
+        self.publish(event);
     }
 }

@@ -16,6 +16,7 @@ pub mod drain;
 pub mod events;
 pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod retry_budget;
 pub mod routing;

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use crate::breaker::{Clock, CoarseClock};
 use crate::config::Config;
 use crate::events::EventHub;
+use crate::metrics::Metrics;
 use crate::routing::{Route, RouteTable};
 use crate::upstream::Upstream;
 
@@ -62,12 +63,16 @@ pub struct RuntimeHandle {
     current: ArcSwap<Runtime>,
     generations: AtomicU64,
     pub events: Arc<EventHub>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl RuntimeHandle {
     pub fn new(config: Config) -> Self {
-        let events = Arc::new(EventHub::default());
+        let metrics = Arc::new(Metrics::default());
+        metrics.config_applied(&config.hash);
+        let events = Arc::new(EventHub::new(Arc::clone(&metrics)));
         Self {
+            metrics,
             current: ArcSwap::from_pointee(Runtime::build(config, 1, &events)),
             generations: AtomicU64::new(1),
             events,
@@ -82,7 +87,10 @@ impl RuntimeHandle {
     /// Replaces the snapshot; requests already running keep theirs.
     pub fn apply(&self, config: Config) -> Arc<Runtime> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        let hash = config.hash.clone();
+        self.events.set_generation(generation);
         let runtime = Arc::new(Runtime::build(config, generation, &self.events));
+        self.metrics.config_applied(&hash);
         self.current.store(Arc::clone(&runtime));
         runtime
     }

@@ -31,6 +31,7 @@ pub fn run(config: Config) -> ! {
         .map(|l| l.address.to_string())
         .collect();
     let admin_address = config.admin.address.to_string();
+    let admin_token = config.admin.token.clone();
     let runtime = Arc::new(RuntimeHandle::new(config));
     let in_flight = Arc::new(InFlight::default());
 
@@ -43,7 +44,11 @@ pub fn run(config: Config) -> ! {
         proxy.add_tcp(address);
     }
     server.add_service(proxy);
-    server.add_service(crate::admin::service(Arc::clone(&runtime), &admin_address));
+    server.add_service(crate::admin::service(
+        Arc::clone(&runtime),
+        &admin_address,
+        admin_token,
+    ));
     server.add_service(pingora::services::background::background_service(
         "health checks",
         crate::health::HealthChecker::new(Arc::clone(&runtime)),

@@ -12,6 +12,7 @@ use crate::breaker::{Breaker, Clock, Nanos};
 use crate::bulkhead::Bulkhead;
 use crate::config::{LoadBalancing, OutlierSpec, UpstreamSpec};
 use crate::events::EventHub;
+use crate::metrics::UpstreamMetrics;
 use crate::retry_budget::RetryBudget;
 
 /// One address of a pool.
@@ -47,9 +48,10 @@ pub struct Upstream {
     pub breaker: Arc<Breaker>,
     pub bulkhead: Arc<Bulkhead>,
     pub retry_budget: RetryBudget,
+    pub metrics: UpstreamMetrics,
     next: AtomicUsize,
     pub clock: Arc<dyn Clock>,
-    events: Arc<EventHub>,
+    pub events: Arc<EventHub>,
     /// Serializes ejection decisions so the pool-share cap holds.
     ejecting: Mutex<()>,
 }
@@ -89,7 +91,9 @@ impl Upstream {
             spec.retries.budget_ratio,
             spec.retries.budget_min_per_second,
         );
+        let metrics = events.metrics.for_upstream(&spec.name);
         Self {
+            metrics,
             spec,
             endpoints,
             breaker,

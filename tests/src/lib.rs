@@ -72,9 +72,14 @@ impl Gateway {
     /// Starts the gateway with `body` (upstreams, routes, ...) plus generated
     /// `listeners` and `admin` sections on free loopback ports.
     pub async fn start(body: &str) -> Gateway {
+        Self::start_with_args(body, &[]).await
+    }
+
+    /// Like `start`, with extra command-line arguments (e.g. `--log-format json`).
+    pub async fn start_with_args(body: &str, args: &[&str]) -> Gateway {
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Self::try_start(body).await {
+            match Self::try_start(body, args).await {
                 Ok(gateway) => return gateway,
                 // Another test may have taken the port between our probe and the bind.
                 Err(e) if e.contains("Address already in use") => last_error = e,
@@ -84,7 +89,7 @@ impl Gateway {
         panic!("gateway did not start after 3 tries:\n{last_error}")
     }
 
-    async fn try_start(body: &str) -> Result<Gateway, String> {
+    async fn try_start(body: &str, args: &[&str]) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -96,6 +101,7 @@ impl Gateway {
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
         let child = Command::new(gateway_binary())
+            .args(args)
             .args(["run", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")

@@ -239,3 +239,37 @@ routes:
         );
     }
 }
+
+#[tokio::test]
+async fn json_logs_carry_one_structured_access_event_per_request() {
+    let origin = start_origin(echo("svc")).await;
+    let gw = Gateway::start_with_args(
+        &format!(
+            "upstreams:\n  svc: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: all, upstream: svc }}\n",
+            origin.addr()
+        ),
+        &["--log-format", "json"],
+    )
+    .await;
+    let mut conn = gw.conn().await;
+    conn.request(
+        "GET",
+        "/things?x=1",
+        &[("x-request-id", "json-log-check")],
+        b"",
+    )
+    .await
+    .expect("request");
+    let line = gw.wait_for_log(&["json-log-check"]).await;
+    let event: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(event["target"], "gateway::access");
+    assert_eq!(event["request_id"], "json-log-check");
+    assert_eq!(event["status"], 200);
+    assert_eq!(event["route"], "all");
+    assert_eq!(event["upstream"], "svc");
+    assert_eq!(
+        event["path"], "/things",
+        "paths are logged without the query string"
+    );
+}

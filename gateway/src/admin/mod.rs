@@ -1,54 +1,116 @@
-//! The admin listener: health and readiness, apart from traffic.
+//! The admin listener: health, readiness, metrics, breaker state and control, and a
+//! live event stream. Apart from traffic; loopback by default; bearer token when set.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | /health | liveness (no token needed) |
+//! | GET | /ready | readiness (no token needed) |
+//! | GET | /metrics | Prometheus text exposition |
+//! | GET | /admin/config | hash, generation, source of the config in service |
+//! | GET | /health/upstreams | per upstream: status word, breaker state, endpoints |
+//! | GET | /api/v1/breakers | every breaker |
+//! | GET | /api/v1/breakers/{upstream} | one breaker, with recent transitions |
+//! | PUT | /api/v1/breakers/{upstream}/state | force open, disable, metrics-only, automatic |
+//! | POST | /api/v1/breakers/{upstream}/reset | back to closed, window cleared |
+//! | GET | /api/v1/events | Server-Sent Events: transitions, ejections, health |
+
+mod api;
+mod auth;
+mod stream;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::Response;
-use pingora::apps::http_app::{HttpServer, ServeHttp};
+use bytes::Bytes;
+use pingora::apps::{HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use pingora::services::listening::Service;
+use serde_json::{Value, json};
 
 use crate::runtime::RuntimeHandle;
 
 pub struct AdminApp {
     runtime: Arc<RuntimeHandle>,
+    token: Option<String>,
 }
 
 /// The admin service, bound to the configured admin address.
-pub fn service(runtime: Arc<RuntimeHandle>, address: &str) -> Service<HttpServer<AdminApp>> {
-    let mut service = Service::new(
-        "admin".to_string(),
-        HttpServer::new_app(AdminApp { runtime }),
-    );
+pub fn service(
+    runtime: Arc<RuntimeHandle>,
+    address: &str,
+    token: Option<String>,
+) -> Service<AdminApp> {
+    let mut service = Service::new("admin".to_string(), AdminApp { runtime, token });
     service.add_tcp(address);
     service
 }
 
-fn json(status: u16, body: serde_json::Value) -> Response<Vec<u8>> {
-    let body = body.to_string().into_bytes();
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("content-length", body.len())
-        .header("cache-control", "no-store")
-        .body(body)
-        .unwrap_or_else(|_| Response::new(Vec::new()))
+enum Reply {
+    Json(u16, Value),
+    Text(u16, &'static str, String),
+    Stream,
 }
 
-#[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+const MAX_BODY: usize = 64 * 1024;
+
+async fn read_body(session: &mut ServerSession) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = session.read_request_body().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY {
+            return None;
+        }
+    }
+    Some(body)
+}
+
+impl AdminApp {
+    async fn handle(&self, session: &mut ServerSession) -> Reply {
         let req = session.req_header();
+        let method = req.method.as_str().to_string();
+        let path = req.uri.path().to_string();
+        let open = matches!(
+            (method.as_str(), path.as_str()),
+            ("GET", "/health" | "/ready")
+        );
+        if let Some(token) = &self.token {
+            let header = req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            if !open && !auth::authorized(header, token) {
+                return Reply::Json(
+                    401,
+                    json!({ "code": "UNAUTHORIZED", "message": "a valid bearer token is required" }),
+                );
+            }
+        }
         let runtime = self.runtime.snapshot();
-        match (req.method.as_str(), req.uri.path()) {
-            ("GET", "/health") => json(200, serde_json::json!({ "status": "ok" })),
-            ("GET", "/ready") => json(
+        let events = &self.runtime.events;
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let upstream = |name: &str| runtime.upstreams.get(name).cloned();
+        let not_found = |name: &str| {
+            Reply::Json(
+                404,
+                json!({ "code": "UPSTREAM_NOT_FOUND", "message": format!("no upstream named `{name}`") }),
+            )
+        };
+        match (method.as_str(), segments.as_slice()) {
+            ("GET", ["health"]) => Reply::Json(200, json!({ "status": "ok" })),
+            ("GET", ["ready"]) => Reply::Json(
                 200,
-                serde_json::json!({ "status": "ready", "generation": runtime.generation }),
+                json!({ "status": "ready", "generation": runtime.generation }),
             ),
-            ("GET", "/admin/config") => json(
+            ("GET", ["metrics"]) => Reply::Text(
                 200,
-                serde_json::json!({
+                "text/plain; version=0.0.4",
+                self.runtime.metrics.render(&runtime),
+            ),
+            ("GET", ["admin", "config"]) => Reply::Json(
+                200,
+                json!({
                     "source": runtime.config.source.display().to_string(),
                     "hash": runtime.config.hash,
                     "generation": runtime.generation,
@@ -56,7 +118,125 @@ impl ServeHttp for AdminApp {
                     "routes": runtime.routes.len(),
                 }),
             ),
-            _ => json(404, serde_json::json!({ "code": "NOT_FOUND" })),
+            ("GET", ["health", "upstreams"]) => Reply::Json(
+                200,
+                json!(
+                    runtime
+                        .upstreams
+                        .values()
+                        .map(|u| api::upstream_health(u))
+                        .collect::<Vec<_>>()
+                ),
+            ),
+            ("GET", ["api", "v1", "breakers"]) => Reply::Json(
+                200,
+                json!(
+                    runtime
+                        .upstreams
+                        .values()
+                        .map(|u| api::breaker(u, events))
+                        .collect::<Vec<_>>()
+                ),
+            ),
+            ("GET", ["api", "v1", "breakers", name]) => match upstream(name) {
+                Some(u) => Reply::Json(200, api::breaker(&u, events)),
+                None => not_found(name),
+            },
+            ("PUT", ["api", "v1", "breakers", name, "state"]) => {
+                let Some(u) = upstream(name) else {
+                    return not_found(name);
+                };
+                let Some(body) = read_body(session).await else {
+                    return Reply::Json(413, json!({ "code": "BODY_TOO_LARGE" }));
+                };
+                match api::requested_mode(&body) {
+                    Ok(mode) => {
+                        u.breaker.set_mode(mode);
+                        tracing::warn!(target: "gateway::admin", upstream = %name, mode = mode.as_str(), "breaker mode set by operator");
+                        Reply::Json(200, api::breaker(&u, events))
+                    }
+                    Err(message) => {
+                        Reply::Json(400, json!({ "code": "BAD_REQUEST", "message": message }))
+                    }
+                }
+            }
+            ("POST", ["api", "v1", "breakers", name, "reset"]) => match upstream(name) {
+                Some(u) => {
+                    u.breaker.reset();
+                    tracing::warn!(target: "gateway::admin", upstream = %name, "breaker reset by operator");
+                    Reply::Json(200, api::breaker(&u, events))
+                }
+                None => not_found(name),
+            },
+            ("GET", ["api", "v1", "events"]) => Reply::Stream,
+            _ => Reply::Json(
+                404,
+                json!({ "code": "NOT_FOUND", "message": format!("no admin endpoint {method} {path}") }),
+            ),
+        }
+    }
+}
+
+async fn write(
+    session: &mut ServerSession,
+    status: u16,
+    content_type: &str,
+    body: Vec<u8>,
+) -> bool {
+    let Ok(mut header) = ResponseHeader::build(status, Some(4)) else {
+        return false;
+    };
+    let ok = header.insert_header("content-type", content_type).is_ok()
+        && header
+            .insert_header("content-length", body.len().to_string())
+            .is_ok()
+        && header.insert_header("cache-control", "no-store").is_ok()
+        && (status != 401 || header.insert_header("www-authenticate", "Bearer").is_ok());
+    ok && session
+        .write_response_header(Box::new(header))
+        .await
+        .is_ok()
+        && session
+            .write_response_body(Bytes::from(body), true)
+            .await
+            .is_ok()
+}
+
+#[async_trait]
+impl HttpServerApp for AdminApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !matches!(session.read_request().await, Ok(true)) {
+            return None;
+        }
+        let written = match self.handle(&mut session).await {
+            Reply::Json(status, body) => {
+                write(
+                    &mut session,
+                    status,
+                    "application/json",
+                    body.to_string().into_bytes(),
+                )
+                .await
+            }
+            Reply::Text(status, content_type, body) => {
+                write(&mut session, status, content_type, body.into_bytes()).await
+            }
+            Reply::Stream => {
+                stream::serve(&mut session, &self.runtime.events, shutdown).await;
+                return None;
+            }
+        };
+        if !written {
+            return None;
+        }
+        let settings = pingora::apps::HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(stream) => stream.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(_) => None,
         }
     }
 }

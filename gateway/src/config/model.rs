@@ -44,9 +44,21 @@ pub struct ListenerSpec {
     pub address: SocketAddr,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AdminSpec {
     pub address: SocketAddr,
+    /// Bearer token every admin request but `/health` and `/ready` must carry.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminSpec {
+    // Never print the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSpec")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -184,10 +196,41 @@ pub fn listener_specs(
 }
 
 pub fn admin_spec(raw: Option<RawAdmin>, path: &KeyPath, problems: &mut Problems) -> AdminSpec {
-    let text = raw.map_or_else(|| DEFAULT_ADMIN_ADDRESS.to_string(), |a| a.address);
+    let (text, token_env) = raw.map_or_else(
+        || (DEFAULT_ADMIN_ADDRESS.to_string(), None),
+        |a| (a.address, a.token_env),
+    );
     let fallback = SocketAddr::from(([127, 0, 0, 1], 9901));
     let address = listen_address(&text, path.key("address"), problems).unwrap_or(fallback);
-    AdminSpec { address }
+    let token = token_env.and_then(|name| match std::env::var(&name) {
+        Ok(token) if token.trim().len() >= 16 => Some(token.trim().to_string()),
+        Ok(_) => {
+            problems.push(
+                path.key("token_env"),
+                format!(
+                    "environment variable `{name}` must hold a token of at least 16 characters"
+                ),
+            );
+            None
+        }
+        Err(_) => {
+            problems.push(
+                path.key("token_env"),
+                format!("environment variable `{name}` is not set"),
+            );
+            None
+        }
+    });
+    if !address.ip().is_loopback()
+        && token.is_none()
+        && !problems.0.iter().any(|(p, ..)| p == &path.key("token_env"))
+    {
+        problems.push(
+            path.key("address"),
+            format!("`{address}` is not loopback: set `token_env` to the environment variable holding a bearer token"),
+        );
+    }
+    AdminSpec { address, token }
 }
 
 /// Names become metric labels and URL segments: keep them plain.

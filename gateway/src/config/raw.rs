@@ -31,6 +31,8 @@ pub struct RawListener {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub address: String,
+    /// Name of the environment variable holding the admin bearer token.
+    pub token_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

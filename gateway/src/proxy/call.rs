@@ -48,13 +48,20 @@ impl Call {
                 .health_check
                 .as_ref()
                 .map_or(Duration::ZERO, |h| h.interval);
+            upstream.metrics.rejected.inc();
             return Err(Rejection::Breaker(Rejected {
                 state: State::Open,
                 retry_after,
             }));
         }
-        let permit = upstream.breaker.try_acquire().map_err(Rejection::Breaker)?;
-        let slot = upstream.bulkhead.try_enter().ok_or(Rejection::Overloaded)?;
+        let permit = upstream.breaker.try_acquire().map_err(|rejected| {
+            upstream.metrics.rejected.inc();
+            Rejection::Breaker(rejected)
+        })?;
+        let slot = upstream.bulkhead.try_enter().ok_or_else(|| {
+            upstream.metrics.overloaded.inc();
+            Rejection::Overloaded
+        })?;
         upstream.retry_budget.record_request(&*upstream.clock);
         Ok(Call {
             probe: permit.is_probe(),
@@ -109,6 +116,7 @@ impl Call {
             Ok(permit) if !permit.is_probe() => {
                 self.permit = Some(permit);
                 self.retries += 1;
+                upstream.metrics.retries.inc();
                 true
             }
             _ => false,
@@ -129,11 +137,24 @@ impl Call {
             .or_else(|| self.started.map(|s| s.elapsed()))
             .unwrap_or_default();
         let failed = self.upstream.spec.failure_when.fails(result);
+        let metrics = &self.upstream.metrics;
         let outcome = match failed {
-            Some(true) => Outcome::failure(latency),
-            Some(false) => Outcome::success(latency),
-            None => Outcome::ignored(),
+            Some(true) => {
+                metrics.failure.inc();
+                Outcome::failure(latency)
+            }
+            Some(false) => {
+                metrics.success.inc();
+                Outcome::success(latency)
+            }
+            None => {
+                metrics.ignored.inc();
+                Outcome::ignored()
+            }
         };
+        if failed.is_some() {
+            metrics.duration.observe(latency.as_secs_f64());
+        }
         self.upstream.breaker.record(permit, outcome);
         if let (Some(lease), Some(failed)) = (&self.lease, failed) {
             self.upstream.report(lease.index(), failed);

@@ -114,14 +114,24 @@ pub async fn respond(
     reason: FallbackReason,
     request_id: &str,
 ) -> Result<u16> {
-    let (status, mut headers, body) = match &upstream.spec.fallback {
+    let (kind, (status, mut headers, body)) = match &upstream.spec.fallback {
         FallbackSpec::Static(response) => (
-            response.status,
-            response.headers.clone(),
-            response.body.clone(),
+            "static",
+            (
+                response.status,
+                response.headers.clone(),
+                response.body.clone(),
+            ),
         ),
-        _ => default_response(upstream.name(), reason, request_id),
+        _ => (
+            "default",
+            default_response(upstream.name(), reason, request_id),
+        ),
     };
+    upstream
+        .events
+        .metrics
+        .fallback(upstream.name(), reason.as_str(), kind);
     if let Some(retry_after) = reason.retry_after()
         && !headers.iter().any(|(n, _)| n == "retry-after")
     {

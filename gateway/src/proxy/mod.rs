@@ -99,6 +99,12 @@ impl ProxyHttp for Gateway {
         ctx.route = Some(route);
         match admission {
             Admission::Call(call) => {
+                if let Some((rejected, reason)) = &call.fallback_for {
+                    call.upstream
+                        .events
+                        .metrics
+                        .fallback(rejected, reason.as_str(), "upstream");
+                }
                 ctx.call = Some(call);
                 Ok(false)
             }

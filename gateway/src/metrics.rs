@@ -1,0 +1,281 @@
+//! Every Prometheus family the gateway exports, in one place.
+//!
+//! Labels are closed sets: upstream names and endpoint addresses come from the config,
+//! states, reasons and outcomes from enums. Never a path or a client address. The
+//! request path touches only handles cached per upstream (`UpstreamMetrics`): an atomic
+//! add, no label lookup. Gauges that describe current state are set at scrape time from
+//! the runtime snapshot.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::breaker::{State, Transition};
+use crate::runtime::Runtime;
+
+pub struct Metrics {
+    registry: Registry,
+    breaker_state: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
+    breaker_rejections: IntCounterVec,
+    upstream_requests: IntCounterVec,
+    upstream_duration: HistogramVec,
+    upstream_retries: IntCounterVec,
+    upstream_in_flight: IntGaugeVec,
+    bulkhead_rejections: IntCounterVec,
+    fallbacks: IntCounterVec,
+    endpoint_ejected: IntGaugeVec,
+    endpoint_healthy: IntGaugeVec,
+    endpoint_ejections: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: Gauge,
+    config_info: IntGaugeVec,
+}
+
+/// Handles for one upstream, resolved once when the runtime is built.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    pub success: IntCounter,
+    pub failure: IntCounter,
+    pub ignored: IntCounter,
+    pub duration: Histogram,
+    pub rejected: IntCounter,
+    pub overloaded: IntCounter,
+    pub retries: IntCounter,
+}
+
+impl std::fmt::Debug for UpstreamMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamMetrics")
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(vec.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    vec
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let vec = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(vec.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    vec
+}
+
+/// Latency buckets, in seconds: 1 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Default for Metrics {
+    // The names and label sets below are fixed at compile time; a failure here is a
+    // programming error caught by the first test that builds a runtime.
+    fn default() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_upstream_request_duration_seconds",
+                "Time from choosing an endpoint to the upstream's response head (or failure).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["upstream"],
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        registry
+            .register(Box::new(upstream_duration.clone()))
+            .unwrap_or_else(|e| panic!("histogram: {e}"));
+        let config_last_reload_success = Gauge::new(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config applied successfully (at start or by reload).",
+        )
+        .unwrap_or_else(|e| panic!("gauge: {e}"));
+        registry
+            .register(Box::new(config_last_reload_success.clone()))
+            .unwrap_or_else(|e| panic!("gauge: {e}"));
+        Self {
+            breaker_state: gauge(
+                r,
+                "gateway_breaker_state",
+                "1 for the breaker's current state, 0 for the others.",
+                &["upstream", "state"],
+            ),
+            breaker_transitions: counter(
+                r,
+                "gateway_breaker_transitions_total",
+                "Breaker state changes.",
+                &["upstream", "from", "to", "reason"],
+            ),
+            breaker_rejections: counter(
+                r,
+                "gateway_breaker_rejections_total",
+                "Requests the breaker did not let through to the upstream.",
+                &["upstream"],
+            ),
+            upstream_requests: counter(
+                r,
+                "gateway_upstream_requests_total",
+                "Calls to upstreams by recorded outcome.",
+                &["upstream", "outcome"],
+            ),
+            upstream_duration,
+            upstream_retries: counter(
+                r,
+                "gateway_upstream_retries_total",
+                "Connect failures retried on another endpoint.",
+                &["upstream"],
+            ),
+            upstream_in_flight: gauge(
+                r,
+                "gateway_upstream_requests_in_flight",
+                "Requests currently admitted to the upstream (bulkhead occupancy).",
+                &["upstream"],
+            ),
+            bulkhead_rejections: counter(
+                r,
+                "gateway_bulkhead_rejections_total",
+                "Requests refused because the upstream's bulkhead was full.",
+                &["upstream"],
+            ),
+            fallbacks: counter(
+                r,
+                "gateway_fallbacks_total",
+                "Fallback responses served, by why and what.",
+                &["upstream", "reason", "kind"],
+            ),
+            endpoint_ejected: gauge(
+                r,
+                "gateway_endpoint_ejected",
+                "1 while outlier detection keeps the endpoint out of rotation.",
+                &["upstream", "endpoint"],
+            ),
+            endpoint_healthy: gauge(
+                r,
+                "gateway_endpoint_healthy",
+                "1 while the endpoint passes its active health checks (or has none).",
+                &["upstream", "endpoint"],
+            ),
+            endpoint_ejections: counter(
+                r,
+                "gateway_endpoint_ejections_total",
+                "Times an endpoint was ejected.",
+                &["upstream", "endpoint"],
+            ),
+            config_reloads: counter(
+                r,
+                "gateway_config_reloads_total",
+                "Config reload attempts by result.",
+                &["result"],
+            ),
+            config_last_reload_success,
+            config_info: gauge(
+                r,
+                "gateway_config_info",
+                "1 for the hash of the config being served.",
+                &["hash"],
+            ),
+            registry,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn for_upstream(&self, upstream: &str) -> UpstreamMetrics {
+        let outcome = |o: &str| self.upstream_requests.with_label_values(&[upstream, o]);
+        UpstreamMetrics {
+            success: outcome("success"),
+            failure: outcome("failure"),
+            ignored: outcome("ignored"),
+            duration: self.upstream_duration.with_label_values(&[upstream]),
+            rejected: self.breaker_rejections.with_label_values(&[upstream]),
+            overloaded: self.bulkhead_rejections.with_label_values(&[upstream]),
+            retries: self.upstream_retries.with_label_values(&[upstream]),
+        }
+    }
+
+    pub fn transition(&self, t: &Transition) {
+        self.breaker_transitions
+            .with_label_values(&[
+                &t.breaker,
+                t.from.as_str(),
+                t.to.as_str(),
+                t.reason.as_str(),
+            ])
+            .inc();
+    }
+
+    pub fn fallback(&self, upstream: &str, reason: &str, kind: &str) {
+        self.fallbacks
+            .with_label_values(&[upstream, reason, kind])
+            .inc();
+    }
+
+    pub fn ejection(&self, upstream: &str, endpoint: &str) {
+        self.endpoint_ejections
+            .with_label_values(&[upstream, endpoint])
+            .inc();
+    }
+
+    /// Marks `hash` as the config in service.
+    pub fn config_applied(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.config_last_reload_success.set(now);
+    }
+
+    /// The text exposition, with state gauges taken from `runtime` now.
+    pub fn render(&self, runtime: &Runtime) -> String {
+        self.breaker_state.reset();
+        self.endpoint_ejected.reset();
+        self.endpoint_healthy.reset();
+        self.upstream_in_flight.reset();
+        for upstream in runtime.upstreams.values() {
+            let name = upstream.name();
+            let current = upstream.breaker.state();
+            for state in State::ALL {
+                self.breaker_state
+                    .with_label_values(&[name, state.as_str()])
+                    .set(i64::from(state == current));
+            }
+            self.upstream_in_flight
+                .with_label_values(&[name])
+                .set(i64::from(upstream.bulkhead.in_flight()));
+            let ejected: Vec<_> = upstream.ejected().map(|e| e.addr).collect();
+            for endpoint in &upstream.endpoints {
+                let label = endpoint.addr.to_string();
+                self.endpoint_ejected
+                    .with_label_values(&[name, &label])
+                    .set(i64::from(ejected.contains(&endpoint.addr)));
+                self.endpoint_healthy
+                    .with_label_values(&[name, &label])
+                    .set(i64::from(endpoint.is_healthy()));
+            }
+        }
+        let mut buffer = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// Shared handle.
+pub type SharedMetrics = Arc<Metrics>;
