@@ -5,15 +5,17 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all demo test setup lint fmt check build
+.PHONY: all demo test setup lint fmt check build alerts-test
 
 all: test
 
-# Native build prerequisites (pingora builds C code with cmake) and the plugin target.
+# Native build prerequisites (pingora builds C code with cmake), promtool for the alert
+# rule tests, and the plugin target.
 setup:
 	@missing=""; \
 	command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v cc >/dev/null || missing="$$missing build-essential"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \
@@ -38,5 +40,10 @@ lint: setup
 check: setup
 	@for f in config/*.yaml; do $(CARGO) run -q -p gateway -- check --config $$f || exit 1; done
 
-test: lint
+# Alert rules: syntax and unit tests (promtool comes from Debian's prometheus package).
+alerts-test: setup
+	promtool check rules config/prometheus/alerts.yml
+	promtool test rules config/prometheus/alerts_test.yml
+
+test: lint alerts-test
 	$(CARGO) test --workspace

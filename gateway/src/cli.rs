@@ -37,6 +37,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print Prometheus alert rules with thresholds from each upstream's breaker settings.
+    Alerts {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Start simulated upstreams with fault injection and the gateway in front of them.
     Demo,
 }
@@ -46,6 +51,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Alerts { config } => match config::load(&config) {
+            Ok(config) => {
+                print!("{}", crate::alerts::rules(&config));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{}", report(&e));
+                ExitCode::from(2)
+            }
+        },
         Command::Run { config } => {
             logging::init(cli.log_format, &cli.log_level);
             match config::load(&config) {

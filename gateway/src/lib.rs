@@ -6,6 +6,7 @@
 //! `server` wires it all into Pingora, `demo` simulates upstreams with fault injection.
 
 pub mod admin;
+pub mod alerts;
 pub mod breaker;
 pub mod bulkhead;
 pub mod classify;

@@ -58,6 +58,17 @@ pub fn dead_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
+/// How to start a gateway beyond its config body.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Options<'a> {
+    /// Arguments before `run` (e.g. `--log-format json`).
+    pub args: &'a [&'a str],
+    /// Environment variables for the process.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Extra keys for the generated `admin:` section, e.g. `token_env: ADMIN_TOKEN`.
+    pub admin_keys: Option<&'a str>,
+}
+
 /// A running gateway process; killed on drop.
 pub struct Gateway {
     child: Option<Child>,
@@ -77,9 +88,21 @@ impl Gateway {
 
     /// Like `start`, with extra command-line arguments (e.g. `--log-format json`).
     pub async fn start_with_args(body: &str, args: &[&str]) -> Gateway {
+        Self::start_with(
+            body,
+            Options {
+                args,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    /// Like `start`, with options.
+    pub async fn start_with(body: &str, options: Options<'_>) -> Gateway {
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Self::try_start(body, args).await {
+            match Self::try_start(body, &options).await {
                 Ok(gateway) => return gateway,
                 // Another test may have taken the port between our probe and the bind.
                 Err(e) if e.contains("Address already in use") => last_error = e,
@@ -89,22 +112,26 @@ impl Gateway {
         panic!("gateway did not start after 3 tries:\n{last_error}")
     }
 
-    async fn try_start(body: &str, args: &[&str]) -> Result<Gateway, String> {
+    async fn try_start(body: &str, options: &Options<'_>) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin_extra = options
+            .admin_keys
+            .map_or(String::new(), |keys| format!("  {keys}\n"));
         let yaml = format!(
-            "listeners:\n  - address: \"{listen}\"\nadmin:\n  address: \"{admin}\"\n{body}"
+            "listeners:\n  - address: \"{listen}\"\nadmin:\n  address: \"{admin}\"\n{admin_extra}{body}"
         );
         let config_path = dir.path().join("gateway.yaml");
         std::fs::write(&config_path, yaml).map_err(|e| e.to_string())?;
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
         let child = Command::new(gateway_binary())
-            .args(args)
+            .args(options.args)
             .args(["run", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
+            .envs(options.env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -198,6 +225,27 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// One request to the admin listener.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> http::Response {
+        http::Conn::connect(self.admin)
+            .await
+            .expect("connect to admin")
+            .request(method, path, headers, body)
+            .await
+            .expect("admin request")
+    }
+
+    /// The current `/metrics` scrape.
+    pub async fn scrape(&self) -> String {
+        self.admin("GET", "/metrics", &[], b"").await.text()
     }
 
     pub async fn conn(&self) -> http::Conn {

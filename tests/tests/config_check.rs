@@ -264,6 +264,18 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             "6:36: upstreams.api.health_check.interval: must be at least 100ms",
         ),
         (
+            "public admin without token",
+            format!("{HEAD}{UPSTREAM}{ROUTE}admin:\n  address: \"0.0.0.0:9901\"\n"),
+            "9:3: admin.address: `0.0.0.0:9901` is not loopback: set `token_env`",
+        ),
+        (
+            "admin token variable unset",
+            format!(
+                "{HEAD}{UPSTREAM}{ROUTE}admin:\n  address: \"127.0.0.1:9901\"\n  token_env: GATEWAY_TEST_SURELY_UNSET\n"
+            ),
+            "10:3: admin.token_env: environment variable `GATEWAY_TEST_SURELY_UNSET` is not set",
+        ),
+        (
             "duplicate route name",
             format!(
                 "{HEAD}{UPSTREAM}routes:\n  - {{ name: r, match: {{ path: /a }}, upstream: api }}\n  - {{ name: r, match: {{ path: /b }}, upstream: api }}\n"

@@ -1,0 +1,381 @@
+//! The operator's view: metrics on a real scrape, the breaker API, the live event
+//! stream, and admin authentication.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use gateway_tests::{Gateway, Options, Reply, Request, echo, start_origin};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The value of the sample whose line starts with `series` (name and labels, exactly as
+/// exposed), or None.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+fn promtool_accepts(scrape: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("promtool is needed (make setup installs it): {e}"));
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(scrape.as_bytes())
+        .expect("write scrape");
+    let out = child.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn metrics_follow_a_breaker_open_and_closed_again() {
+    let status = Arc::new(AtomicU16::new(500));
+    let s = Arc::clone(&status);
+    let origin = start_origin(Arc::new(move |_: &Request| {
+        Reply::text(s.load(Ordering::SeqCst), "x")
+    }))
+    .await;
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker:\n      consecutive_failures: 2\n      open_duration: 300ms\n      half_open: {{ permitted_requests: 1, success_threshold: 1 }}\nroutes:\n  - {{ upstream: api }}\n",
+        origin.addr()
+    ))
+    .await;
+    for _ in 0..2 {
+        assert_eq!(gw.get("/").await.status, 500);
+    }
+    assert_eq!(gw.get("/").await.status, 503);
+    let open = gw.scrape().await;
+    let value = |series: &str| sample(&open, series);
+    assert_eq!(
+        value("gateway_breaker_state{state=\"open\",upstream=\"api\"}"),
+        Some(1.0),
+        "{open}"
+    );
+    assert_eq!(
+        value("gateway_breaker_state{state=\"closed\",upstream=\"api\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            "gateway_breaker_transitions_total{from=\"closed\",reason=\"consecutive_failures\",to=\"open\",upstream=\"api\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("gateway_upstream_requests_total{outcome=\"failure\",upstream=\"api\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        value("gateway_breaker_rejections_total{upstream=\"api\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("gateway_fallbacks_total{kind=\"default\",reason=\"circuit_open\",upstream=\"api\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("gateway_upstream_request_duration_seconds_count{upstream=\"api\"}"),
+        Some(2.0)
+    );
+    assert!(
+        open.contains("gateway_config_info{hash=\""),
+        "config hash exported"
+    );
+    promtool_accepts(&open);
+
+    status.store(200, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(400)).await; // the open period under test
+    assert_eq!(gw.get("/").await.status, 200);
+    let closed = gw.scrape().await;
+    let value = |series: &str| sample(&closed, series);
+    assert_eq!(
+        value("gateway_breaker_state{state=\"closed\",upstream=\"api\"}"),
+        Some(1.0),
+        "{closed}"
+    );
+    assert_eq!(
+        value(
+            "gateway_breaker_transitions_total{from=\"open\",reason=\"open_period_elapsed\",to=\"half_open\",upstream=\"api\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "gateway_breaker_transitions_total{from=\"half_open\",reason=\"probes_succeeded\",to=\"closed\",upstream=\"api\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("gateway_upstream_requests_total{outcome=\"success\",upstream=\"api\"}"),
+        Some(1.0)
+    );
+    promtool_accepts(&closed);
+}
+
+#[tokio::test]
+async fn the_event_stream_delivers_a_transition_as_it_happens() {
+    let origin = start_origin(echo("svc")).await;
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  api: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ upstream: api }}\n",
+        origin.addr()
+    ))
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gw.admin)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /api/v1/events HTTP/1.1\r\nhost: admin\r\n\r\n")
+        .await
+        .expect("request");
+    let mut received = String::new();
+    let mut read_until = async |needle: &str, received: &mut String| {
+        let mut buffer = [0u8; 4096];
+        while !received.contains(needle) {
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+                .await
+                .expect("stream delivers in time")
+                .expect("read");
+            assert!(n > 0, "stream closed; got:\n{received}");
+            received.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    };
+    read_until(": connected", &mut received).await;
+    assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+    assert!(received.contains("text/event-stream"));
+
+    let forced = gw
+        .admin(
+            "PUT",
+            "/api/v1/breakers/api/state",
+            &[],
+            br#"{"state":"forced_open"}"#,
+        )
+        .await;
+    assert_eq!(forced.status, 200);
+    read_until("\"reason\":\"operator\"", &mut received).await;
+    let data = received
+        .lines()
+        .find(|l| l.starts_with("data: ") && l.contains("breaker_transition"))
+        .expect("a data line");
+    let event: serde_json::Value =
+        serde_json::from_str(&data["data: ".len()..]).expect("JSON event");
+    assert_eq!(event["upstream"], "api");
+    assert_eq!(event["from"], "closed");
+    assert_eq!(event["to"], "forced_open");
+    assert!(event["window"]["calls"].is_number());
+}
+
+#[tokio::test]
+async fn forced_states_and_reset_change_what_traffic_gets() {
+    let status = Arc::new(AtomicU16::new(200));
+    let s = Arc::clone(&status);
+    let origin = start_origin(Arc::new(move |_: &Request| {
+        Reply::text(s.load(Ordering::SeqCst), "x")
+    }))
+    .await;
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 1, open_duration: 60s }}\nroutes:\n  - {{ upstream: api }}\n",
+        origin.addr()
+    ))
+    .await;
+    let set = |state: &'static str| {
+        let gw = &gw;
+        async move {
+            let body = format!("{{\"state\":\"{state}\"}}");
+            let response = gw
+                .admin("PUT", "/api/v1/breakers/api/state", &[], body.as_bytes())
+                .await;
+            assert_eq!(response.status, 200, "{}", response.text());
+            response.json()
+        }
+    };
+
+    let forced = set("forced_open").await;
+    assert_eq!(
+        (forced["state"].as_str(), forced["mode"].as_str()),
+        (Some("forced_open"), Some("forced_open"))
+    );
+    let rejected = gw.get("/").await;
+    assert_eq!(rejected.status, 503);
+    assert_eq!(rejected.json()["state"], "forced_open");
+    assert_eq!(origin.stats().requests(), 0);
+
+    // Disabled: failures pass through and never trip.
+    set("disabled").await;
+    status.store(500, Ordering::SeqCst);
+    for _ in 0..3 {
+        assert_eq!(gw.get("/").await.status, 500);
+    }
+    // Metrics-only: recorded, never tripped.
+    set("metrics_only").await;
+    for _ in 0..3 {
+        assert_eq!(gw.get("/").await.status, 500);
+    }
+    let breaker = gw
+        .admin("GET", "/api/v1/breakers/api", &[], b"")
+        .await
+        .json();
+    assert_eq!(breaker["state"], "metrics_only");
+    assert_eq!(breaker["window"]["failures"], 3);
+
+    // Automatic: the next failure trips it; reset closes it again.
+    set("automatic").await;
+    assert_eq!(gw.get("/").await.status, 500);
+    assert_eq!(gw.get("/").await.status, 503);
+    status.store(200, Ordering::SeqCst);
+    let reset = gw
+        .admin("POST", "/api/v1/breakers/api/reset", &[], b"")
+        .await;
+    assert_eq!(reset.json()["state"], "closed");
+    assert_eq!(gw.get("/").await.status, 200);
+
+    let history = gw
+        .admin("GET", "/api/v1/breakers/api", &[], b"")
+        .await
+        .json();
+    let reasons: Vec<&str> = history["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .filter_map(|t| t["reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "operator",
+            "operator",
+            "operator",
+            "operator",
+            "consecutive_failures",
+            "reset"
+        ]
+    );
+
+    let bad = gw
+        .admin(
+            "PUT",
+            "/api/v1/breakers/api/state",
+            &[],
+            br#"{"state":"ajar"}"#,
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        gw.admin("POST", "/api/v1/breakers/nope/reset", &[], b"")
+            .await
+            .status,
+        404
+    );
+    let health = gw.admin("GET", "/health/upstreams", &[], b"").await.json();
+    assert_eq!(health[0]["upstream"], "api");
+    assert_eq!(health[0]["status"], "healthy");
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_the_token_and_is_not_on_the_traffic_port() {
+    let origin = start_origin(echo("svc")).await;
+    let token = "test-admin-token-0123456789";
+    let gw = Gateway::start_with(
+        &format!(
+            "upstreams:\n  api: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ upstream: api }}\n",
+            origin.addr()
+        ),
+        Options {
+            env: &[("GATEWAY_TEST_ADMIN_TOKEN", token)],
+            admin_keys: Some("token_env: GATEWAY_TEST_ADMIN_TOKEN"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let bearer = format!("Bearer {token}");
+    assert_eq!(
+        gw.admin("GET", "/api/v1/breakers", &[], b"").await.status,
+        401
+    );
+    let wrong = gw
+        .admin(
+            "GET",
+            "/api/v1/breakers",
+            &[("authorization", "Bearer nope")],
+            b"",
+        )
+        .await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(gw.admin("GET", "/metrics", &[], b"").await.status, 401);
+    let right = gw
+        .admin(
+            "GET",
+            "/api/v1/breakers",
+            &[("authorization", &bearer)],
+            b"",
+        )
+        .await;
+    assert_eq!(right.status, 200);
+    assert_eq!(right.json()[0]["upstream"], "api");
+    // Probes stay open for orchestrators.
+    assert_eq!(gw.admin("GET", "/health", &[], b"").await.status, 200);
+    assert_eq!(gw.admin("GET", "/ready", &[], b"").await.status, 200);
+
+    // On the traffic port the same path is just a request for the upstream.
+    let proxied = gw.get("/api/v1/breakers").await;
+    assert_eq!(proxied.json()["origin"], "svc");
+}
+
+#[test]
+fn generated_alert_rules_carry_each_upstreams_thresholds_and_pass_promtool() {
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo.yaml");
+    let out = Command::new(gateway_tests::gateway_binary())
+        .args(["alerts", "--config"])
+        .arg(&config)
+        .output()
+        .expect("gateway alerts runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules = String::from_utf8_lossy(&out.stdout).into_owned();
+    // market-data trips at a 0.5 failure rate: the warning sits at half of it.
+    assert!(
+        rules.contains("upstream=\"market-data\", outcome=~\"success|failure\"}[5m]))) > 0.25"),
+        "{rules}"
+    );
+    // portfolio has a 1.5s slow-call threshold.
+    assert!(
+        rules.contains(
+            "gateway_upstream_request_duration_seconds_bucket{upstream=\"portfolio\"}[5m]))) > 1.5"
+        ),
+        "{rules}"
+    );
+    // orders opens for 10s: ten open periods is less than the 3m floor.
+    assert!(rules.contains("for: 3m"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("rules.yml");
+    std::fs::write(&file, &rules).expect("write rules");
+    let check = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("promtool is needed (make setup installs it): {e}"));
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
