@@ -10,7 +10,7 @@ use crate::config::Config;
 /// Prometheus duration syntax, rounded up to whole seconds.
 fn prom_duration(d: Duration) -> String {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    if secs % 60 == 0 {
+    if secs.is_multiple_of(60) {
         format!("{}m", secs / 60)
     } else {
         format!("{secs}s")
