@@ -108,6 +108,16 @@ impl Default for Metrics {
         registry
             .register(Box::new(config_last_reload_success.clone()))
             .unwrap_or_else(|e| panic!("gauge: {e}"));
+        let config_reloads = counter(
+            r,
+            "gateway_config_reloads_total",
+            "Config reload attempts by result.",
+            &["result"],
+        );
+        // Known label sets start at 0, so increase() sees the first one.
+        for result in ["success", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
         Self {
             breaker_state: gauge(
                 r,
@@ -176,12 +186,7 @@ impl Default for Metrics {
                 "Times an endpoint was ejected.",
                 &["upstream", "endpoint"],
             ),
-            config_reloads: counter(
-                r,
-                "gateway_config_reloads_total",
-                "Config reload attempts by result.",
-                &["result"],
-            ),
+            config_reloads,
             config_last_reload_success,
             config_info: gauge(
                 r,

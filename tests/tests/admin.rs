@@ -379,3 +379,63 @@ fn generated_alert_rules_carry_each_upstreams_thresholds_and_pass_promtool() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// Every `gateway_*` metric the shipped dashboard and alert rules query must exist in
+/// a real scrape, so they cannot drift from the code.
+#[tokio::test]
+async fn dashboard_and_alerts_only_use_exported_metrics() {
+    let origin = start_origin(echo("svc")).await;
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  api:\n    endpoints: [\"{}\"]\n    outlier_detection: {{}}\nroutes:\n  - {{ upstream: api }}\n",
+        origin.addr()
+    ))
+    .await;
+    assert_eq!(gw.get("/").await.status, 200);
+    // One transition and one fallback, so every family has a sample.
+    let forced = gw
+        .admin(
+            "PUT",
+            "/api/v1/breakers/api/state",
+            &[],
+            br#"{"state":"forced_open"}"#,
+        )
+        .await;
+    assert_eq!(forced.status, 200);
+    assert_eq!(gw.get("/").await.status, 503);
+    let scrape = gw.scrape().await;
+    let exported: Vec<&str> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in [
+        "config/grafana/dashboard.json",
+        "config/prometheus/alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).expect("shipped file");
+        if file.ends_with(".json") {
+            serde_json::from_str::<serde_json::Value>(&text).expect("dashboard is valid JSON");
+        }
+        let mut used: Vec<String> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("gateway_"))
+            .map(|w| {
+                ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .fold(w.to_string(), |w, suffix| {
+                        w.strip_suffix(suffix).map(str::to_string).unwrap_or(w)
+                    })
+            })
+            .collect();
+        used.sort();
+        used.dedup();
+        assert!(used.len() >= 5, "{file} uses too few metrics: {used:?}");
+        for name in used {
+            assert!(
+                exported.contains(&name.as_str()),
+                "{file} uses {name}, which the gateway does not export"
+            );
+        }
+    }
+}
