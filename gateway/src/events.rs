@@ -119,8 +119,13 @@ impl EventHub {
     }
 }
 
-/// The JSON form of a transition: what changed, why, and the window at that moment.
-pub fn transition_json(t: &Transition, generation: u64) -> Value {
+/// The JSON form of a transition: what changed, why, the window at that moment, and
+/// what the upstream failed with most since the previous transition.
+pub fn transition_json(
+    t: &Transition,
+    generation: u64,
+    top_failure: Option<&(String, u32)>,
+) -> Value {
     json!({
         "type": "breaker_transition",
         "upstream": &*t.breaker,
@@ -138,11 +143,27 @@ pub fn transition_json(t: &Transition, generation: u64) -> Value {
         "consecutive_failures": t.consecutive_failures,
         "open_for_ms": t.open_for.map(|d| d.as_millis() as u64),
         "config_generation": generation,
+        "top_failure": top_failure.map(|(what, count)| json!({ "kind": what, "count": count })),
     })
 }
 
-impl TransitionListener for EventHub {
+/// The listener one upstream's breaker reports to: adds what that upstream has been
+/// failing with, then hands the transition to the hub.
+#[derive(Debug)]
+pub struct UpstreamEvents {
+    pub hub: Arc<EventHub>,
+    pub failures: Arc<crate::failure_tally::FailureTally>,
+}
+
+impl TransitionListener for UpstreamEvents {
     fn on_transition(&self, t: &Transition) {
+        let top = self.failures.take_top();
+        self.hub.transition(t, top);
+    }
+}
+
+impl EventHub {
+    pub fn transition(&self, t: &Transition, top_failure: Option<(String, u32)>) {
         tracing::warn!(
             target: "gateway::breaker",
             upstream = &*t.breaker,
@@ -156,10 +177,16 @@ impl TransitionListener for EventHub {
             slow_rate = t.window.slow_rate(),
             consecutive_failures = t.consecutive_failures,
             open_for_ms = t.open_for.map(|d| d.as_millis() as u64),
+            top_failure = top_failure.as_ref().map(|(what, _)| what.as_str()),
+            top_failure_count = top_failure.as_ref().map(|(_, n)| *n),
             "breaker transition"
         );
         self.metrics.transition(t);
-        let event = transition_json(t, self.generation.load(Ordering::Relaxed));
+        let event = transition_json(
+            t,
+            self.generation.load(Ordering::Relaxed),
+            top_failure.as_ref(),
+        );
         if let Ok(mut history) = self.history.lock() {
             let list = history.entry(t.breaker.to_string()).or_default();
             if list.len() == HISTORY {
@@ -168,5 +195,11 @@ impl TransitionListener for EventHub {
             list.push_back(event.clone());
         }
         self.publish(event);
+    }
+}
+
+impl TransitionListener for EventHub {
+    fn on_transition(&self, t: &Transition) {
+        self.transition(t, None);
     }
 }

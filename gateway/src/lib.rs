@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod events;
+pub mod failure_tally;
 pub mod health;
 pub mod logging;
 pub mod metrics;

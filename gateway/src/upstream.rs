@@ -11,7 +11,8 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::breaker::{Breaker, Clock, Nanos};
 use crate::bulkhead::Bulkhead;
 use crate::config::{LoadBalancing, OutlierSpec, UpstreamSpec};
-use crate::events::EventHub;
+use crate::events::{EventHub, UpstreamEvents};
+use crate::failure_tally::FailureTally;
 use crate::metrics::UpstreamMetrics;
 use crate::retry_budget::RetryBudget;
 
@@ -49,6 +50,8 @@ pub struct Upstream {
     pub bulkhead: Arc<Bulkhead>,
     pub retry_budget: RetryBudget,
     pub metrics: UpstreamMetrics,
+    /// What calls failed with since the breaker's last transition.
+    pub failures: Arc<FailureTally>,
     next: AtomicUsize,
     pub clock: Arc<dyn Clock>,
     pub events: Arc<EventHub>,
@@ -80,11 +83,16 @@ impl Upstream {
                 }
             })
             .collect();
+        let failures = Arc::new(FailureTally::default());
+        let listener = Arc::new(UpstreamEvents {
+            hub: Arc::clone(&events),
+            failures: Arc::clone(&failures),
+        });
         let breaker = Arc::new(Breaker::new(
             spec.name.as_str(),
             spec.breaker,
             Arc::clone(&clock),
-            events.clone(),
+            listener,
         ));
         let bulkhead = Arc::new(Bulkhead::new(spec.max_concurrent_requests.map(|n| n.get())));
         let retry_budget = RetryBudget::new(
@@ -94,6 +102,7 @@ impl Upstream {
         let metrics = events.metrics.for_upstream(&spec.name);
         Self {
             metrics,
+            failures,
             spec,
             endpoints,
             breaker,

@@ -264,6 +264,17 @@ async fn forced_states_and_reset_change_what_traffic_gets() {
             "reset"
         ]
     );
+    // The trip explains itself: what the upstream failed with, and the window then.
+    let trip = history["transitions"]
+        .as_array()
+        .and_then(|all| all.iter().find(|t| t["reason"] == "consecutive_failures"))
+        .expect("the trip is in the history")
+        .clone();
+    assert_eq!(
+        trip["top_failure"],
+        serde_json::json!({ "kind": "500", "count": 1 })
+    );
+    assert_eq!(trip["window"]["failures"], 1);
 
     let bad = gw
         .admin(

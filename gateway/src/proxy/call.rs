@@ -141,6 +141,7 @@ impl Call {
         let outcome = match failed {
             Some(true) => {
                 metrics.failure.inc();
+                self.upstream.failures.record(result);
                 Outcome::failure(latency)
             }
             Some(false) => {
