@@ -117,8 +117,17 @@ A market-data instance dies: retried on the other one, then ejected; clients see
 Both die: the breaker opens and clients get the stale-quotes fallback
   curl -s -X POST 'http://127.0.0.1:9102/_fault?down_for=60s'
 
+Watch it:
+  curl -N http://{admin}/api/v1/events                          # live transitions, ejections
+  curl -s http://{admin}/api/v1/breakers/portfolio              # state, window, why it tripped
+  curl -s http://{admin}/health/upstreams
+  curl -s http://{admin}/metrics | grep gateway_breaker_state
+Operate it:
+  curl -s -X PUT -d '{{"state":"forced_open"}}' http://{admin}/api/v1/breakers/orders/state
+  curl -s -X POST http://{admin}/api/v1/breakers/orders/reset
+
 Other faults on any simulated upstream: latency=3s, reset_rate=0.5, status=429, DELETE to clear.
-Breaker transitions, ejections and health changes are logged on stderr.
+Breaker transitions, ejections and health changes are also logged on stderr.
 "#
     );
 }
