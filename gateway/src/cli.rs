@@ -64,7 +64,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => {
             logging::init(cli.log_format, &cli.log_level);
             match config::load(&config) {
-                Ok(config) => crate::server::run(config),
+                Ok(loaded) => crate::server::run(loaded, Some(config)),
                 Err(e) => {
                     eprint!("{}", report(&e));
                     ExitCode::from(2)

@@ -71,7 +71,7 @@ impl EventHub {
             .unwrap_or_default()
     }
 
-    fn publish(&self, event: Value) {
+    pub fn publish(&self, event: Value) {
         // No subscriber is not an error.
         let _ = self.sender.send(Arc::new(event));
     }

@@ -20,6 +20,7 @@ pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod retry_budget;
 pub mod routing;
 pub mod runtime;

@@ -27,14 +27,31 @@ pub struct Runtime {
 
 impl Runtime {
     /// Compiles a checked config. Infallible: everything that can fail was checked.
-    pub fn build(config: Config, generation: u64, events: &Arc<EventHub>) -> Self {
+    /// Upstreams whose definition is unchanged from `previous` are carried over whole:
+    /// breaker state, ejections, bulkhead and in-flight counts survive the reload.
+    pub fn build(
+        config: Config,
+        generation: u64,
+        events: &Arc<EventHub>,
+        previous: Option<&Runtime>,
+    ) -> Self {
         let clock: Arc<dyn Clock> = Arc::new(CoarseClock);
         let upstreams: BTreeMap<String, Arc<Upstream>> = config
             .upstreams
             .values()
             .map(|spec| {
-                let upstream = Upstream::new(spec.clone(), Arc::clone(&clock), Arc::clone(events));
-                (spec.name.clone(), Arc::new(upstream))
+                let kept = previous
+                    .and_then(|p| p.upstreams.get(&spec.name))
+                    .filter(|u| u.spec == *spec);
+                let upstream = match kept {
+                    Some(existing) => Arc::clone(existing),
+                    None => Arc::new(Upstream::new(
+                        spec.clone(),
+                        Arc::clone(&clock),
+                        Arc::clone(events),
+                    )),
+                };
+                (spec.name.clone(), upstream)
             })
             .collect();
         let routes = config
@@ -73,7 +90,7 @@ impl RuntimeHandle {
         let events = Arc::new(EventHub::new(Arc::clone(&metrics)));
         Self {
             metrics,
-            current: ArcSwap::from_pointee(Runtime::build(config, 1, &events)),
+            current: ArcSwap::from_pointee(Runtime::build(config, 1, &events, None)),
             generations: AtomicU64::new(1),
             events,
         }
@@ -84,14 +101,32 @@ impl RuntimeHandle {
         self.current.load_full()
     }
 
-    /// Replaces the snapshot; requests already running keep theirs.
-    pub fn apply(&self, config: Config) -> Arc<Runtime> {
+    /// Replaces the snapshot; requests already running keep theirs. Returns the new
+    /// snapshot and the names of upstreams that start fresh (new or changed).
+    pub fn apply(&self, config: Config) -> (Arc<Runtime>, Vec<String>) {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let hash = config.hash.clone();
         self.events.set_generation(generation);
-        let runtime = Arc::new(Runtime::build(config, generation, &self.events));
-        self.metrics.config_applied(&hash);
+        let previous = self.snapshot();
+        let runtime = Arc::new(Runtime::build(
+            config,
+            generation,
+            &self.events,
+            Some(&previous),
+        ));
+        let fresh = runtime
+            .upstreams
+            .iter()
+            .filter(|(name, u)| {
+                previous
+                    .upstreams
+                    .get(*name)
+                    .is_none_or(|old| !Arc::ptr_eq(old, u))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
         self.current.store(Arc::clone(&runtime));
-        runtime
+        self.metrics.config_applied(&hash);
+        (runtime, fresh)
     }
 }

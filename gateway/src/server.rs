@@ -8,10 +8,12 @@ use pingora::server::{ExecutionPhase, Server};
 use crate::config::Config;
 use crate::drain::InFlight;
 use crate::proxy::Gateway;
+use crate::reload::Reloader;
 use crate::runtime::RuntimeHandle;
 
-/// Runs the gateway on `config`; returns only if the server fails to start.
-pub fn run(config: Config) -> ! {
+/// Runs the gateway on `config`, reloading it from `source` when given; returns only if
+/// the server fails to start.
+pub fn run(config: Config, source: Option<std::path::PathBuf>) -> ! {
     let grace = config.server.shutdown_grace_period;
     let conf = ServerConf {
         threads: config.server.threads.get(),
@@ -32,8 +34,20 @@ pub fn run(config: Config) -> ! {
         .collect();
     let admin_address = config.admin.address.to_string();
     let admin_token = config.admin.token.clone();
+    let watch = config.server.watch_config;
     let runtime = Arc::new(RuntimeHandle::new(config));
     let in_flight = Arc::new(InFlight::default());
+    let reloader = source.map(|path| Arc::new(Reloader::new(path, Arc::clone(&runtime))));
+    if let Some(reloader) = &reloader {
+        if !watch {
+            tracing::info!("config file watching is off; reload with SIGHUP or POST /admin/reload");
+        } else if let Err(e) = crate::reload::spawn_watcher(Arc::clone(reloader)) {
+            tracing::error!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /admin/reload");
+        }
+        if let Err(e) = crate::reload::spawn_sighup(Arc::clone(reloader)) {
+            tracing::error!(error = %e, "cannot handle SIGHUP");
+        }
+    }
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -46,6 +60,7 @@ pub fn run(config: Config) -> ! {
     server.add_service(proxy);
     server.add_service(crate::admin::service(
         Arc::clone(&runtime),
+        reloader,
         &admin_address,
         admin_token,
     ));

@@ -67,6 +67,9 @@ pub struct Options<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// Extra keys for the generated `admin:` section, e.g. `token_env: ADMIN_TOKEN`.
     pub admin_keys: Option<&'a str>,
+    /// Lay the config out like a Kubernetes ConfigMap volume:
+    /// `gateway.yaml -> ..data/gateway.yaml`, `..data -> ..v1/`.
+    pub configmap: bool,
 }
 
 /// A running gateway process; killed on drop.
@@ -75,6 +78,9 @@ pub struct Gateway {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub config_path: PathBuf,
+    /// The generated listeners/admin sections, prepended to every config body.
+    head: String,
+    configmap_versions: u32,
     stderr_path: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -119,11 +125,22 @@ impl Gateway {
         let admin_extra = options
             .admin_keys
             .map_or(String::new(), |keys| format!("  {keys}\n"));
-        let yaml = format!(
-            "listeners:\n  - address: \"{listen}\"\nadmin:\n  address: \"{admin}\"\n{admin_extra}{body}"
+        let head = format!(
+            "listeners:\n  - address: \"{listen}\"\nadmin:\n  address: \"{admin}\"\n{admin_extra}"
         );
+        let yaml = format!("{head}{body}");
         let config_path = dir.path().join("gateway.yaml");
-        std::fs::write(&config_path, yaml).map_err(|e| e.to_string())?;
+        if options.configmap {
+            let version = dir.path().join("..v1");
+            std::fs::create_dir(&version).map_err(|e| e.to_string())?;
+            std::fs::write(version.join("gateway.yaml"), yaml).map_err(|e| e.to_string())?;
+            std::os::unix::fs::symlink("..v1", dir.path().join("..data"))
+                .map_err(|e| e.to_string())?;
+            std::os::unix::fs::symlink("..data/gateway.yaml", &config_path)
+                .map_err(|e| e.to_string())?;
+        } else {
+            std::fs::write(&config_path, yaml).map_err(|e| e.to_string())?;
+        }
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
         let child = Command::new(gateway_binary())
@@ -141,6 +158,8 @@ impl Gateway {
             listen,
             admin,
             config_path,
+            head,
+            configmap_versions: 1,
             stderr_path,
             _dir: dir,
         };
@@ -169,6 +188,36 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// `body` with this gateway's listeners and admin sections: a complete config.
+    pub fn config_with(&self, body: &str) -> String {
+        format!("{}{body}", self.head)
+    }
+
+    /// Replaces the config the way Kubernetes updates a ConfigMap volume: a new
+    /// directory, then one atomic rename of the `..data` symlink.
+    pub fn configmap_swap(&mut self, body: &str) {
+        let dir = self.config_path.parent().expect("config dir").to_path_buf();
+        self.configmap_versions += 1;
+        let version = format!("..v{}", self.configmap_versions);
+        std::fs::create_dir(dir.join(&version)).expect("new version dir");
+        std::fs::write(
+            dir.join(&version).join("gateway.yaml"),
+            self.config_with(body),
+        )
+        .expect("write");
+        std::os::unix::fs::symlink(&version, dir.join("..data_tmp")).expect("symlink");
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap ..data");
+    }
+
+    /// A sample's value from a fresh scrape (e.g. `gateway_config_reloads_total{result="error"}`).
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.scrape()
+            .await
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Everything the gateway wrote to stderr so far.

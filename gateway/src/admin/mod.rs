@@ -6,7 +6,8 @@
 //! | GET | /health | liveness (no token needed) |
 //! | GET | /ready | readiness (no token needed) |
 //! | GET | /metrics | Prometheus text exposition |
-//! | GET | /admin/config | hash, generation, source of the config in service |
+//! | GET | /admin/config | hash, generation, source of the config in service, last reload |
+//! | POST | /admin/reload | reload the config file now; answers with the result or every error |
 //! | GET | /health/upstreams | per upstream: status word, breaker state, endpoints |
 //! | GET | /api/v1/breakers | every breaker |
 //! | GET | /api/v1/breakers/{upstream} | one breaker, with recent transitions |
@@ -29,20 +30,29 @@ use pingora::server::ShutdownWatch;
 use pingora::services::listening::Service;
 use serde_json::{Value, json};
 
+use crate::reload::{ReloadResult, Reloader};
 use crate::runtime::RuntimeHandle;
 
 pub struct AdminApp {
     runtime: Arc<RuntimeHandle>,
+    /// None when the config did not come from a file (the demo).
+    reloader: Option<Arc<Reloader>>,
     token: Option<String>,
 }
 
 /// The admin service, bound to the configured admin address.
 pub fn service(
     runtime: Arc<RuntimeHandle>,
+    reloader: Option<Arc<Reloader>>,
     address: &str,
     token: Option<String>,
 ) -> Service<AdminApp> {
-    let mut service = Service::new("admin".to_string(), AdminApp { runtime, token });
+    let app = AdminApp {
+        runtime,
+        reloader,
+        token,
+    };
+    let mut service = Service::new("admin".to_string(), app);
     service.add_tcp(address);
     service
 }
@@ -116,8 +126,24 @@ impl AdminApp {
                     "generation": runtime.generation,
                     "upstreams": runtime.upstreams.keys().collect::<Vec<_>>(),
                     "routes": runtime.routes.len(),
+                    "last_reload": self.reloader.as_ref().and_then(|r| r.last()),
                 }),
             ),
+            ("POST", ["admin", "reload"]) => match &self.reloader {
+                Some(reloader) => {
+                    let result = reloader.reload("api");
+                    let status = if matches!(result, ReloadResult::Failed { .. }) {
+                        422
+                    } else {
+                        200
+                    };
+                    Reply::Json(status, result.to_json())
+                }
+                None => Reply::Json(
+                    409,
+                    json!({ "code": "NO_CONFIG_FILE", "message": "this gateway runs an embedded config; there is no file to reload" }),
+                ),
+            },
             ("GET", ["health", "upstreams"]) => Reply::Json(
                 200,
                 json!(

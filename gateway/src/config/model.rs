@@ -37,6 +37,8 @@ pub struct ServerSpec {
     pub shutdown_grace_period: Duration,
     pub upstream_keepalive_pool_size: usize,
     pub access_log: bool,
+    /// Reload when the config file changes (SIGHUP and the admin API always work).
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +153,7 @@ pub fn server_spec(raw: RawServer, path: &KeyPath, problems: &mut Problems) -> S
             .map_or(Duration::from_secs(30), |d| d.0),
         upstream_keepalive_pool_size: raw.upstream_keepalive_pool_size.unwrap_or(128),
         access_log: raw.access_log.unwrap_or(true),
+        watch_config: raw.watch_config.unwrap_or(true),
     }
 }
 

@@ -19,6 +19,7 @@ pub struct RawServer {
     pub shutdown_grace_period: Option<HumanDuration>,
     pub upstream_keepalive_pool_size: Option<usize>,
     pub access_log: Option<bool>,
+    pub watch_config: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -83,7 +83,7 @@ pub fn run() -> ExitCode {
         }
     }
     print_banner(&config);
-    crate::server::run(config)
+    crate::server::run(config, None)
 }
 
 fn print_banner(config: &crate::config::Config) {

@@ -1,0 +1,162 @@
+//! Config reload: read -> parse -> validate -> build a new runtime snapshot -> one
+//! atomic swap. Any failing step changes nothing: the running config keeps serving,
+//! the error is logged with line:column and counted. Triggers: the file changing
+//! (`watch.rs`), SIGHUP (`signal.rs`), `POST /admin/reload`.
+
+mod signal;
+mod watch;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use crate::config::{self, Config, LoadError};
+use crate::events::unix_ms;
+use crate::runtime::RuntimeHandle;
+
+pub use signal::spawn as spawn_sighup;
+pub use watch::spawn as spawn_watcher;
+
+/// What a reload did.
+#[derive(Debug, Clone)]
+pub enum ReloadResult {
+    Applied {
+        generation: u64,
+        hash: String,
+        /// Upstreams that start fresh (new or changed); the others kept their state.
+        fresh_upstreams: Vec<String>,
+        /// Sections that changed but only take effect on restart or graceful upgrade.
+        needs_restart: Vec<&'static str>,
+    },
+    Unchanged {
+        hash: String,
+    },
+    Failed {
+        errors: Vec<String>,
+    },
+}
+
+impl ReloadResult {
+    pub fn to_json(&self) -> Value {
+        match self {
+            ReloadResult::Applied {
+                generation,
+                hash,
+                fresh_upstreams,
+                needs_restart,
+            } => json!({
+                "result": "applied",
+                "generation": generation,
+                "hash": hash,
+                "fresh_upstreams": fresh_upstreams,
+                "needs_restart": needs_restart,
+            }),
+            ReloadResult::Unchanged { hash } => json!({ "result": "unchanged", "hash": hash }),
+            ReloadResult::Failed { errors } => json!({ "result": "error", "errors": errors }),
+        }
+    }
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    runtime: Arc<RuntimeHandle>,
+    /// One reload at a time: concurrent triggers queue instead of interleaving.
+    serial: Mutex<()>,
+    last: Mutex<Option<Value>>,
+}
+
+/// Sections a running process cannot change: they need a restart or graceful upgrade.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut sections = Vec::new();
+    if old.listeners != new.listeners {
+        sections.push("listeners");
+    }
+    if old.admin != new.admin {
+        sections.push("admin");
+    }
+    if old.server != new.server {
+        sections.push("server");
+    }
+    sections
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, runtime: Arc<RuntimeHandle>) -> Self {
+        Self {
+            path,
+            runtime,
+            serial: Mutex::new(()),
+            last: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last reload's result, with when and why it ran.
+    pub fn last(&self) -> Option<Value> {
+        self.last.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Reloads the file now. `trigger` names what asked (file, sighup, api) in logs.
+    pub fn reload(&self, trigger: &str) -> ReloadResult {
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let metrics = &self.runtime.metrics;
+        let result = match config::load(&self.path) {
+            Err(e) => {
+                let errors: Vec<String> = match &e {
+                    LoadError::Invalid(list) => list.0.iter().map(ToString::to_string).collect(),
+                    other => vec![other.to_string()],
+                };
+                metrics.config_reloads.with_label_values(&["error"]).inc();
+                for error in &errors {
+                    tracing::error!(target: "gateway::reload", trigger, %error, "config reload refused; the running config keeps serving");
+                }
+                ReloadResult::Failed { errors }
+            }
+            Ok(config) => {
+                let current = self.runtime.snapshot();
+                if config.hash == current.config.hash {
+                    ReloadResult::Unchanged { hash: config.hash }
+                } else {
+                    let needs_restart = needs_restart(&current.config, &config);
+                    let hash = config.hash.clone();
+                    let (runtime, fresh_upstreams) = self.runtime.apply(config);
+                    metrics.config_reloads.with_label_values(&["success"]).inc();
+                    tracing::info!(
+                        target: "gateway::reload",
+                        trigger,
+                        generation = runtime.generation,
+                        %hash,
+                        fresh_upstreams = ?fresh_upstreams,
+                        "config reloaded"
+                    );
+                    if !needs_restart.is_empty() {
+                        tracing::warn!(target: "gateway::reload", sections = ?needs_restart, "changed sections take effect only on restart or graceful upgrade");
+                    }
+                    ReloadResult::Applied {
+                        generation: runtime.generation,
+                        hash,
+                        fresh_upstreams,
+                        needs_restart,
+                    }
+                }
+            }
+        };
+        let mut record = result.to_json();
+        record["trigger"] = json!(trigger);
+        record["at_unix_ms"] = json!(unix_ms(SystemTime::now()));
+        if !matches!(result, ReloadResult::Unchanged { .. }) {
+            let mut event = record.clone();
+            event["type"] = json!("config_reload");
+            self.runtime.events.publish(event);
+        }
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(record);
+        }
+        result
+    }
+}
