@@ -31,6 +31,10 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Take the listening sockets from the running gateway (send it SIGQUIT) instead
+        /// of binding them: a binary or listener change with no refused connection.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file: print a summary, or every error with file:line:column.
     Check {
@@ -61,10 +65,10 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             logging::init(cli.log_format, &cli.log_level);
             match config::load(&config) {
-                Ok(loaded) => crate::server::run(loaded, Some(config)),
+                Ok(loaded) => crate::server::run(loaded, Some(config), upgrade),
                 Err(e) => {
                     eprint!("{}", report(&e));
                     ExitCode::from(2)

@@ -23,16 +23,24 @@ impl InFlight {
         self.count.load(Ordering::Acquire)
     }
 
-    /// Blocks until no request is in flight or `limit` passes; true when drained.
-    pub fn wait_idle(&self, limit: Duration) -> bool {
+    /// Blocks until no request has been in flight for `quiet` (a connection accepted
+    /// just before the listener closed gets its request read in that time), or until
+    /// `limit` passes; true when drained.
+    pub fn wait_idle(&self, quiet: Duration, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
-        while self.current() > 0 {
-            if Instant::now() >= deadline {
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if self.current() > 0 {
+                idle_since = None;
+            } else if now.duration_since(*idle_since.get_or_insert(now)) >= quiet {
+                return true;
+            }
+            if now >= deadline {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        true
     }
 }
 

@@ -11,9 +11,14 @@ use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::RuntimeHandle;
 
-/// Runs the gateway on `config`, reloading it from `source` when given; returns only if
-/// the server fails to start.
-pub fn run(config: Config, source: Option<std::path::PathBuf>) -> ! {
+/// After SIGTERM (or an upgrade handover), how long no request must be in flight before
+/// the process exits.
+const DRAIN_QUIET: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Runs the gateway on `config`, reloading it from `source` when given. With `upgrade`,
+/// takes the listening sockets from the running process (which hands them over on
+/// SIGQUIT) instead of binding them. Returns only if the server fails to start.
+pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) -> ! {
     let grace = config.server.shutdown_grace_period;
     let conf = ServerConf {
         threads: config.server.threads.get(),
@@ -22,9 +27,14 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>) -> ! {
         // as soon as the last in-flight request is done.
         grace_period_seconds: Some(grace.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.server.upgrade_socket.display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let listeners: Vec<String> = config
@@ -75,7 +85,7 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>) -> ! {
         .spawn(move || {
             while let Ok(phase) = phases.blocking_recv() {
                 if matches!(phase, ExecutionPhase::ShutdownGracePeriod) {
-                    let drained = in_flight.wait_idle(grace);
+                    let drained = in_flight.wait_idle(DRAIN_QUIET, grace);
                     tracing::info!(
                         drained,
                         left = in_flight.current(),

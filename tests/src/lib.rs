@@ -220,6 +220,21 @@ impl Gateway {
             .unwrap_or(0.0)
     }
 
+    /// Starts a second gateway process on the same config with `--upgrade`: it takes the
+    /// listening sockets once this one gets SIGQUIT. Its stderr goes to `upgrade.log`.
+    pub fn spawn_upgrade(&self) -> Child {
+        let log = self.config_path.with_file_name("upgrade.log");
+        let stderr = std::fs::File::create(&log).expect("upgrade log");
+        Command::new(gateway_binary())
+            .args(["run", "--upgrade", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start upgraded gateway")
+    }
+
     /// Everything the gateway wrote to stderr so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()

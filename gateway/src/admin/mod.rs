@@ -111,7 +111,7 @@ impl AdminApp {
             ("GET", ["health"]) => Reply::Json(200, json!({ "status": "ok" })),
             ("GET", ["ready"]) => Reply::Json(
                 200,
-                json!({ "status": "ready", "generation": runtime.generation }),
+                json!({ "status": "ready", "generation": runtime.generation, "pid": std::process::id() }),
             ),
             ("GET", ["metrics"]) => Reply::Text(
                 200,

@@ -39,6 +39,8 @@ pub struct ServerSpec {
     pub access_log: bool,
     /// Reload when the config file changes (SIGHUP and the admin API always work).
     pub watch_config: bool,
+    /// Unix socket over which a new process takes the listening sockets (`run --upgrade`).
+    pub upgrade_socket: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +156,10 @@ pub fn server_spec(raw: RawServer, path: &KeyPath, problems: &mut Problems) -> S
         upstream_keepalive_pool_size: raw.upstream_keepalive_pool_size.unwrap_or(128),
         access_log: raw.access_log.unwrap_or(true),
         watch_config: raw.watch_config.unwrap_or(true),
+        upgrade_socket: raw.upgrade_socket.map_or_else(
+            || PathBuf::from("/tmp/edge-gateway-upgrade.sock"),
+            PathBuf::from,
+        ),
     }
 }
 

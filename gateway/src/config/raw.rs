@@ -20,6 +20,7 @@ pub struct RawServer {
     pub upstream_keepalive_pool_size: Option<usize>,
     pub access_log: Option<bool>,
     pub watch_config: Option<bool>,
+    pub upgrade_socket: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

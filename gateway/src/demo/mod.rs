@@ -83,7 +83,7 @@ pub fn run() -> ExitCode {
         }
     }
     print_banner(&config);
-    crate::server::run(config, None)
+    crate::server::run(config, None, false)
 }
 
 fn print_banner(config: &crate::config::Config) {

@@ -1,7 +1,8 @@
 //! The request path. Read top to bottom, it is the story of one request:
 //!
 //! 1. `new_ctx`: take the current runtime snapshot; it serves this request to the end.
-//! 2. `request_filter`: give the request an id, find its route (or answer 404), and ask
+//! 2. `request_filter`: (when shutting down, end keep-alive with this response) give
+//!    the request an id, find its route (or answer 404), and ask
 //!    the upstream's breaker and bulkhead for admission; a rejected request gets the
 //!    fallback (a response, or another upstream) and never touches the upstream.
 //! 3. `upstream_peer`: pick an endpoint, skipping ejected ones.
@@ -84,6 +85,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if session.is_process_shutting_down() {
+            // Tell the client this connection ends with this response, so it opens its
+            // next one to whichever process still listens instead of racing our close.
+            session.set_keepalive(None);
+        }
         let req = session.req_header();
         ctx.request_id = headers::request_id(req.headers.get(REQUEST_ID).map(|v| v.as_bytes()));
         let Some(route) = ctx
