@@ -67,6 +67,8 @@ pub struct Options<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// Extra keys for the generated `admin:` section, e.g. `token_env: ADMIN_TOKEN`.
     pub admin_keys: Option<&'a str>,
+    /// Another gateway binary (the benchmarks pass their release build).
+    pub binary: Option<&'a Path>,
     /// Lay the config out like a Kubernetes ConfigMap volume:
     /// `gateway.yaml -> ..data/gateway.yaml`, `..data -> ..v1/`.
     pub configmap: bool,
@@ -78,6 +80,7 @@ pub struct Gateway {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub config_path: PathBuf,
+    binary: PathBuf,
     /// The generated listeners/admin sections, prepended to every config body.
     head: String,
     configmap_versions: u32,
@@ -143,7 +146,10 @@ impl Gateway {
         }
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?;
-        let child = Command::new(gateway_binary())
+        let binary = options
+            .binary
+            .map_or_else(gateway_binary, Path::to_path_buf);
+        let child = Command::new(&binary)
             .args(options.args)
             .args(["run", "--config"])
             .arg(&config_path)
@@ -152,12 +158,13 @@ impl Gateway {
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", gateway_binary().display()))?;
+            .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
         let mut gateway = Gateway {
             child: Some(child),
             listen,
             admin,
             config_path,
+            binary,
             head,
             configmap_versions: 1,
             stderr_path,
@@ -225,7 +232,7 @@ impl Gateway {
     pub fn spawn_upgrade(&self) -> Child {
         let log = self.config_path.with_file_name("upgrade.log");
         let stderr = std::fs::File::create(&log).expect("upgrade log");
-        Command::new(gateway_binary())
+        Command::new(&self.binary)
             .args(["run", "--upgrade", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info")

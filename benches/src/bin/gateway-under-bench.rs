@@ -1,0 +1,6 @@
+//! The gateway binary, rebuilt inside the bench package (release profile) so benches
+//! drive current, optimised code.
+
+fn main() -> std::process::ExitCode {
+    gateway::cli::main()
+}
