@@ -2,10 +2,12 @@
 #   make demo    the gateway in front of simulated upstreams with fault injection
 #   make test    fmt check, clippy -D warnings, the whole test suite
 #   make check   validate every shipped config with `gateway check`
+#   make bench   criterion benches, reload benchmark, and the side-by-side load run
+#                against nginx and HAProxy (installs nginx, haproxy, wrk when missing)
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all demo test setup lint fmt check build alerts-test
+.PHONY: all demo test setup lint fmt check build alerts-test bench bench-peers
 
 all: test
 
@@ -47,3 +49,25 @@ alerts-test: setup
 
 test: lint alerts-test
 	$(CARGO) test --workspace
+
+# Peers for side-by-side measurements, from Debian.
+bench-peers:
+	@missing=""; \
+	command -v nginx >/dev/null || missing="$$missing nginx-light"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v python3 >/dev/null || missing="$$missing python3"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing:$$missing -- run: sudo apt-get install -y$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+bench: setup bench-peers
+	$(CARGO) build --release -p gateway -p gateway-benches --bins
+	$(CARGO) bench -p gateway-benches --bench breaker
+	$(CARGO) bench -p gateway-benches --bench reload
+	python3 benches/load/run.py

@@ -1,0 +1,474 @@
+#!/usr/bin/env python3
+"""Side-by-side load benchmark on loopback: direct, nginx, HAProxy, the gateway.
+
+1. Throughput: wrk -t1 -c32 against each, interleaved over rounds (A/B/A/B), medians.
+   Proxies pinned to CPU 1, wrk and the upstream (an nginx returning a fixed body) to
+   CPU 0. Reports requests/s, p50, p99, CPU seconds per 100k requests, peak RSS, and
+   each as a ratio to nginx.
+2. Incidents (fixed-rate load, ~200 req/s): upstream dead for 10 s, upstream slow (2 s)
+   for 10 s, one of two endpoints dead for 10 s. Each proxy with its closest equivalent
+   settings. Reports client-visible errors, p99 latency during the incident, time to
+   the first upstream success after the upstream is back.
+3. Reload under load: 100 reloads of each proxy (gateway: SIGHUP; nginx: HUP to the
+   master; HAProxy: USR2 to the master) under the same fixed-rate load; failed requests.
+
+Everything binds 127.0.0.1, runs for fixed durations and is stopped at the end.
+Results: stdout, target/bench/load.json, target/bench/load.csv.
+Environment: BENCH_DURATION (s per wrk run, default 10), BENCH_ROUNDS (default 2),
+BENCH_SECTIONS (comma list of throughput,incidents,reload; default all).
+"""
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+GATEWAY = os.path.join(ROOT, "target", "release", "gateway")
+ORIGIN = os.path.join(ROOT, "target", "release", "bench-origin")
+OUT = os.path.join(ROOT, "target", "bench")
+DURATION = int(os.environ.get("BENCH_DURATION", "10"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+SECTIONS = os.environ.get("BENCH_SECTIONS", "throughput,incidents,reload").split(",")
+PIN = shutil.which("taskset") is not None and os.cpu_count() and os.cpu_count() >= 2
+P = {"upstream": 18100, "nginx": 18101, "haproxy": 18102, "gateway": 18103, "admin": 18193,
+     "origin1": 18110, "origin2": 18111}
+TMP = tempfile.mkdtemp(prefix="gw-bench-")
+PROCS = []
+
+
+def pinned(cpu, cmd):
+    return (["taskset", "-c", str(cpu)] + cmd) if PIN else cmd
+
+
+def start(cmd, name):
+    log = open(os.path.join(TMP, name + ".log"), "w")
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    PROCS.append(p)
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+
+
+def wait_port(port, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port} after {timeout}s; logs in {TMP}")
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    pids, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    if int(fields[1]) == parent:
+                        pids.append(int(entry))
+                        frontier.append(int(entry))
+                except (OSError, IndexError, ValueError):
+                    pass
+    return pids
+
+
+def cpu_seconds(pids):
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / ticks
+
+
+def peak_rss_mb(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def unit(value):
+    m = re.match(r"([\d.]+)(us|ms|s)", value)
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+def wrk(port):
+    out = subprocess.run(pinned(0, ["wrk", "-t1", "-c32", f"-d{DURATION}s", "--latency", f"http://127.0.0.1:{port}/"]),
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout)\D+(\d+)", out))
+    p50 = unit(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = unit(re.search(r"99%\s+(\S+)", out).group(1))
+    return {"rps": rps, "requests": requests, "errors": errors, "p50_ms": p50, "p99_ms": p99}
+
+
+# ---------------------------------------------------------------- configs
+
+def nginx_conf(name, listen, body):
+    d = os.path.join(TMP, name)
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  {body}
+  server {{ listen 127.0.0.1:{listen}; location / {{ {"return 200 'hello from upstream';" if name == "upstream" else "proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ''; proxy_connect_timeout 1s; proxy_read_timeout 1s; proxy_next_upstream error timeout;"} }} }}
+}}
+""")
+    return conf
+
+
+def nginx_upstream_block(servers):
+    lines = "".join(f"server 127.0.0.1:{s} max_fails=3 fail_timeout=2s; " for s in servers)
+    return f"upstream up {{ {lines} keepalive 64; }}"
+
+
+def haproxy_conf(servers, name="haproxy"):
+    path = os.path.join(TMP, name + ".cfg")
+    lines = "\n".join(
+        f"  server s{i} 127.0.0.1:{s} check inter 500ms fall 3 rise 2 observe layer7 error-limit 3 on-error mark-down"
+        for i, s in enumerate(servers))
+    with open(path, "w") as f:
+        f.write(f"""global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 1s
+  timeout check 1s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{P['haproxy']}
+  default_backend be
+backend be
+  option httpchk GET /health
+{lines}
+""")
+    return path
+
+
+def gateway_conf(servers, extra="", name="gateway"):
+    path = os.path.join(TMP, name + ".yaml")
+    endpoints = ", ".join(f'"127.0.0.1:{s}"' for s in servers)
+    with open(path, "w") as f:
+        f.write(f"""server: {{ threads: 1, access_log: false, watch_config: false, upgrade_socket: "{TMP}/upgrade.sock" }}
+listeners: [{{ address: "127.0.0.1:{P['gateway']}" }}]
+admin: {{ address: "127.0.0.1:{P['admin']}" }}
+upstreams:
+  up:
+    endpoints: [{endpoints}]
+    timeouts: {{ connect: 1s, read: 1s }}
+{extra}routes:
+  - {{ upstream: up }}
+""")
+    return path
+
+
+def start_proxy(kind, servers, gateway_extra=""):
+    if kind == "nginx":
+        conf = nginx_conf("nginx", P["nginx"], nginx_upstream_block(servers))
+        p = start(pinned(1, ["nginx", "-c", conf]), "nginx")
+    elif kind == "haproxy":
+        p = start(pinned(1, ["haproxy", "-W", "-db", "-f", haproxy_conf(servers)]), "haproxy")
+    else:
+        p = start(pinned(1, [GATEWAY, "run", "--config", gateway_conf(servers, gateway_extra)]), "gateway")
+    wait_port(P[kind])
+    return p
+
+
+# ---------------------------------------------------------------- fixed-rate load
+
+class Load:
+    """Keep-alive clients at a fixed total rate, recording (start, latency, ok, upstream_answered)."""
+
+    def __init__(self, port, rate=200, workers=8):
+        self.port, self.interval, self.workers = port, workers / rate, workers
+        self.records, self.lock, self.running, self.retried = [], threading.Lock(), True, 0
+        self.threads = [threading.Thread(target=self.worker, daemon=True) for _ in range(workers)]
+
+    def request(self, sock):
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+        length = int(m.group(1)) if m else 0
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            rest += chunk
+        close = re.search(rb"(?i)connection:\s*close", head) is not None
+        return status, rest[:length], close
+
+    def connect(self):
+        sock = socket.create_connection(("127.0.0.1", self.port), 2)
+        sock.settimeout(5)
+        return sock
+
+    def worker(self):
+        sock, next_at = None, time.time()
+        while self.running:
+            next_at += self.interval
+            started = time.time()
+            ok, upstream = False, False
+            try:
+                reused = sock is not None
+                if sock is None:
+                    sock = self.connect()
+                try:
+                    status, body, close = self.request(sock)
+                except (ConnectionError, OSError):
+                    if not reused:
+                        raise
+                    # A reused keep-alive connection closed before any response: retry
+                    # once on a new one, as HTTP clients do for idempotent requests
+                    # (RFC 9112 9.3.1). Counted, so the table can show it.
+                    sock.close()
+                    with self.lock:
+                        self.retried += 1
+                    sock = self.connect()
+                    status, body, close = self.request(sock)
+                ok = status == 200
+                upstream = ok and not body.startswith(b"{")  # gateway fallbacks are JSON
+                if close:
+                    sock.close()
+                    sock = None
+            except OSError:
+                if sock:
+                    sock.close()
+                sock = None
+            with self.lock:
+                self.records.append((started, time.time() - started, ok, upstream))
+            time.sleep(max(0.0, next_at - time.time()))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        for t in self.threads:
+            t.join()
+
+
+def p99(values):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))] * 1000
+
+
+def origin_fault(port, query, method="POST"):
+    s = socket.create_connection(("127.0.0.1", port), 2)
+    s.sendall(f"{method} /_fault?{query} HTTP/1.1\r\nhost: f\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
+    s.recv(4096)
+    s.close()
+
+
+# ---------------------------------------------------------------- sections
+
+def throughput():
+    upstream = start(pinned(0, ["nginx", "-c", nginx_conf("upstream", P["upstream"], "")]), "upstream")
+    wait_port(P["upstream"])
+    results = {k: [] for k in ["direct", "nginx", "haproxy", "gateway"]}
+    for round_ in range(ROUNDS):
+        for kind in results:
+            if kind == "direct":
+                results[kind].append(dict(wrk(P["upstream"]), cpu_per_100k=0.0, rss_mb=0.0))
+                continue
+            proxy = start_proxy(kind, [P["upstream"]])
+            wrk(P[kind]) if round_ == 0 and kind == "gateway" and False else None
+            pids = tree(proxy.pid)
+            cpu0 = cpu_seconds(pids)
+            r = wrk(P[kind])
+            pids = tree(proxy.pid)
+            r["cpu_per_100k"] = (cpu_seconds(pids) - cpu0) / max(r["requests"], 1) * 100_000
+            r["rss_mb"] = peak_rss_mb(pids)
+            results[kind].append(r)
+            stop(proxy)
+            print(f"  round {round_ + 1} {kind:8} {r['rps']:>10.0f} req/s  p99 {r['p99_ms']:.2f} ms", flush=True)
+    stop(upstream)
+    table = {}
+    for kind, runs in results.items():
+        table[kind] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    base = table["nginx"]
+    print(f"\nThroughput: wrk -t1 -c32 -d{DURATION}s, medians of {ROUNDS} interleaved rounds, proxies on 1 CPU")
+    print(f"{'':10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU s/100k':>12}{'RSS MB':>8}{'req/s vs nginx':>16}{'p99 vs nginx':>14}")
+    for kind, r in table.items():
+        print(f"{kind:10}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['cpu_per_100k']:>12.2f}{r['rss_mb']:>8.1f}"
+              f"{r['rps'] / base['rps']:>16.2f}{r['p99_ms'] / base['p99_ms']:>14.2f}")
+    return table
+
+
+INCIDENTS = [
+    ("upstream dead 10s", 1, lambda: origin_fault(P["origin1"], "down_for=10s"), None),
+    ("upstream slow (2s) 10s", 1, lambda: origin_fault(P["origin1"], "latency=2s"), lambda: origin_fault(P["origin1"], "", "DELETE")),
+    ("one of two endpoints dead 10s", 2, lambda: origin_fault(P["origin1"], "down_for=10s"), None),
+]
+GATEWAY_INCIDENT = """    breaker:
+      window: { kind: time, size: 10s, buckets: 10 }
+      minimum_requests: 10
+      failure_rate: 0.5
+      slow_call: { duration: 500ms, rate: 0.5 }
+      open_duration: 2s
+    outlier_detection: { consecutive_failures: 3, ejection: 2s }
+"""
+
+
+def incidents():
+    rows = []
+    for name, endpoints, begin, end in INCIDENTS:
+        for kind in ["nginx", "haproxy", "gateway"]:
+            origins = [start(pinned(0, [ORIGIN, str(P[f"origin{i + 1}"]), f"o{i + 1}"]), f"origin{i + 1}") for i in range(endpoints)]
+            for i in range(endpoints):
+                wait_port(P[f"origin{i + 1}"])
+            servers = [P[f"origin{i + 1}"] for i in range(endpoints)]
+            proxy = start_proxy(kind, servers, GATEWAY_INCIDENT)
+            with Load(P[kind]) as load:
+                time.sleep(5)
+                t0 = time.time()
+                begin()
+                time.sleep(10)
+                if end:
+                    end()
+                t1 = time.time()
+                time.sleep(10)
+            stop(proxy)
+            for o in origins:
+                stop(o)
+            during = [r for r in load.records if t0 <= r[0] < t1]
+            errors = sum(1 for r in load.records if not r[2])
+            after = sorted(r for r in load.records if r[0] >= t1 and r[3])
+            recovery = (after[0][0] - t1) if after else float("nan")
+            row = {"scenario": name, "proxy": kind, "requests": len(load.records), "errors": errors, "retried": load.retried,
+                   "p99_during_ms": p99([r[1] for r in during]), "recovery_s": recovery}
+            rows.append(row)
+            print(f"  {name:30} {kind:8} errors {errors:5} / {len(load.records):5}   p99 during {row['p99_during_ms']:8.1f} ms   "
+                  f"first upstream success after recovery {recovery:5.2f} s", flush=True)
+    return rows
+
+
+def reloads():
+    rows = []
+    origin = start(pinned(0, [ORIGIN, str(P["origin1"]), "o1"]), "origin1")
+    wait_port(P["origin1"])
+    for kind in ["nginx", "haproxy", "gateway"]:
+        proxy = start_proxy(kind, [P["origin1"]])
+        time.sleep(0.5)
+        with Load(P[kind], rate=200) as load:
+            time.sleep(1)
+            for i in range(100):
+                if kind == "gateway":
+                    # Alternate a real change, so each reload applies a new config.
+                    gateway_conf([P["origin1"]], f"    max_concurrent_requests: {1000 + i % 2}\n")
+                    os.kill(proxy.pid, signal.SIGHUP)
+                elif kind == "nginx":
+                    os.kill(proxy.pid, signal.SIGHUP)
+                else:
+                    os.kill(proxy.pid, signal.SIGUSR2)
+                time.sleep(0.1)
+            time.sleep(1)
+        stop(proxy)
+        failed = sum(1 for r in load.records if not r[2])
+        rows.append({"proxy": kind, "requests": len(load.records), "failed": failed, "retried": load.retried})
+        print(f"  {kind:8} 100 reloads under ~200 req/s: {failed} failed of {len(load.records)}"
+              f" ({load.retried} retried once after a keep-alive connection closed)", flush=True)
+    stop(origin)
+    return rows
+
+
+def main():
+    for tool in ["nginx", "haproxy", "wrk"]:
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: make bench installs it (apt-get install nginx-light haproxy wrk)")
+    for binary in [GATEWAY, ORIGIN]:
+        if not os.path.exists(binary):
+            raise SystemExit(f"{binary} is missing: make bench builds it")
+    os.makedirs(OUT, exist_ok=True)
+    report = {"machine": {"cpus": os.cpu_count(), "pinned": bool(PIN), "kernel": os.uname().release}}
+    try:
+        if "throughput" in SECTIONS:
+            print("Throughput", flush=True)
+            report["throughput"] = throughput()
+        if "incidents" in SECTIONS:
+            print("\nIncidents (fixed rate ~200 req/s, keep-alive)", flush=True)
+            report["incidents"] = incidents()
+        if "reload" in SECTIONS:
+            print("\nReload under load", flush=True)
+            report["reload"] = reloads()
+    finally:
+        for p in PROCS:
+            stop(p)
+    with open(os.path.join(OUT, "load.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(OUT, "load.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["section", "name", "metric", "value"])
+        for kind, r in report.get("throughput", {}).items():
+            for k, v in r.items():
+                w.writerow(["throughput", kind, k, v])
+        for r in report.get("incidents", []):
+            for k in ["errors", "p99_during_ms", "recovery_s"]:
+                w.writerow(["incident", f"{r['scenario']} / {r['proxy']}", k, r[k]])
+        for r in report.get("reload", []):
+            w.writerow(["reload", r["proxy"], "failed", r["failed"]])
+            w.writerow(["reload", r["proxy"], "retried", r["retried"]])
+    print(f"\nwritten: {OUT}/load.json, load.csv (process logs in {TMP})")
+
+
+if __name__ == "__main__":
+    main()
