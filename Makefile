@@ -14,18 +14,7 @@ all: test
 # Native build prerequisites (pingora builds C code with cmake), promtool for the alert
 # rule tests, and the plugin target.
 setup:
-	@missing=""; \
-	command -v cmake >/dev/null || missing="$$missing cmake"; \
-	command -v cc >/dev/null || missing="$$missing build-essential"; \
-	command -v promtool >/dev/null || missing="$$missing prometheus"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else \
-	    echo "missing:$$missing -- run: sudo apt-get install -y$$missing" >&2; exit 1; \
-	  fi; \
-	fi
+	@bash scripts/ensure-packages.sh cmake:cmake cc:build-essential promtool:prometheus
 	@# RUSTUP_AUTO_INSTALL=0 on these machines: add the listed target ourselves (quick when present).
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
@@ -52,19 +41,7 @@ test: lint alerts-test
 
 # Peers for side-by-side measurements, from Debian.
 bench-peers:
-	@missing=""; \
-	command -v nginx >/dev/null || missing="$$missing nginx-light"; \
-	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
-	command -v wrk >/dev/null || missing="$$missing wrk"; \
-	command -v python3 >/dev/null || missing="$$missing python3"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else \
-	    echo "missing:$$missing -- run: sudo apt-get install -y$$missing" >&2; exit 1; \
-	  fi; \
-	fi
+	@bash scripts/ensure-packages.sh nginx:nginx-light haproxy:haproxy wrk:wrk python3:python3
 
 bench: setup bench-peers
 	$(CARGO) build --release -p gateway -p gateway-benches --bins

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, UpstreamSpec};
 
 /// Prometheus duration syntax, rounded up to whole seconds.
 fn prom_duration(d: Duration) -> String {
@@ -15,6 +15,71 @@ fn prom_duration(d: Duration) -> String {
     } else {
         format!("{secs}s")
     }
+}
+
+struct Rule {
+    alert: &'static str,
+    expr: String,
+    for_: Option<String>,
+    severity: &'static str,
+    summary: String,
+    runbook: String,
+}
+
+/// The rules for one upstream, from its own thresholds.
+fn upstream_rules(upstream: &UpstreamSpec) -> Vec<Rule> {
+    let name = &upstream.name;
+    let policy = &upstream.breaker;
+    // Open (or probing) for ten open periods, at least 3 minutes: recovery failed repeatedly.
+    let open_for = prom_duration((policy.open_duration * 10).max(Duration::from_secs(180)));
+    let mut rules = vec![Rule {
+        alert: "GatewayBreakerOpen",
+        expr: format!(
+            "sum by (instance, upstream) (gateway_breaker_state{{upstream=\"{name}\", state=~\"open|half_open\"}}) == 1"
+        ),
+        for_: Some(open_for.clone()),
+        severity: "page",
+        summary: format!("Breaker for {name} has been open for {open_for} (ten open periods)"),
+        runbook: format!(
+            "Clients get the fallback. GET /api/v1/breakers/{name} on the admin port shows why it tripped."
+        ),
+    }];
+    if let Some(rate) = policy.failure_rate {
+        // Warn at half the trip threshold, while the breaker is still closed.
+        let warn = rate / 2.0;
+        rules.push(Rule {
+            alert: "GatewayUpstreamFailureRateHigh",
+            expr: format!(
+                "(sum by (instance, upstream) (rate(gateway_upstream_requests_total{{upstream=\"{name}\", outcome=\"failure\"}}[5m])) / sum by (instance, upstream) (rate(gateway_upstream_requests_total{{upstream=\"{name}\", outcome=~\"success|failure\"}}[5m]))) > {warn}"
+            ),
+            for_: Some("5m".into()),
+            severity: "warning",
+            summary: format!("{name}: failure rate above {warn} (its breaker trips at {rate})"),
+            runbook: "The upstream is degrading; the breaker will trip if it keeps rising.".into(),
+        });
+    }
+    if let Some(slow) = policy.slow_call {
+        let threshold = slow.duration.as_secs_f64();
+        rules.push(Rule {
+            alert: "GatewayUpstreamSlow",
+            expr: format!(
+                "histogram_quantile(0.9, sum by (instance, upstream, le) (rate(gateway_upstream_request_duration_seconds_bucket{{upstream=\"{name}\"}}[5m]))) > {threshold}"
+            ),
+            for_: Some("5m".into()),
+            severity: "warning",
+            summary: format!("{name}: p90 latency above its slow-call threshold of {threshold}s"),
+            runbook: format!("Slow calls count toward its breaker (trips at a slow rate of {}).", slow.rate),
+        });
+    }
+    rules.push(Rule {
+        alert: "GatewayBreakerFlapping",
+        expr: format!("sum by (instance, upstream) (increase(gateway_breaker_transitions_total{{upstream=\"{name}\", to=\"open\"}}[15m])) > 4"),
+        for_: None,
+        severity: "warning",
+        summary: format!("Breaker for {name} opened more than 4 times in 15 minutes"),
+        runbook: "Look for one failing endpoint (gateway_endpoint_ejected) or thresholds too tight.".into(),
+    });
+    rules
 }
 
 pub fn rules(config: &Config) -> String {
@@ -27,100 +92,24 @@ pub fn rules(config: &Config) -> String {
     );
     let _ = writeln!(out, "groups:");
     for upstream in config.upstreams.values() {
-        let name = &upstream.name;
-        let policy = &upstream.breaker;
-        // Open (or probing) for ten open periods, at least 3 minutes: recovery failed repeatedly.
-        let open_for = prom_duration((policy.open_duration * 10).max(Duration::from_secs(180)));
-        let _ = writeln!(out, "  - name: edge-gateway-upstream-{name}");
+        let _ = writeln!(out, "  - name: edge-gateway-upstream-{}", upstream.name);
         let _ = writeln!(out, "    rules:");
-        let _ = writeln!(out, "      - alert: GatewayBreakerOpen");
-        let _ = writeln!(
-            out,
-            "        expr: sum by (instance, upstream) (gateway_breaker_state{{upstream=\"{name}\", state=~\"open|half_open\"}}) == 1"
-        );
-        let _ = writeln!(out, "        for: {open_for}");
-        let _ = writeln!(
-            out,
-            "        labels: {{ severity: page, upstream: {name} }}"
-        );
-        let _ = writeln!(out, "        annotations:");
-        let _ = writeln!(
-            out,
-            "          summary: \"Breaker for {name} has been open for {open_for} (ten open periods)\""
-        );
-        let _ = writeln!(
-            out,
-            "          runbook: \"Clients get the fallback. GET /api/v1/breakers/{name} on the admin port shows why it tripped.\""
-        );
-        if let Some(rate) = policy.failure_rate {
-            // Warn at half the trip threshold, while the breaker is still closed.
-            let warn = rate / 2.0;
-            let _ = writeln!(out, "      - alert: GatewayUpstreamFailureRateHigh");
-            let _ = writeln!(out, "        expr: |");
+        for rule in upstream_rules(upstream) {
+            let _ = writeln!(out, "      - alert: {}", rule.alert);
+            let _ = writeln!(out, "        expr: {}", rule.expr);
+            if let Some(for_) = &rule.for_ {
+                let _ = writeln!(out, "        for: {for_}");
+            }
+            // The upstream label keeps rules of different groups apart (promtool lint).
             let _ = writeln!(
                 out,
-                "          (sum by (instance, upstream) (rate(gateway_upstream_requests_total{{upstream=\"{name}\", outcome=\"failure\"}}[5m]))"
-            );
-            let _ = writeln!(
-                out,
-                "            / sum by (instance, upstream) (rate(gateway_upstream_requests_total{{upstream=\"{name}\", outcome=~\"success|failure\"}}[5m]))) > {warn}"
-            );
-            let _ = writeln!(out, "        for: 5m");
-            let _ = writeln!(
-                out,
-                "        labels: {{ severity: warning, upstream: {name} }}"
+                "        labels: {{ severity: {}, upstream: {} }}",
+                rule.severity, upstream.name
             );
             let _ = writeln!(out, "        annotations:");
-            let _ = writeln!(
-                out,
-                "          summary: \"{name}: failure rate above {warn} (its breaker trips at {rate})\""
-            );
-            let _ = writeln!(
-                out,
-                "          runbook: \"The upstream is degrading; the breaker will trip if it keeps rising.\""
-            );
+            let _ = writeln!(out, "          summary: {:?}", rule.summary);
+            let _ = writeln!(out, "          runbook: {:?}", rule.runbook);
         }
-        if let Some(slow) = policy.slow_call {
-            let threshold = slow.duration.as_secs_f64();
-            let _ = writeln!(out, "      - alert: GatewayUpstreamSlow");
-            let _ = writeln!(
-                out,
-                "        expr: histogram_quantile(0.9, sum by (instance, upstream, le) (rate(gateway_upstream_request_duration_seconds_bucket{{upstream=\"{name}\"}}[5m]))) > {threshold}"
-            );
-            let _ = writeln!(out, "        for: 5m");
-            let _ = writeln!(
-                out,
-                "        labels: {{ severity: warning, upstream: {name} }}"
-            );
-            let _ = writeln!(out, "        annotations:");
-            let _ = writeln!(
-                out,
-                "          summary: \"{name}: p90 latency above its slow-call threshold of {threshold}s\""
-            );
-            let _ = writeln!(
-                out,
-                "          runbook: \"Slow calls count toward its breaker (trips at a slow rate of {}).\"",
-                slow.rate
-            );
-        }
-        let _ = writeln!(out, "      - alert: GatewayBreakerFlapping");
-        let _ = writeln!(
-            out,
-            "        expr: sum by (instance, upstream) (increase(gateway_breaker_transitions_total{{upstream=\"{name}\", to=\"open\"}}[15m])) > 4"
-        );
-        let _ = writeln!(
-            out,
-            "        labels: {{ severity: warning, upstream: {name} }}"
-        );
-        let _ = writeln!(out, "        annotations:");
-        let _ = writeln!(
-            out,
-            "          summary: \"Breaker for {name} opened more than 4 times in 15 minutes\""
-        );
-        let _ = writeln!(
-            out,
-            "          runbook: \"Look for one failing endpoint (gateway_endpoint_ejected) or thresholds too tight.\""
-        );
     }
     out
 }

@@ -437,38 +437,41 @@ impl Breaker {
 
     /// Operator override: force open, disable, metrics-only, or back to automatic.
     pub fn set_mode(&self, mode: Mode) -> Option<Transition> {
-        let mut control = self.lock();
-        let word = self.word();
-        let to = match mode {
-            Mode::Automatic
-                if matches!(word.state, State::Closed | State::Open | State::HalfOpen) =>
-            {
-                return None;
-            }
-            Mode::Automatic => State::Closed,
-            Mode::ForcedOpen => State::ForcedOpen,
-            Mode::Disabled => State::Disabled,
-            Mode::MetricsOnly => State::MetricsOnly,
-        };
-        if to == word.state {
-            return None;
-        }
-        control.reopens = 0;
-        let (_, event) = self.transition(&mut control, word, to, Reason::Operator(mode), None);
-        drop(control);
-        self.emit(Some(event.clone()));
-        Some(event)
+        self.operator_move(|current| {
+            let to = match mode {
+                Mode::Automatic
+                    if matches!(current, State::Closed | State::Open | State::HalfOpen) =>
+                {
+                    return None;
+                }
+                Mode::Automatic => State::Closed,
+                Mode::ForcedOpen => State::ForcedOpen,
+                Mode::Disabled => State::Disabled,
+                Mode::MetricsOnly => State::MetricsOnly,
+            };
+            (to != current).then_some((to, Reason::Operator(mode)))
+        })
     }
 
     /// Back to closed and automatic, with an empty window and no backoff history.
-    pub fn reset(&self) -> Transition {
+    pub fn reset(&self) -> Option<Transition> {
+        self.operator_move(|_| Some((State::Closed, Reason::Reset)))
+    }
+
+    /// An operator's change: `decide` picks the target from the current state (None:
+    /// nothing to do). Backoff history is forgotten.
+    fn operator_move(
+        &self,
+        decide: impl FnOnce(State) -> Option<(State, Reason)>,
+    ) -> Option<Transition> {
         let mut control = self.lock();
         let word = self.word();
+        let (to, reason) = decide(word.state)?;
         control.reopens = 0;
-        let (_, event) = self.transition(&mut control, word, State::Closed, Reason::Reset, None);
+        let (_, event) = self.transition(&mut control, word, to, reason, None);
         drop(control);
         self.emit(Some(event.clone()));
-        event
+        Some(event)
     }
 
     pub fn mode(&self) -> Mode {

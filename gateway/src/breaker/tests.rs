@@ -431,7 +431,7 @@ fn operator_states_override_traffic() {
     );
     f.fail();
     assert_eq!(f.breaker.state(), State::Open);
-    assert_eq!(f.breaker.reset().to, State::Closed);
+    assert_eq!(f.breaker.reset().map(|t| t.to), Some(State::Closed));
     assert_eq!(f.events.last().map(|t| t.reason), Some(Reason::Reset));
 }
 

@@ -229,23 +229,12 @@ pub fn failure_when(
     let defaults = FailureWhen::default();
     let statuses = match raw.statuses {
         None => defaults.statuses.clone(),
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, value)| {
-                let parsed = status_range(value);
-                if parsed.is_none() {
-                    problems.push(
-                        path.key("statuses").index(i),
-                        format!(
-                            "`{}` is not a status; use 503, \"5xx\" or \"500-504\"",
-                            yaml_text(value)
-                        ),
-                    );
-                }
-                parsed
-            })
-            .collect(),
+        Some(list) => status_list(
+            &list,
+            &path.key("statuses"),
+            "503, \"5xx\" or \"500-504\"",
+            problems,
+        ),
     };
     let errors: Vec<TransportError> = match raw.errors {
         None => TransportError::ALL.to_vec(),
@@ -294,6 +283,28 @@ fn yaml_text(value: &serde_yaml::Value) -> String {
         serde_yaml::Value::Number(n) => n.to_string(),
         other => format!("{other:?}"),
     }
+}
+
+/// Parses a list of statuses, reporting each bad item at its index.
+fn status_list(
+    list: &[serde_yaml::Value],
+    path: &KeyPath,
+    examples: &str,
+    problems: &mut Problems,
+) -> Vec<(u16, u16)> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, value)| {
+            let parsed = status_range(value);
+            if parsed.is_none() {
+                problems.push(
+                    path.index(i),
+                    format!("`{}` is not a status; use {examples}", yaml_text(value)),
+                );
+            }
+            parsed
+        })
+        .collect()
 }
 
 /// `503`, `"5xx"` or `"500-504"` as an inclusive range.
@@ -504,23 +515,12 @@ pub fn health_check(
     }
     let expected_statuses = match raw.expected_statuses {
         None => vec![(200, 299)],
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, value)| {
-                let parsed = status_range(value);
-                if parsed.is_none() {
-                    problems.push(
-                        path.key("expected_statuses").index(i),
-                        format!(
-                            "`{}` is not a status; use 200, \"2xx\" or \"200-204\"",
-                            yaml_text(value)
-                        ),
-                    );
-                }
-                parsed
-            })
-            .collect(),
+        Some(list) => status_list(
+            &list,
+            &path.key("expected_statuses"),
+            "200, \"2xx\" or \"200-204\"",
+            problems,
+        ),
     };
     let threshold = |value: Option<u32>, default: u32, key: &str, problems: &mut Problems| {
         NonZeroU32::new(value.unwrap_or(default)).unwrap_or_else(|| {
