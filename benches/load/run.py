@@ -9,6 +9,8 @@
    for 10 s, one of two endpoints dead for 10 s. Each proxy with its closest equivalent
    settings. Reports client-visible errors, p99 latency during the incident, time to
    the first upstream success after the upstream is back.
+   A plain Pingora proxy (benches/src/bin/plain-pingora.rs) is a fifth row: what
+   Pingora itself costs per request, with the gateway's runtime settings and allocator.
 3. Reload under load: 100 reloads of each proxy (gateway: SIGHUP; nginx: HUP to the
    master; HAProxy: USR2 to the master) under the same fixed-rate load; failed requests.
 
@@ -34,12 +36,13 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 GATEWAY = os.path.join(ROOT, "target", "release", "gateway")
 ORIGIN = os.path.join(ROOT, "target", "release", "bench-origin")
+PLAIN = os.path.join(ROOT, "target", "release", "plain-pingora")
 OUT = os.path.join(ROOT, "target", "bench")
 DURATION = int(os.environ.get("BENCH_DURATION", "10"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 SECTIONS = os.environ.get("BENCH_SECTIONS", "throughput,incidents,reload").split(",")
 PIN = shutil.which("taskset") is not None and os.cpu_count() and os.cpu_count() >= 2
-P = {"upstream": 18100, "nginx": 18101, "haproxy": 18102, "gateway": 18103, "admin": 18193,
+P = {"upstream": 18100, "nginx": 18101, "haproxy": 18102, "gateway": 18103, "pingora": 18104, "admin": 18193,
      "origin1": 18110, "origin2": 18111}
 TMP = tempfile.mkdtemp(prefix="gw-bench-")
 PROCS = []
@@ -217,6 +220,8 @@ def start_proxy(kind, servers, gateway_extra=""):
         p = start(pinned(1, ["nginx", "-c", conf]), "nginx")
     elif kind == "haproxy":
         p = start(pinned(1, ["haproxy", "-W", "-db", "-f", haproxy_conf(servers)]), "haproxy")
+    elif kind == "pingora":
+        p = start(pinned(1, [PLAIN, f"127.0.0.1:{P['pingora']}", f"127.0.0.1:{servers[0]}"]), "pingora")
     else:
         p = start(pinned(1, [GATEWAY, "run", "--config", gateway_conf(servers, gateway_extra)]), "gateway")
     wait_port(P[kind])
@@ -324,14 +329,14 @@ def origin_fault(port, query, method="POST"):
 def throughput():
     upstream = start(pinned(0, ["nginx", "-c", nginx_conf("upstream", P["upstream"], "")]), "upstream")
     wait_port(P["upstream"])
-    results = {k: [] for k in ["direct", "nginx", "haproxy", "gateway"]}
+    # "pingora": the smallest Pingora proxy, to separate Pingora's cost from the gateway's.
+    results = {k: [] for k in ["direct", "nginx", "haproxy", "pingora", "gateway"]}
     for round_ in range(ROUNDS):
         for kind in results:
             if kind == "direct":
                 results[kind].append(dict(wrk(P["upstream"]), cpu_per_100k=0.0, rss_mb=0.0))
                 continue
             proxy = start_proxy(kind, [P["upstream"]])
-            wrk(P[kind]) if round_ == 0 and kind == "gateway" and False else None
             pids = tree(proxy.pid)
             cpu0 = cpu_seconds(pids)
             r = wrk(P[kind])
@@ -435,7 +440,7 @@ def main():
     for tool in ["nginx", "haproxy", "wrk"]:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: make bench installs it (apt-get install nginx-light haproxy wrk)")
-    for binary in [GATEWAY, ORIGIN]:
+    for binary in [GATEWAY, ORIGIN, PLAIN]:
         if not os.path.exists(binary):
             raise SystemExit(f"{binary} is missing: make bench builds it")
     os.makedirs(OUT, exist_ok=True)
