@@ -1,6 +1,7 @@
 # Edge gateway: every entry point a person or CI needs.
 #   make demo    the gateway in front of simulated upstreams with fault injection
-#   make test    fmt check, clippy -D warnings, the whole test suite
+#   make test    fmt check, clippy -D warnings, docs (broken links denied), alert-rule
+#                tests, the whole test suite
 #   make check   validate every shipped config with `gateway check`
 #   make bench   criterion benches, reload benchmark, and the side-by-side load run
 #                against nginx and HAProxy (installs nginx, haproxy, wrk when missing)
@@ -27,6 +28,7 @@ demo: setup
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
 
 check: setup
 	@for f in config/*.yaml; do $(CARGO) run -q -p gateway -- check --config $$f || exit 1; done
