@@ -1,27 +1,29 @@
 //! Retry budget: retries may add at most a share of recent requests (plus a small floor),
 //! so that retries cannot multiply the load on an upstream that is already failing.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::num::NonZeroUsize;
+use std::time::Duration;
 
-use crate::breaker::{Clock, Nanos};
+use crate::breaker::{Clock, Window, WindowPolicy};
 
-const SLICES: usize = 10;
-const SLICE_NANOS: u64 = 1_000_000_000;
-
-#[derive(Debug, Default)]
-struct Slice {
-    /// Second this slice counts, plus one (0: unused).
-    second: AtomicU64,
-    requests: AtomicU32,
-    retries: AtomicU32,
-}
-
-/// Requests and retries over the last ten seconds.
+/// Requests and retries over the last ten seconds, in one-second buckets: the same
+/// lock-free sliding windows the breakers use.
 #[derive(Debug)]
 pub struct RetryBudget {
     ratio: f64,
     min_per_second: u32,
-    slices: [Slice; SLICES],
+    requests: Window,
+    retries: Window,
+}
+
+const SPAN: Duration = Duration::from_secs(10);
+
+fn ten_seconds() -> Window {
+    let buckets = NonZeroUsize::new(10).unwrap_or(NonZeroUsize::MIN);
+    Window::new(WindowPolicy::Time {
+        size: SPAN,
+        buckets,
+    })
 }
 
 impl RetryBudget {
@@ -29,51 +31,26 @@ impl RetryBudget {
         Self {
             ratio,
             min_per_second,
-            slices: Default::default(),
+            requests: ten_seconds(),
+            retries: ten_seconds(),
         }
-    }
-
-    fn slice(&self, now: Nanos) -> &Slice {
-        let second = now.0 / SLICE_NANOS;
-        let slice = &self.slices[(second % SLICES as u64) as usize];
-        let held = slice.second.load(Ordering::Acquire);
-        if held != second + 1
-            && slice
-                .second
-                .compare_exchange(held, second + 1, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            slice.requests.store(0, Ordering::Relaxed);
-            slice.retries.store(0, Ordering::Relaxed);
-        }
-        slice
     }
 
     pub fn record_request(&self, clock: &dyn Clock) {
-        self.slice(clock.now())
-            .requests
-            .fetch_add(1, Ordering::Relaxed);
+        self.requests.record(clock.now(), false, false);
     }
 
     /// Takes one retry from the budget if there is one left.
     pub fn try_withdraw(&self, clock: &dyn Clock) -> bool {
         let now = clock.now();
-        let second = now.0 / SLICE_NANOS;
-        let oldest = (second + 1).saturating_sub(SLICES as u64);
-        let (mut requests, mut retries) = (0u64, 0u64);
-        for slice in &self.slices {
-            let held = slice.second.load(Ordering::Acquire);
-            if held > oldest && held <= second + 1 {
-                requests += u64::from(slice.requests.load(Ordering::Relaxed));
-                retries += u64::from(slice.retries.load(Ordering::Relaxed));
-            }
-        }
+        let requests = f64::from(self.requests.counts(now).calls);
+        let retries = u64::from(self.retries.counts(now).calls);
         let allowed =
-            u64::from(self.min_per_second) * SLICES as u64 + (self.ratio * requests as f64) as u64;
+            u64::from(self.min_per_second) * SPAN.as_secs() + (self.ratio * requests) as u64;
         if retries >= allowed {
             return false;
         }
-        self.slice(now).retries.fetch_add(1, Ordering::Relaxed);
+        self.retries.record(now, false, false);
         true
     }
 }

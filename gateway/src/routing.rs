@@ -5,6 +5,7 @@
 //! a longer prefix beats a shorter prefix; then routes that list methods beat routes
 //! that do not; ties keep file order. The first route that matches wins.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -143,17 +144,24 @@ impl RouteTable {
     }
 }
 
-/// Lower-case, without port; `[::1]:80` becomes `[::1]`.
-fn normalize_host(host: &str) -> String {
-    let without_port = if host.starts_with('[') {
-        host.split_once(']').map_or(host, |(ip, _)| ip).to_string() + "]"
-    } else {
-        host.rsplit_once(':')
+/// Lower-case, without port or trailing dot; `[::1]:80` becomes `[::1]`. Borrows when
+/// the host is already in that form (the common case), so lookups do not allocate.
+fn normalize_host(host: &str) -> Cow<'_, str> {
+    let without_port = match host.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once(']')
+            .map_or(host, |(ip, _)| &host[..ip.len() + 2]),
+        None => host
+            .rsplit_once(':')
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(host, |(name, _)| name)
-            .to_string()
+            .map_or(host, |(name, _)| name),
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let trimmed = without_port.trim_end_matches('.');
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +299,17 @@ mod tests {
             Some("catch-all")
         );
         assert_eq!(found(&t, None, "/", get()).as_deref(), Some("catch-all"));
+    }
+
+    #[test]
+    fn hosts_are_normalized_without_copying_when_already_normal() {
+        assert!(matches!(
+            normalize_host("api.example.com:8080"),
+            Cow::Borrowed("api.example.com")
+        ));
+        assert_eq!(normalize_host("API.Example.COM."), "api.example.com");
+        assert_eq!(normalize_host("[::1]:80"), "[::1]");
+        assert_eq!(normalize_host("[::1]"), "[::1]");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use std::io;
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use gateway::demo::http1;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 #[derive(Debug, Clone)]
@@ -78,16 +79,8 @@ impl Conn {
     }
 
     async fn read_more(&mut self) -> io::Result<()> {
-        let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed",
-            ));
-        }
-        self.buffer.extend_from_slice(&chunk[..n]);
-        Ok(())
+        let have = self.buffer.len();
+        http1::fill(&mut self.stream, &mut self.buffer, have + 1).await
     }
 
     async fn read_response(&mut self, head_only: bool) -> io::Result<Response> {
@@ -114,13 +107,11 @@ impl Conn {
                 let body = if head_only || status == 204 || status == 304 {
                     Vec::new()
                 } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-                    self.read_chunked().await?
+                    http1::read_chunked(&mut self.stream, &mut self.buffer).await?
                 } else if let Some(length) =
                     find("content-length").and_then(|v| v.parse::<usize>().ok())
                 {
-                    while self.buffer.len() < length {
-                        self.read_more().await?;
-                    }
+                    http1::fill(&mut self.stream, &mut self.buffer, length).await?;
                     self.buffer.drain(..length).collect()
                 } else {
                     // Close-delimited.
@@ -134,35 +125,6 @@ impl Conn {
                 });
             }
             self.read_more().await?;
-        }
-    }
-
-    async fn read_line(&mut self) -> io::Result<String> {
-        loop {
-            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
-                self.buffer.drain(..end + 2);
-                return Ok(line);
-            }
-            self.read_more().await?;
-        }
-    }
-
-    async fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
-        let mut body = Vec::new();
-        loop {
-            let line = self.read_line().await?;
-            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
-            if size == 0 {
-                while !self.read_line().await?.is_empty() {}
-                return Ok(body);
-            }
-            while self.buffer.len() < size + 2 {
-                self.read_more().await?;
-            }
-            body.extend(self.buffer.drain(..size));
-            self.buffer.drain(..2);
         }
     }
 }

@@ -293,6 +293,7 @@ impl Breaker {
                 State::HalfOpen,
                 Reason::OpenPeriodElapsed,
                 None,
+                None,
             );
             word = next;
             event = Some(transition);
@@ -370,7 +371,7 @@ impl Breaker {
         }
         let open_for = self.policy.open_duration(0, self.entropy());
         let snapshot = Some((counts, consecutive));
-        let (_, event) = self.transition_with(
+        let (_, event) = self.transition(
             &mut control,
             word,
             State::Open,
@@ -411,6 +412,7 @@ impl Breaker {
                         State::Closed,
                         Reason::ProbesSucceeded,
                         None,
+                        None,
                     );
                     Some(event)
                 } else {
@@ -431,6 +433,7 @@ impl Breaker {
             State::Open,
             Reason::ProbeFailed,
             Some(open_for),
+            None,
         )
         .1
     }
@@ -468,7 +471,7 @@ impl Breaker {
         let word = self.word();
         let (to, reason) = decide(word.state)?;
         control.reopens = 0;
-        let (_, event) = self.transition(&mut control, word, to, reason, None);
+        let (_, event) = self.transition(&mut control, word, to, reason, None, None);
         drop(control);
         self.emit(Some(event.clone()));
         Some(event)
@@ -503,19 +506,9 @@ impl Breaker {
         }
     }
 
-    fn transition(
-        &self,
-        control: &mut Control,
-        from: Word,
-        to: State,
-        reason: Reason,
-        open_for: Option<Duration>,
-    ) -> (Word, Transition) {
-        self.transition_with(control, from, to, reason, open_for, None)
-    }
-
     /// Moves to `to` (caller holds the lock). Every new state starts with a fresh window.
-    fn transition_with(
+    /// `snapshot` is the window the decision was taken on; None reads it now.
+    fn transition(
         &self,
         control: &mut Control,
         from: Word,

@@ -18,7 +18,7 @@ pub use policy::{
     BackoffPolicy, BreakerPolicy, HalfOpenPolicy, SlowCallPolicy, TripCause, WindowPolicy,
 };
 pub use state::{Mode, State};
-pub use window::WindowCounts;
+pub use window::{Window, WindowCounts};
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! `gateway demo`: simulated upstreams with fault injection, and the gateway in front of
 //! them on the embedded config `config/demo.yaml`.
 
+pub mod http1;
 pub mod origin;
 pub mod services;
 

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::http1::{fill, read_chunked};
 use crate::config::units::parse_duration;
 
 /// A request as the origin received it.
@@ -505,48 +506,5 @@ async fn read_request(
                 ));
             }
         }
-    }
-}
-
-/// Makes sure `buffer` holds at least `n` bytes.
-async fn fill(stream: &mut TcpStream, buffer: &mut Vec<u8>, n: usize) -> io::Result<()> {
-    while buffer.len() < n {
-        let mut chunk = [0u8; 8192];
-        let read = stream.read(&mut chunk).await?;
-        if read == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-    Ok(())
-}
-
-async fn read_line(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<String> {
-    loop {
-        if let Some(end) = buffer.windows(2).position(|w| w == b"\r\n") {
-            let line = String::from_utf8_lossy(&buffer[..end]).into_owned();
-            buffer.drain(..end + 2);
-            return Ok(line);
-        }
-        let have = buffer.len();
-        fill(stream, buffer, have + 1).await?;
-    }
-}
-
-async fn read_chunked(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line = read_line(stream, buffer).await?;
-        let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
-        if size == 0 {
-            // Trailers end with an empty line.
-            while !read_line(stream, buffer).await?.is_empty() {}
-            return Ok(body);
-        }
-        fill(stream, buffer, size + 2).await?;
-        body.extend(buffer.drain(..size));
-        buffer.drain(..2);
     }
 }

@@ -152,12 +152,12 @@ impl ProxyHttp for Gateway {
             )?;
             upstream.set_uri(uri);
         }
-        let original_host = request_host(session.req_header()).map(str::to_string);
+        let original_host = request_host(session.req_header());
         if let Some(host) = &route.spec.host_rewrite {
             upstream.insert_header("host", host)?;
         }
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        headers::add_forwarding(upstream, client, original_host.as_deref())?;
+        headers::add_forwarding(upstream, client, original_host)?;
         upstream.insert_header(REQUEST_ID, &ctx.request_id)?;
         Ok(())
     }
