@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use gateway::demo::origin::{Handler, Origin, Reply, Request, WireFault};
@@ -47,6 +48,50 @@ pub fn echo(name: &'static str) -> Handler {
             }),
         )
     })
+}
+
+/// An origin whose status and delay a test changes while it runs (body: `scripted`).
+#[derive(Debug, Clone)]
+pub struct Scripted {
+    pub status: Arc<AtomicU16>,
+    pub delay_ms: Arc<AtomicU64>,
+}
+
+impl Scripted {
+    /// The switches, and the handler to start an origin with.
+    pub fn new(status: u16) -> (Self, Handler) {
+        let script = Scripted {
+            status: Arc::new(AtomicU16::new(status)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+        };
+        let s = script.clone();
+        let handler: Handler = Arc::new(move |_: &Request| {
+            Reply::text(s.status.load(Ordering::SeqCst), "scripted")
+                .delayed(Duration::from_millis(s.delay_ms.load(Ordering::SeqCst)))
+        });
+        (script, handler)
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn set_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+}
+
+/// A config body with one upstream `api` (with `settings`, indented four spaces) that
+/// every request is routed to.
+pub fn one_upstream(endpoints: &[SocketAddr], settings: &str) -> String {
+    let list = endpoints
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "upstreams:\n  api:\n    endpoints: [{list}]\n{settings}routes:\n  - {{ upstream: api }}\n"
+    )
 }
 
 pub async fn start_origin(handler: Handler) -> Origin {

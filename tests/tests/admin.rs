@@ -2,11 +2,9 @@
 //! stream, and admin authentication.
 
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use gateway_tests::{Gateway, Options, Reply, Request, echo, start_origin};
+use gateway_tests::{Gateway, Options, Scripted, echo, one_upstream, start_origin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The value of the sample whose line starts with `series` (name and labels, exactly as
@@ -43,15 +41,11 @@ fn promtool_accepts(scrape: &str) {
 
 #[tokio::test]
 async fn metrics_follow_a_breaker_open_and_closed_again() {
-    let status = Arc::new(AtomicU16::new(500));
-    let s = Arc::clone(&status);
-    let origin = start_origin(Arc::new(move |_: &Request| {
-        Reply::text(s.load(Ordering::SeqCst), "x")
-    }))
-    .await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker:\n      consecutive_failures: 2\n      open_duration: 300ms\n      half_open: {{ permitted_requests: 1, success_threshold: 1 }}\nroutes:\n  - {{ upstream: api }}\n",
-        origin.addr()
+    let (status, handler) = Scripted::new(500);
+    let origin = start_origin(handler).await;
+    let gw = Gateway::start(&one_upstream(
+        &[origin.addr()],
+        "    breaker:\n      consecutive_failures: 2\n      open_duration: 300ms\n      half_open: { permitted_requests: 1, success_threshold: 1 }\n",
     ))
     .await;
     for _ in 0..2 {
@@ -97,7 +91,7 @@ async fn metrics_follow_a_breaker_open_and_closed_again() {
     );
     promtool_accepts(&open);
 
-    status.store(200, Ordering::SeqCst);
+    status.set_status(200);
     tokio::time::sleep(Duration::from_millis(400)).await; // the open period under test
     assert_eq!(gw.get("/").await.status, 200);
     let closed = gw.scrape().await;
@@ -129,11 +123,7 @@ async fn metrics_follow_a_breaker_open_and_closed_again() {
 #[tokio::test]
 async fn the_event_stream_delivers_a_transition_as_it_happens() {
     let origin = start_origin(echo("svc")).await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n  api: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ upstream: api }}\n",
-        origin.addr()
-    ))
-    .await;
+    let gw = Gateway::start(&one_upstream(&[origin.addr()], "")).await;
     let mut stream = tokio::net::TcpStream::connect(gw.admin)
         .await
         .expect("connect");
@@ -181,15 +171,11 @@ async fn the_event_stream_delivers_a_transition_as_it_happens() {
 
 #[tokio::test]
 async fn forced_states_and_reset_change_what_traffic_gets() {
-    let status = Arc::new(AtomicU16::new(200));
-    let s = Arc::clone(&status);
-    let origin = start_origin(Arc::new(move |_: &Request| {
-        Reply::text(s.load(Ordering::SeqCst), "x")
-    }))
-    .await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 1, open_duration: 60s }}\nroutes:\n  - {{ upstream: api }}\n",
-        origin.addr()
+    let (status, handler) = Scripted::new(200);
+    let origin = start_origin(handler).await;
+    let gw = Gateway::start(&one_upstream(
+        &[origin.addr()],
+        "    breaker: { consecutive_failures: 1, open_duration: 60s }\n",
     ))
     .await;
     let set = |state: &'static str| {
@@ -216,7 +202,7 @@ async fn forced_states_and_reset_change_what_traffic_gets() {
 
     // Disabled: failures pass through and never trip.
     set("disabled").await;
-    status.store(500, Ordering::SeqCst);
+    status.set_status(500);
     for _ in 0..3 {
         assert_eq!(gw.get("/").await.status, 500);
     }
@@ -236,7 +222,7 @@ async fn forced_states_and_reset_change_what_traffic_gets() {
     set("automatic").await;
     assert_eq!(gw.get("/").await.status, 500);
     assert_eq!(gw.get("/").await.status, 503);
-    status.store(200, Ordering::SeqCst);
+    status.set_status(200);
     let reset = gw
         .admin("POST", "/api/v1/breakers/api/reset", &[], b"")
         .await;
@@ -301,10 +287,7 @@ async fn the_admin_api_needs_the_token_and_is_not_on_the_traffic_port() {
     let origin = start_origin(echo("svc")).await;
     let token = "test-admin-token-0123456789";
     let gw = Gateway::start_with(
-        &format!(
-            "upstreams:\n  api: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ upstream: api }}\n",
-            origin.addr()
-        ),
+        &one_upstream(&[origin.addr()], ""),
         Options {
             env: &[("GATEWAY_TEST_ADMIN_TOKEN", token)],
             admin_keys: Some("token_env: GATEWAY_TEST_ADMIN_TOKEN"),
@@ -396,9 +379,9 @@ fn generated_alert_rules_carry_each_upstreams_thresholds_and_pass_promtool() {
 #[tokio::test]
 async fn dashboard_and_alerts_only_use_exported_metrics() {
     let origin = start_origin(echo("svc")).await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n  api:\n    endpoints: [\"{}\"]\n    outlier_detection: {{}}\nroutes:\n  - {{ upstream: api }}\n",
-        origin.addr()
+    let gw = Gateway::start(&one_upstream(
+        &[origin.addr()],
+        "    outlier_detection: {}\n",
     ))
     .await;
     assert_eq!(gw.get("/").await.status, 200);

@@ -1,33 +1,14 @@
 //! Breakers on the request path, against real upstream servers failing in scripted
 //! ways: when they open, what clients get while open, how they recover.
 
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gateway_tests::{Gateway, Reply, Request, WireFault, dead_address, echo, start_origin};
+use gateway_tests::{
+    Gateway, Reply, Request, Scripted, WireFault, dead_address, echo, one_upstream, start_origin,
+};
 use tokio::sync::mpsc;
-
-/// An origin whose status and delay the test can change while it runs.
-struct Scripted {
-    status: Arc<AtomicU16>,
-    delay_ms: Arc<AtomicU64>,
-}
-
-fn scripted() -> (Scripted, gateway_tests::Handler) {
-    let status = Arc::new(AtomicU16::new(200));
-    let delay_ms = Arc::new(AtomicU64::new(0));
-    let (s, d) = (Arc::clone(&status), Arc::clone(&delay_ms));
-    let handler: gateway_tests::Handler = Arc::new(move |_: &Request| {
-        Reply::text(s.load(Ordering::SeqCst), "scripted")
-            .delayed(Duration::from_millis(d.load(Ordering::SeqCst)))
-    });
-    (Scripted { status, delay_ms }, handler)
-}
-
-fn upstream_yaml(name: &str, endpoints: &str, extra: &str) -> String {
-    format!("  {name}:\n    endpoints: [{endpoints}]\n{extra}")
-}
 
 fn json_str(response: &gateway_tests::http::Response, pointer: &str) -> String {
     response
@@ -40,16 +21,12 @@ fn json_str(response: &gateway_tests::http::Response, pointer: &str) -> String {
 
 #[tokio::test]
 async fn opens_after_three_consecutive_5xx_and_answers_fast_without_calling_upstream() {
-    let (script, handler) = scripted();
-    script.status.store(500, Ordering::SeqCst);
+    let (script, handler) = Scripted::new(200);
+    script.set_status(500);
     let origin = start_origin(handler).await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
-        upstream_yaml(
-            "api",
-            &format!("\"{}\"", origin.addr()),
-            "    breaker: { consecutive_failures: 3, open_duration: 30s }\n"
-        )
+    let gw = Gateway::start(&one_upstream(
+        &[origin.addr()],
+        "    breaker: { consecutive_failures: 3, open_duration: 30s }\n",
     ))
     .await;
     let mut conn = gw.conn().await;
@@ -103,14 +80,7 @@ async fn opens_after_three_consecutive_5xx_and_answers_fast_without_calling_upst
 
 #[tokio::test]
 async fn a_dead_upstream_trips_the_breaker_and_clients_stop_waiting() {
-    let gw = Gateway::start(&format!(
-        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
-        upstream_yaml(
-            "api",
-            &format!("\"{}\"", dead_address()),
-            "    timeouts: { connect: 300ms }\n    breaker: { consecutive_failures: 2, open_duration: 30s }\n"
-        )
-    ))
+    let gw = Gateway::start(&one_upstream(&[dead_address()], "    timeouts: { connect: 300ms }\n    breaker: { consecutive_failures: 2, open_duration: 30s }\n"))
     .await;
     assert_eq!(gw.get("/").await.status, 502);
     assert_eq!(gw.get("/").await.status, 502);
@@ -121,17 +91,10 @@ async fn a_dead_upstream_trips_the_breaker_and_clients_stop_waiting() {
 
 #[tokio::test]
 async fn a_slow_upstream_trips_on_timeouts_and_the_fallback_is_far_faster_than_the_timeout() {
-    let (script, handler) = scripted();
-    script.delay_ms.store(3_000, Ordering::SeqCst);
+    let (script, handler) = Scripted::new(200);
+    script.set_delay(3_000);
     let origin = start_origin(handler).await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
-        upstream_yaml(
-            "api",
-            &format!("\"{}\"", origin.addr()),
-            "    timeouts: { read: 1s }\n    breaker: { consecutive_failures: 2, open_duration: 30s }\n"
-        )
-    ))
+    let gw = Gateway::start(&one_upstream(&[origin.addr()], "    timeouts: { read: 1s }\n    breaker: { consecutive_failures: 2, open_duration: 30s }\n"))
     .await;
     for _ in 0..2 {
         assert_eq!(gw.get("/").await.status, 504);
@@ -148,17 +111,10 @@ async fn a_slow_upstream_trips_on_timeouts_and_the_fallback_is_far_faster_than_t
 
 #[tokio::test]
 async fn slow_successes_trip_the_slow_call_rate() {
-    let (script, handler) = scripted();
-    script.delay_ms.store(300, Ordering::SeqCst);
+    let (script, handler) = Scripted::new(200);
+    script.set_delay(300);
     let origin = start_origin(handler).await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
-        upstream_yaml(
-            "api",
-            &format!("\"{}\"", origin.addr()),
-            "    breaker:\n      window: { kind: count, size: 10 }\n      minimum_requests: 4\n      slow_call: { duration: 200ms, rate: 0.75 }\n"
-        )
-    ))
+    let gw = Gateway::start(&one_upstream(&[origin.addr()], "    breaker:\n      window: { kind: count, size: 10 }\n      minimum_requests: 4\n      slow_call: { duration: 200ms, rate: 0.75 }\n"))
     .await;
     let mut conn = gw.conn().await;
     for _ in 0..4 {
@@ -174,13 +130,9 @@ async fn resets_in_the_middle_of_the_body_count_as_failures() {
         Reply::text(200, "x".repeat(64 * 1024)).with_fault(WireFault::ResetMidBody)
     });
     let origin = start_origin(handler).await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
-        upstream_yaml(
-            "api",
-            &format!("\"{}\"", origin.addr()),
-            "    breaker: { consecutive_failures: 2, open_duration: 30s }\n"
-        )
+    let gw = Gateway::start(&one_upstream(
+        &[origin.addr()],
+        "    breaker: { consecutive_failures: 2, open_duration: 30s }\n",
     ))
     .await;
     for _ in 0..2 {
@@ -199,23 +151,16 @@ async fn resets_in_the_middle_of_the_body_count_as_failures() {
 
 #[tokio::test]
 async fn half_open_lets_exactly_the_permitted_probes_through_under_load_then_closes() {
-    let (script, handler) = scripted();
-    script.status.store(500, Ordering::SeqCst);
+    let (script, handler) = Scripted::new(200);
+    script.set_status(500);
     let origin = start_origin(handler).await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
-        upstream_yaml(
-            "api",
-            &format!("\"{}\"", origin.addr()),
-            "    breaker:\n      consecutive_failures: 1\n      open_duration: 500ms\n      half_open: { permitted_requests: 2, success_threshold: 2 }\n"
-        )
-    ))
+    let gw = Gateway::start(&one_upstream(&[origin.addr()], "    breaker:\n      consecutive_failures: 1\n      open_duration: 500ms\n      half_open: { permitted_requests: 2, success_threshold: 2 }\n"))
     .await;
     assert_eq!(gw.get("/").await.status, 500);
     assert_eq!(gw.get("/").await.status, 503);
     // Recovered, but slow enough that all concurrent requests overlap the probes.
-    script.status.store(200, Ordering::SeqCst);
-    script.delay_ms.store(1_000, Ordering::SeqCst);
+    script.set_status(200);
+    script.set_delay(1_000);
     let before = origin.stats().requests();
     // The breaker's open period is what is under test: let it run out.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -241,14 +186,14 @@ async fn half_open_lets_exactly_the_permitted_probes_through_under_load_then_clo
     );
 
     // Two successful probes closed it: everything flows again.
-    script.delay_ms.store(0, Ordering::SeqCst);
+    script.set_delay(0);
     let mut conn = gw.conn().await;
     for _ in 0..10 {
         assert_eq!(conn.get("/").await.expect("request").status, 200);
     }
 
     // And a failed probe reopens it.
-    script.status.store(500, Ordering::SeqCst);
+    script.set_status(500);
     assert_eq!(conn.get("/").await.expect("request").status, 500);
     assert_eq!(conn.get("/").await.expect("request").status, 503);
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -264,14 +209,7 @@ async fn half_open_lets_exactly_the_permitted_probes_through_under_load_then_clo
 #[tokio::test]
 async fn outlier_ejection_moves_traffic_off_a_dead_endpoint() {
     let healthy = start_origin(echo("healthy")).await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
-        upstream_yaml(
-            "api",
-            &format!("\"{}\", \"{}\"", healthy.addr(), dead_address()),
-            "    timeouts: { connect: 300ms }\n    retries: { attempts: 0 }\n    breaker: { failure_rate: 0.9, minimum_requests: 100 }\n    outlier_detection: { consecutive_failures: 2, ejection: 30s }\n"
-        )
-    ))
+    let gw = Gateway::start(&one_upstream(&[healthy.addr(), dead_address()], "    timeouts: { connect: 300ms }\n    retries: { attempts: 0 }\n    breaker: { failure_rate: 0.9, minimum_requests: 100 }\n    outlier_detection: { consecutive_failures: 2, ejection: 30s }\n"))
     .await;
     // Round robin: until the dead endpoint has failed twice, every other request fails.
     let mut failures = 0;
@@ -302,13 +240,9 @@ async fn the_bulkhead_answers_the_extra_request_at_once() {
         Reply::text(200, "slow").delayed(Duration::from_millis(1500))
     }))
     .await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
-        upstream_yaml(
-            "api",
-            &format!("\"{}\"", origin.addr()),
-            "    max_concurrent_requests: 2\n"
-        )
+    let gw = Gateway::start(&one_upstream(
+        &[origin.addr()],
+        "    max_concurrent_requests: 2\n",
     ))
     .await;
     let mut slow = Vec::new();
@@ -340,7 +274,7 @@ async fn the_bulkhead_answers_the_extra_request_at_once() {
 async fn a_cancelled_client_request_is_not_an_upstream_failure() {
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let seen_tx = Mutex::new(seen_tx);
-    let (script, _) = scripted();
+    let (script, _) = Scripted::new(200);
     let delay = Arc::clone(&script.delay_ms);
     delay.store(5_000, Ordering::SeqCst);
     let origin = start_origin(Arc::new(move |_: &Request| {
@@ -350,13 +284,9 @@ async fn a_cancelled_client_request_is_not_an_upstream_failure() {
         Reply::text(200, "ok").delayed(Duration::from_millis(delay.load(Ordering::SeqCst)))
     }))
     .await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
-        upstream_yaml(
-            "api",
-            &format!("\"{}\"", origin.addr()),
-            "    breaker: { consecutive_failures: 1, open_duration: 30s }\n"
-        )
+    let gw = Gateway::start(&one_upstream(
+        &[origin.addr()],
+        "    breaker: { consecutive_failures: 1, open_duration: 30s }\n",
     ))
     .await;
     let mut conn = gw.conn().await;
@@ -370,7 +300,7 @@ async fn a_cancelled_client_request_is_not_an_upstream_failure() {
     // Wait until the gateway has finished with the request (its access-log line).
     gw.wait_for_log(&["gateway::access", "cancelled-by-client"])
         .await;
-    script.delay_ms.store(0, Ordering::SeqCst);
+    script.set_delay(0);
     assert_eq!(
         gw.get("/").await.status,
         200,
@@ -438,14 +368,7 @@ routes:
 #[tokio::test]
 async fn connect_failures_are_retried_on_another_endpoint_for_idempotent_requests_only() {
     let healthy = start_origin(echo("healthy")).await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
-        upstream_yaml(
-            "api",
-            &format!("\"{}\", \"{}\"", healthy.addr(), dead_address()),
-            "    timeouts: { connect: 300ms }\n    breaker: { failure_rate: 0.9, minimum_requests: 100 }\n"
-        )
-    ))
+    let gw = Gateway::start(&one_upstream(&[healthy.addr(), dead_address()], "    timeouts: { connect: 300ms }\n    breaker: { failure_rate: 0.9, minimum_requests: 100 }\n"))
     .await;
     for _ in 0..10 {
         assert_eq!(
@@ -476,14 +399,7 @@ async fn connect_failures_are_retried_on_another_endpoint_for_idempotent_request
 #[tokio::test]
 async fn the_retry_budget_caps_retries() {
     let healthy = start_origin(echo("healthy")).await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
-        upstream_yaml(
-            "api",
-            &format!("\"{}\", \"{}\"", healthy.addr(), dead_address()),
-            "    timeouts: { connect: 300ms }\n    retries: { attempts: 1, budget: { ratio: 0.0, min_per_second: 1 } }\n    breaker: { failure_rate: 0.9, minimum_requests: 1000 }\n"
-        )
-    ))
+    let gw = Gateway::start(&one_upstream(&[healthy.addr(), dead_address()], "    timeouts: { connect: 300ms }\n    retries: { attempts: 1, budget: { ratio: 0.0, min_per_second: 1 } }\n    breaker: { failure_rate: 0.9, minimum_requests: 1000 }\n"))
     .await;
     let mut failures = 0;
     for _ in 0..40 {
@@ -498,14 +414,7 @@ async fn the_retry_budget_caps_retries() {
 
 #[tokio::test]
 async fn half_open_probes_are_never_retried() {
-    let gw = Gateway::start(&format!(
-        "upstreams:\n{}routes:\n  - {{ upstream: api }}\n",
-        upstream_yaml(
-            "api",
-            &format!("\"{}\", \"{}\"", dead_address(), dead_address()),
-            "    timeouts: { connect: 300ms }\n    retries: { attempts: 3 }\n    breaker: { consecutive_failures: 3, open_duration: 300ms }\n"
-        )
-    ))
+    let gw = Gateway::start(&one_upstream(&[dead_address(), dead_address()], "    timeouts: { connect: 300ms }\n    retries: { attempts: 3 }\n    breaker: { consecutive_failures: 3, open_duration: 300ms }\n"))
     .await;
     let first = gw
         .conn()

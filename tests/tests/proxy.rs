@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gateway_tests::{Gateway, Reply, dead_address, echo, start_origin};
+use gateway_tests::{Gateway, Reply, dead_address, echo, one_upstream, start_origin};
 
 fn json_str(value: &serde_json::Value, pointer: &str) -> String {
     value
@@ -107,11 +107,7 @@ routes:
 #[tokio::test]
 async fn forwarding_headers_extend_the_chain() {
     let origin = start_origin(echo("svc")).await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n  svc: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ upstream: svc }}\n",
-        origin.addr()
-    ))
-    .await;
+    let gw = Gateway::start(&one_upstream(&[origin.addr()], "")).await;
     let mut conn = gw.conn().await;
     let response = conn
         .request(
@@ -145,11 +141,7 @@ async fn forwarding_headers_extend_the_chain() {
 #[tokio::test]
 async fn request_id_is_propagated_or_generated() {
     let origin = start_origin(echo("svc")).await;
-    let gw = Gateway::start(&format!(
-        "upstreams:\n  svc: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ upstream: svc }}\n",
-        origin.addr()
-    ))
-    .await;
+    let gw = Gateway::start(&one_upstream(&[origin.addr()], "")).await;
     let mut conn = gw.conn().await;
     let given = conn
         .request("GET", "/", &[("x-request-id", "trace-abc-123")], b"")
@@ -177,8 +169,8 @@ async fn request_id_is_propagated_or_generated() {
 async fn connections_are_reused_both_sides() {
     let origin = start_origin(echo("svc")).await;
     let gw = Gateway::start(&format!(
-        "server: {{ threads: 1 }}\nupstreams:\n  svc: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ upstream: svc }}\n",
-        origin.addr()
+        "server: {{ threads: 1 }}\n{}",
+        one_upstream(&[origin.addr()], "")
     ))
     .await;
     let mut conn = gw.conn().await;

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gateway_tests::{Gateway, Reply, Request, start_origin};
+use gateway_tests::{Gateway, Reply, Request, one_upstream, start_origin};
 use tokio::sync::mpsc;
 
 #[tokio::test]
@@ -18,8 +18,8 @@ async fn sigterm_drains_a_slow_in_flight_request() {
     }))
     .await;
     let mut gw = Gateway::start(&format!(
-        "server: {{ shutdown_grace_period: 20s }}\nupstreams:\n  svc: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ upstream: svc }}\n",
-        origin.addr()
+        "server: {{ shutdown_grace_period: 20s }}\n{}",
+        one_upstream(&[origin.addr()], "")
     ))
     .await;
 
