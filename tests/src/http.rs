@@ -92,16 +92,7 @@ impl Conn {
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
             {
                 let status = parsed.code.unwrap_or(0);
-                let headers: Vec<(String, String)> = parsed
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_ascii_lowercase(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
+                let headers = http1::owned_headers(parsed.headers);
                 self.buffer.drain(..len);
                 let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
                 let body = if head_only || status == 204 || status == 304 {

@@ -15,28 +15,33 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
-fn promtool_accepts(scrape: &str) {
+/// Runs promtool with `args` (and `input` on stdin) and requires success.
+fn promtool(args: &[&str], input: &str) {
+    use std::io::Write;
     let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("promtool is needed (make setup installs it): {e}"));
-    use std::io::Write;
     child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(scrape.as_bytes())
-        .expect("write scrape");
+        .write_all(input.as_bytes())
+        .expect("write promtool input");
     let out = child.wait_with_output().expect("promtool runs");
     assert!(
         out.status.success(),
-        "promtool check metrics:\n{}{}",
+        "promtool {args:?}:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn promtool_accepts(scrape: &str) {
+    promtool(&["check", "metrics"], scrape);
 }
 
 #[tokio::test]
@@ -361,17 +366,7 @@ fn generated_alert_rules_carry_each_upstreams_thresholds_and_pass_promtool() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("rules.yml");
     std::fs::write(&file, &rules).expect("write rules");
-    let check = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&file)
-        .output()
-        .unwrap_or_else(|e| panic!("promtool is needed (make setup installs it): {e}"));
-    assert!(
-        check.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    promtool(&["check", "rules", &file.display().to_string()], "");
 }
 
 /// Every `gateway_*` metric the shipped dashboard and alert rules query must exist in

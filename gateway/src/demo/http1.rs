@@ -5,6 +5,19 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+/// Parsed headers as owned (lower-case name, value) pairs.
+pub fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Makes sure `buffer` holds at least `n` bytes, reading more from `stream`.
 pub async fn fill<S: AsyncRead + Unpin>(
     stream: &mut S,

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::http1::{fill, read_chunked};
+use super::http1::{fill, owned_headers, read_chunked};
 use crate::config::units::parse_duration;
 
 /// A request as the origin received it.
@@ -450,16 +450,7 @@ async fn read_request(
             Ok(httparse::Status::Complete(head_len)) => {
                 let method = parsed.method.unwrap_or("GET").to_string();
                 let target = parsed.path.unwrap_or("/").to_string();
-                let headers: Vec<(String, String)> = parsed
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_ascii_lowercase(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
+                let headers = owned_headers(parsed.headers);
                 buffer.drain(..head_len);
                 let find = |name: &str| {
                     headers
