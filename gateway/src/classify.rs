@@ -129,7 +129,23 @@ pub enum CallResult {
     Abandoned,
 }
 
+/// What an exchange counts as in the breaker: a failure (`Some(true)`), a success
+/// (`Some(false)`) or nothing (`None`). `slow` overrides the slow-call threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Judgement {
+    pub failed: Option<bool>,
+    pub slow: Option<bool>,
+}
+
 impl FailureWhen {
+    /// The built-in judgement: by status and transport error, latency decides slowness.
+    pub fn judge(&self, result: CallResult) -> Judgement {
+        Judgement {
+            failed: self.fails(result),
+            slow: None,
+        }
+    }
+
     pub fn fails(&self, result: CallResult) -> Option<bool> {
         match result {
             CallResult::Response(status) => Some(self.status_fails(status)),

@@ -89,14 +89,21 @@ fn report(e: &LoadError) -> String {
     }
 }
 
+/// Everything `run` would check before serving, plugins loaded and initialised included.
 fn check(path: &std::path::Path) -> ExitCode {
-    match config::load(path) {
+    let loaded = config::load(path).and_then(|config| {
+        let metrics = crate::metrics::Metrics::default();
+        crate::plugin::PluginSet::load(&config, None, &metrics)?;
+        Ok(config)
+    });
+    match loaded {
         Ok(config) => {
             println!(
-                "{}: ok (hash {}): {} listener(s), {} upstream(s), {} route(s)",
+                "{}: ok (hash {}): {} listener(s), {} plugin(s), {} upstream(s), {} route(s)",
                 path.display(),
                 config.hash,
                 config.listeners.len(),
+                config.plugins.len(),
                 config.upstreams.len(),
                 config.routes.len()
             );

@@ -19,6 +19,7 @@ pub mod failure_tally;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod plugin;
 pub mod proxy;
 pub mod reload;
 pub mod retry_budget;

@@ -27,6 +27,9 @@ pub struct Metrics {
     upstream_in_flight: IntGaugeVec,
     bulkhead_rejections: IntCounterVec,
     fallbacks: IntCounterVec,
+    plugin_calls: IntCounterVec,
+    plugin_errors: IntCounterVec,
+    plugin_duration: HistogramVec,
     endpoint_ejected: IntGaugeVec,
     endpoint_healthy: IntGaugeVec,
     endpoint_ejections: IntCounterVec,
@@ -45,6 +48,22 @@ pub struct UpstreamMetrics {
     pub rejected: IntCounter,
     pub overloaded: IntCounter,
     pub retries: IntCounter,
+}
+
+/// Handles for one plugin, resolved when it loads.
+#[derive(Clone)]
+pub struct PluginMetrics {
+    pub calls_ok: IntCounter,
+    pub calls_error: IntCounter,
+    pub duration: Histogram,
+    errors: IntCounterVec,
+    plugin: String,
+}
+
+impl PluginMetrics {
+    pub fn error(&self, kind: &str) {
+        self.errors.with_label_values(&[&self.plugin, kind]).inc();
+    }
 }
 
 impl std::fmt::Debug for UpstreamMetrics {
@@ -77,6 +96,19 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
     vec
 }
 
+/// Plugin call buckets, in seconds: 10 µs to 100 ms.
+const PLUGIN_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+];
+
+fn histogram(registry: &Registry, opts: HistogramOpts, labels: &[&str]) -> HistogramVec {
+    let vec = HistogramVec::new(opts, labels).unwrap_or_else(|e| panic!("histogram: {e}"));
+    registry
+        .register(Box::new(vec.clone()))
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+    vec
+}
+
 /// Latency buckets, in seconds: 1 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -88,18 +120,24 @@ impl Default for Metrics {
     fn default() -> Self {
         let registry = Registry::new();
         let r = &registry;
-        let upstream_duration = HistogramVec::new(
+        let upstream_duration = histogram(
+            r,
             HistogramOpts::new(
                 "gateway_upstream_request_duration_seconds",
                 "Time from choosing an endpoint to the upstream's response head (or failure).",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["upstream"],
-        )
-        .unwrap_or_else(|e| panic!("histogram: {e}"));
-        registry
-            .register(Box::new(upstream_duration.clone()))
-            .unwrap_or_else(|e| panic!("histogram: {e}"));
+        );
+        let plugin_duration = histogram(
+            r,
+            HistogramOpts::new(
+                "gateway_plugin_call_duration_seconds",
+                "Time per plugin call, from taking an instance to its answer.",
+            )
+            .buckets(PLUGIN_BUCKETS.to_vec()),
+            &["plugin"],
+        );
         let config_last_reload_success = Gauge::new(
             "gateway_config_last_reload_success_timestamp_seconds",
             "Unix time of the last config applied successfully (at start or by reload).",
@@ -168,6 +206,19 @@ impl Default for Metrics {
                 "Fallback responses served, by why and what.",
                 &["upstream", "reason", "kind"],
             ),
+            plugin_calls: counter(
+                r,
+                "gateway_plugin_calls_total",
+                "Calls into plugins by result (ok, error).",
+                &["plugin", "result"],
+            ),
+            plugin_errors: counter(
+                r,
+                "gateway_plugin_errors_total",
+                "Failed plugin calls by kind (timeout, memory, trap, init, response_too_large, invalid_answer).",
+                &["plugin", "kind"],
+            ),
+            plugin_duration,
             endpoint_ejected: gauge(
                 r,
                 "gateway_endpoint_ejected",
@@ -210,6 +261,16 @@ impl Metrics {
             rejected: self.breaker_rejections.with_label_values(&[upstream]),
             overloaded: self.bulkhead_rejections.with_label_values(&[upstream]),
             retries: self.upstream_retries.with_label_values(&[upstream]),
+        }
+    }
+
+    pub fn for_plugin(&self, plugin: &str) -> PluginMetrics {
+        PluginMetrics {
+            calls_ok: self.plugin_calls.with_label_values(&[plugin, "ok"]),
+            calls_error: self.plugin_calls.with_label_values(&[plugin, "error"]),
+            duration: self.plugin_duration.with_label_values(&[plugin]),
+            errors: self.plugin_errors.clone(),
+            plugin: plugin.to_string(),
         }
     }
 

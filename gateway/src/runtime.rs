@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::breaker::{Clock, CoarseClock};
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors};
 use crate::events::EventHub;
 use crate::metrics::Metrics;
+use crate::plugin::PluginSet;
 use crate::routing::{Route, RouteTable};
 use crate::upstream::Upstream;
 
@@ -23,14 +24,18 @@ pub struct Runtime {
     pub generation: u64,
     pub routes: RouteTable,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Looked up by name per request, so a changed plugin never resets a breaker.
+    pub plugins: Arc<PluginSet>,
 }
 
 impl Runtime {
-    /// Compiles a checked config. Infallible: everything that can fail was checked.
-    /// Upstreams whose definition is unchanged from `previous` are carried over whole:
-    /// breaker state, ejections, bulkhead and in-flight counts survive the reload.
+    /// Compiles a checked config with its loaded plugins. Infallible: everything that
+    /// can fail was checked. Upstreams whose definition is unchanged from `previous`
+    /// are carried over whole: breaker state, ejections, bulkhead and in-flight counts
+    /// survive the reload.
     pub fn build(
         config: Config,
+        plugins: Arc<PluginSet>,
         generation: u64,
         events: &Arc<EventHub>,
         previous: Option<&Runtime>,
@@ -70,6 +75,7 @@ impl Runtime {
             generation,
             routes: RouteTable::new(routes),
             upstreams,
+            plugins,
         }
     }
 }
@@ -84,16 +90,18 @@ pub struct RuntimeHandle {
 }
 
 impl RuntimeHandle {
-    pub fn new(config: Config) -> Self {
+    /// Loads the config's plugins and builds the first snapshot.
+    pub fn new(config: Config) -> Result<Self, ConfigErrors> {
         let metrics = Arc::new(Metrics::default());
+        let plugins = Arc::new(PluginSet::load(&config, None, &metrics)?);
         metrics.config_applied(&config.hash);
         let events = Arc::new(EventHub::new(Arc::clone(&metrics)));
-        Self {
+        Ok(Self {
             metrics,
-            current: ArcSwap::from_pointee(Runtime::build(config, 1, &events, None)),
+            current: ArcSwap::from_pointee(Runtime::build(config, plugins, 1, &events, None)),
             generations: AtomicU64::new(1),
             events,
-        }
+        })
     }
 
     /// The snapshot a new request should use.
@@ -101,15 +109,23 @@ impl RuntimeHandle {
         self.current.load_full()
     }
 
-    /// Replaces the snapshot; requests already running keep theirs. Returns the new
-    /// snapshot and the names of upstreams that start fresh (new or changed).
-    pub fn apply(&self, config: Config) -> (Arc<Runtime>, Vec<String>) {
+    /// Loads the config's plugins (carrying over unchanged ones), then replaces the
+    /// snapshot; requests already running keep theirs. A plugin that cannot load
+    /// changes nothing. Returns the new snapshot and the names of upstreams that start
+    /// fresh (new or changed).
+    pub fn apply(&self, config: Config) -> Result<(Arc<Runtime>, Vec<String>), ConfigErrors> {
+        let previous = self.snapshot();
+        let plugins = Arc::new(PluginSet::load(
+            &config,
+            Some(&previous.plugins),
+            &self.metrics,
+        )?);
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let hash = config.hash.clone();
         self.events.set_generation(generation);
-        let previous = self.snapshot();
         let runtime = Arc::new(Runtime::build(
             config,
+            plugins,
             generation,
             &self.events,
             Some(&previous),
@@ -127,6 +143,6 @@ impl RuntimeHandle {
             .collect();
         self.current.store(Arc::clone(&runtime));
         self.metrics.config_applied(&hash);
-        (runtime, fresh)
+        Ok((runtime, fresh))
     }
 }

@@ -19,6 +19,16 @@ const DRAIN_QUIET: std::time::Duration = std::time::Duration::from_millis(300);
 /// takes the listening sockets from the running process (which hands them over on
 /// SIGQUIT) instead of binding them. Returns only if the server fails to start.
 pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) -> ! {
+    // Plugins load (and run `init`) before anything listens: one that cannot start is
+    // a config error like any other.
+    let runtime = match RuntimeHandle::new(config) {
+        Ok(runtime) => Arc::new(runtime),
+        Err(errors) => {
+            eprint!("{errors}");
+            std::process::exit(2);
+        }
+    };
+    let config = Arc::clone(&runtime.snapshot().config);
     let grace = config.server.shutdown_grace_period;
     let conf = ServerConf {
         threads: config.server.threads.get(),
@@ -48,7 +58,6 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
     let admin_address = config.admin.address.to_string();
     let admin_token = config.admin.token.clone();
     let watch = config.server.watch_config;
-    let runtime = Arc::new(RuntimeHandle::new(config));
     let in_flight = Arc::new(InFlight::default());
     let reloader = source.map(|path| Arc::new(Reloader::new(path, Arc::clone(&runtime))));
     if let Some(reloader) = &reloader {

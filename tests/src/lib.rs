@@ -20,6 +20,26 @@ pub fn gateway_binary() -> PathBuf {
     dir.join("gateway-under-test")
 }
 
+/// A component built from `plugins/` for this test run (by `tests/build.rs`), by crate name.
+pub fn plugin_path(crate_name: &str) -> PathBuf {
+    Path::new(env!("GATEWAY_PLUGIN_DIR")).join(format!("{}.wasm", crate_name.replace('-', "_")))
+}
+
+/// A `plugins:` entry: `name` loading `crate_name`'s component, plus `settings`
+/// (YAML flow-mapping entries such as `config: { a: b }, limits: { timeout: 50ms }`).
+pub fn plugin_entry(name: &str, crate_name: &str, kind: &str, settings: &str) -> String {
+    let path = plugin_path(crate_name);
+    let settings = if settings.is_empty() {
+        String::new()
+    } else {
+        format!(", {settings}")
+    };
+    format!(
+        "  {name}: {{ path: \"{}\", kind: {kind}{settings} }}\n",
+        path.display()
+    )
+}
+
 /// A port that was free a moment ago (the gateway binds it by itself).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -7,6 +7,7 @@
 
 mod error;
 mod model;
+mod plugins;
 mod position;
 mod raw;
 mod resilience;
@@ -23,11 +24,17 @@ pub use model::{
     AdminSpec, Config, HostMatch, ListenerSpec, LoadBalancing, PathMatch, RouteSpec, ServerSpec,
     Timeouts, UpstreamSpec,
 };
+pub use plugins::{
+    MAX_PLUGIN_MEMORY, OnPluginError, PluginKind, PluginLimits, PluginSpec, WasmFile,
+};
 pub use resilience::{FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec, StaticResponse};
 
 use error::Problems;
 use position::PositionIndex;
-use raw::{RawAdmin, RawListener, RawRoute, RawServer, RawUpstream, RawUpstreams, TOP_LEVEL_KEYS};
+use raw::{
+    RawAdmin, RawListener, RawPlugin, RawPlugins, RawRoute, RawServer, RawUpstream, RawUpstreams,
+    TOP_LEVEL_KEYS,
+};
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +113,7 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
         }
     };
     let mut problems = Problems::default();
-    let config = check(value, source, text, &mut problems);
+    let config = check(value, source, text, &index, &mut problems);
     match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(fail(problems, &index)),
@@ -140,7 +147,13 @@ fn section<T: DeserializeOwned>(
     }
 }
 
-fn check(value: Value, source: &Path, text: &str, problems: &mut Problems) -> Option<Config> {
+fn check(
+    value: Value,
+    source: &Path,
+    text: &str,
+    index: &PositionIndex,
+    problems: &mut Problems,
+) -> Option<Config> {
     let root = KeyPath::root();
     let mut top = match value {
         Value::Mapping(map) => map,
@@ -152,7 +165,7 @@ fn check(value: Value, source: &Path, text: &str, problems: &mut Problems) -> Op
             return None;
         }
         _ => {
-            problems.push(root, "the top level must be a mapping of `listeners`, `admin`, `upstreams`, `routes`, `server`");
+            problems.push(root, "the top level must be a mapping of `listeners`, `admin`, `plugins`, `upstreams`, `routes`, `server`");
             return None;
         }
     };
@@ -193,6 +206,24 @@ fn check(value: Value, source: &Path, text: &str, problems: &mut Problems) -> Op
     let admin = model::admin_spec(admin, &admin_path, problems);
     model::check_admin_apart(&admin, &listeners, &admin_path, problems);
 
+    let plugins_path = root.key("plugins");
+    let raw_plugins: RawPlugins = match take("plugins") {
+        Value::Null => RawPlugins::new(),
+        value => section(value, &plugins_path, problems).unwrap_or_default(),
+    };
+    let declared_plugins: Vec<String> = raw_plugins.keys().cloned().collect();
+    let mut plugins = std::collections::BTreeMap::new();
+    for (name, value) in raw_plugins {
+        let path = plugins_path.key(name.clone());
+        let Some(raw) = section::<RawPlugin>(value, &path, problems) else {
+            continue;
+        };
+        let position = index.locate(&path);
+        if let Some(spec) = plugins::plugin_spec(&name, raw, source, position, &path, problems) {
+            plugins.insert(name, spec);
+        }
+    }
+
     let upstreams_path = root.key("upstreams");
     let raw_upstreams: RawUpstreams = match take("upstreams") {
         Value::Null => {
@@ -214,6 +245,13 @@ fn check(value: Value, source: &Path, text: &str, problems: &mut Problems) -> Op
     }
 
     resilience::check_fallback_chains(&upstreams, &declared, &upstreams_path, problems);
+    plugins::check_references(
+        &upstreams,
+        &plugins,
+        &declared_plugins,
+        &upstreams_path,
+        problems,
+    );
 
     let routes_path = root.key("routes");
     let raw_routes: Vec<Value> = match take("routes") {
@@ -237,18 +275,25 @@ fn check(value: Value, source: &Path, text: &str, problems: &mut Problems) -> Op
 
     Some(Config {
         source: source.to_path_buf(),
-        hash: content_hash(text),
+        hash: content_hash(text, &plugins),
         server,
         listeners,
         admin,
+        plugins,
         upstreams,
         routes: routes.into_iter().map(|(_, route)| route).collect(),
     })
 }
 
-/// First 12 hex digits of the SHA-256 of the file: short enough for a label, long enough to tell apart.
-fn content_hash(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
+/// First 12 hex digits of the SHA-256 of the file and the plugins it loads: short
+/// enough for a label, long enough to tell apart. A rebuilt plugin changes the hash.
+fn content_hash(text: &str, plugins: &std::collections::BTreeMap<String, PluginSpec>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(text.as_bytes());
+    for plugin in plugins.values() {
+        hasher.update(plugin.wasm.sha256);
+    }
+    let digest = hasher.finalize();
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::Method;
 
 use super::error::{KeyPath, Problems};
+use super::plugins::{OnPluginError, PluginSpec};
 use super::raw::{RawAdmin, RawListener, RawLoadBalancing, RawRoute, RawServer, RawUpstream};
 use super::resilience::{self, FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec};
 use crate::breaker::BreakerPolicy;
@@ -26,6 +27,7 @@ pub struct Config {
     pub server: ServerSpec,
     pub listeners: Vec<ListenerSpec>,
     pub admin: AdminSpec,
+    pub plugins: BTreeMap<String, PluginSpec>,
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
 }
@@ -75,6 +77,9 @@ pub struct UpstreamSpec {
     pub max_concurrent_requests: Option<NonZeroU32>,
     pub breaker: BreakerPolicy,
     pub failure_when: FailureWhen,
+    /// A predicate plugin that replaces `failure_when`.
+    pub predicate: Option<String>,
+    pub on_plugin_error: OnPluginError,
     pub fallback: FallbackSpec,
     pub outlier_detection: Option<OutlierSpec>,
     pub retries: RetrySpec,
@@ -306,6 +311,8 @@ pub fn upstream_spec(
         })
     });
     let breaker_path = path.key("breaker");
+    let mut predicate = None;
+    let mut on_plugin_error = OnPluginError::default();
     let (breaker, failure_when, fallback) = match raw.breaker {
         None => (
             BreakerPolicy::default(),
@@ -313,6 +320,16 @@ pub fn upstream_spec(
             FallbackSpec::Default,
         ),
         Some(mut raw_breaker) => {
+            predicate = raw_breaker.predicate.take();
+            if let Some(raw) = raw_breaker.on_plugin_error.take() {
+                if predicate.is_none() {
+                    problems.push(
+                        breaker_path.key("on_plugin_error"),
+                        "only applies with a `predicate` plugin",
+                    );
+                }
+                on_plugin_error = raw.into();
+            }
             let failure_when = resilience::failure_when(
                 raw_breaker.failure_when.take(),
                 &breaker_path.key("failure_when"),
@@ -345,6 +362,8 @@ pub fn upstream_spec(
         max_concurrent_requests,
         breaker,
         failure_when,
+        predicate,
+        on_plugin_error,
         fallback,
         outlier_detection,
         retries,

@@ -6,11 +6,18 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::units::{HumanDuration, WindowSize};
+use super::units::{ByteSize, HumanDuration, WindowSize};
 
 /// Top-level keys. Sections are kept as YAML values so that each upstream and route
 /// is deserialized on its own and one mistake does not hide the others.
-pub const TOP_LEVEL_KEYS: &[&str] = &["server", "listeners", "admin", "upstreams", "routes"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "listeners",
+    "admin",
+    "plugins",
+    "upstreams",
+    "routes",
+];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,6 +113,8 @@ pub struct RawFallback {
     pub body: Option<String>,
     pub json: Option<serde_json::Value>,
     pub upstream: Option<String>,
+    /// A fallback plugin declared under `plugins:`.
+    pub plugin: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,7 +129,51 @@ pub struct RawBreaker {
     pub backoff: Option<RawBackoff>,
     pub half_open: Option<RawHalfOpen>,
     pub failure_when: Option<RawFailureWhen>,
+    /// A predicate plugin declared under `plugins:`; replaces `failure_when`.
+    pub predicate: Option<String>,
+    pub on_plugin_error: Option<RawOnPluginError>,
     pub fallback: Option<RawFallback>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawOnPluginError {
+    FailureWhen,
+    CountAsFailure,
+    CountAsSuccess,
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawPluginKind {
+    Predicate,
+    Fallback,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    /// The component file, relative to the config file.
+    pub path: String,
+    pub kind: RawPluginKind,
+    /// Handed to the plugin's `init`.
+    #[serde(default)]
+    pub config: BTreeMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    pub limits: RawPluginLimits,
+    /// Predicates only: how much of the response body the plugin sees.
+    pub inspect_body_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPluginLimits {
+    pub memory: Option<ByteSize>,
+    pub timeout: Option<HumanDuration>,
+    pub init_timeout: Option<HumanDuration>,
+    pub max_response: Option<ByteSize>,
+    pub instances: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -198,6 +251,9 @@ pub struct RawMatch {
     pub path_prefix: Option<String>,
     pub methods: Option<Vec<String>>,
 }
+
+/// Plugins keyed by name.
+pub type RawPlugins = BTreeMap<String, serde_yaml::Value>;
 
 /// Upstreams keyed by name, in file order of their names (BTreeMap: deterministic).
 pub type RawUpstreams = BTreeMap<String, serde_yaml::Value>;

@@ -24,6 +24,8 @@ pub enum FallbackSpec {
     Static(StaticResponse),
     /// Send the request to another upstream (which has its own breaker).
     Upstream(String),
+    /// Ask a fallback plugin; when it declines or fails, the default answers.
+    Plugin(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,15 +338,20 @@ pub fn fallback(raw: Option<RawFallback>, path: &KeyPath, problems: &mut Problem
     let Some(raw) = raw else {
         return FallbackSpec::Default;
     };
-    if let Some(upstream) = raw.upstream {
-        if raw.status.is_some()
-            || raw.body.is_some()
-            || raw.json.is_some()
-            || !raw.headers.is_empty()
-        {
-            problems.push(path.clone(), "a fallback is either `upstream: name` or a response (status, headers, body or json), not both");
+    let response =
+        raw.status.is_some() || raw.body.is_some() || raw.json.is_some() || !raw.headers.is_empty();
+    match (raw.upstream, raw.plugin) {
+        (Some(_), Some(_)) => {
+            problems.push(path.clone(), "a fallback is one of `upstream: name`, `plugin: name` or a response (status, headers, body or json)");
+            return FallbackSpec::Default;
         }
-        return FallbackSpec::Upstream(upstream);
+        (Some(target), None) | (None, Some(target)) if response => {
+            problems.push(path.clone(), "a fallback is one of `upstream: name`, `plugin: name` or a response (status, headers, body or json)");
+            return FallbackSpec::Upstream(target);
+        }
+        (Some(upstream), None) => return FallbackSpec::Upstream(upstream),
+        (None, Some(plugin)) => return FallbackSpec::Plugin(plugin),
+        (None, None) => {}
     }
     let status = raw.status.unwrap_or(503);
     if !(200..=599).contains(&status) {

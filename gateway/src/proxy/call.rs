@@ -8,7 +8,9 @@ use pingora::upstreams::peer::HttpPeer;
 
 use crate::breaker::{Outcome, Permit, Rejected, State};
 use crate::bulkhead::BulkheadSlot;
-use crate::classify::CallResult;
+use crate::classify::{CallResult, Judgement};
+use crate::plugin::{Plugin, types};
+use crate::runtime::Runtime;
 use crate::upstream::{EndpointLease, Upstream};
 
 use super::fallback::FallbackReason;
@@ -36,11 +38,17 @@ pub struct Call {
     /// Admitted as a half-open probe: its one attempt is the test, never retried.
     probe: bool,
     retries: u32,
+    /// The upstream's predicate plugin, if it has one.
+    pub predicate: Option<Arc<Plugin>>,
+    /// The predicate's answer (or its error policy's), used instead of `failure_when`.
+    pub judgement: Option<Judgement>,
+    /// A body-reading predicate's view of the response, filled as the body streams by.
+    pub inspected: Option<types::ResponseInfo>,
 }
 
 impl Call {
     /// Asks the upstream's breaker, then its bulkhead. Nothing touches the network here.
-    pub fn admit(upstream: &Arc<Upstream>) -> Result<Call, Rejection> {
+    pub fn admit(upstream: &Arc<Upstream>, runtime: &Runtime) -> Result<Call, Rejection> {
         // With gated recovery, an open breaker waits for a passing health check.
         if upstream.breaker.state() == State::Open && !upstream.may_probe() {
             let retry_after = upstream
@@ -74,6 +82,14 @@ impl Call {
             status: None,
             head_latency: None,
             fallback_for: None,
+            predicate: upstream
+                .spec
+                .predicate
+                .as_deref()
+                .and_then(|name| runtime.plugins.get(name))
+                .cloned(),
+            judgement: None,
+            inspected: None,
         })
     }
 
@@ -103,13 +119,7 @@ impl Call {
     /// the breaker like any call, so every attempt is recorded exactly once.
     pub fn retry_connect(&mut self, idempotent: bool) -> bool {
         let upstream = &self.upstream;
-        let allowed = idempotent
-            && !self.probe
-            && self.retries < upstream.spec.retries.attempts
-            && upstream.endpoints.len() > 1
-            && upstream.breaker.state() == State::Closed
-            && upstream.retry_budget.try_withdraw(&*upstream.clock);
-        if !allowed {
+        if !(self.may_retry(idempotent) && upstream.retry_budget.try_withdraw(&*upstream.clock)) {
             return false;
         }
         match upstream.breaker.try_acquire() {
@@ -123,22 +133,46 @@ impl Call {
         }
     }
 
+    /// Whether a failed connect could be retried, budget aside.
+    pub fn may_retry(&self, idempotent: bool) -> bool {
+        let upstream = &self.upstream;
+        idempotent
+            && !self.probe
+            && self.retries < upstream.spec.retries.attempts
+            && upstream.endpoints.len() > 1
+            && upstream.breaker.state() == State::Closed
+    }
+
     pub fn retries(&self) -> u32 {
         self.retries
     }
 
+    /// Time to the response head, or so far when there is none.
+    pub fn latency(&self) -> Duration {
+        self.head_latency
+            .or_else(|| self.started.map(|s| s.elapsed()))
+            .unwrap_or_default()
+    }
+
+    /// Whether the outcome is still to be recorded.
+    pub fn is_open(&self) -> bool {
+        self.permit.is_some()
+    }
+
     /// Records how the exchange ended: into the breaker (once) and outlier detection.
+    /// The predicate's judgement, when there is one, decides; else `failure_when`.
     pub fn finish(&mut self, result: CallResult) {
         let Some(permit) = self.permit.take() else {
             return;
         };
-        let latency = self
-            .head_latency
-            .or_else(|| self.started.map(|s| s.elapsed()))
-            .unwrap_or_default();
-        let failed = self.upstream.spec.failure_when.fails(result);
+        let latency = self.latency();
+        let judgement = self
+            .judgement
+            .take()
+            .unwrap_or_else(|| self.upstream.spec.failure_when.judge(result));
+        let failed = judgement.failed;
         let metrics = &self.upstream.metrics;
-        let outcome = match failed {
+        let mut outcome = match failed {
             Some(true) => {
                 metrics.failure.inc();
                 self.upstream.failures.record(result);
@@ -153,6 +187,7 @@ impl Call {
                 Outcome::ignored()
             }
         };
+        outcome.slow = judgement.slow;
         if failed.is_some() {
             metrics.duration.observe(latency.as_secs_f64());
         }

@@ -10,6 +10,7 @@ use pingora::prelude::*;
 
 use crate::breaker::State;
 use crate::config::FallbackSpec;
+use crate::plugin::{PluginError, convert, types};
 use crate::runtime::Runtime;
 use crate::upstream::Upstream;
 
@@ -47,6 +48,16 @@ impl FallbackReason {
     }
 }
 
+impl FallbackReason {
+    fn to_wit(self) -> types::FallbackReason {
+        match self {
+            FallbackReason::CircuitOpen { .. } => types::FallbackReason::CircuitOpen,
+            FallbackReason::Overloaded => types::FallbackReason::Overloaded,
+            FallbackReason::UpstreamFailed => types::FallbackReason::UpstreamFailed,
+        }
+    }
+}
+
 impl From<Rejection> for FallbackReason {
     fn from(r: Rejection) -> Self {
         match r {
@@ -75,7 +86,7 @@ pub fn admit(runtime: &Runtime, upstream: &Arc<Upstream>) -> Admission {
     let mut current = Arc::clone(upstream);
     let mut first_rejection: Option<FallbackReason> = None;
     for _ in 0..=runtime.upstreams.len() {
-        match Call::admit(&current) {
+        match Call::admit(&current, runtime) {
             Ok(mut call) => {
                 if let Some(reason) = first_rejection {
                     call.fallback_for = Some((upstream.name().to_string(), reason));
@@ -104,6 +115,115 @@ pub fn admit(runtime: &Runtime, upstream: &Arc<Upstream>) -> Admission {
         upstream: current,
         reason: first_rejection.unwrap_or(FallbackReason::Overloaded),
     }
+}
+
+/// What a fallback plugin made of a request its upstream cannot serve.
+pub enum PluginAnswer {
+    /// Its response was sent; the status.
+    Responded(u16),
+    /// The request goes to another upstream, admitted by that upstream's breaker.
+    Rerouted(Box<Call>),
+    /// No plugin, the plugin declined, failed, or asked for something impossible:
+    /// the built-in fallback answers.
+    Declined,
+}
+
+/// Asks `upstream`'s fallback plugin, if it has one, and carries out its answer. A
+/// reroute is only possible before the request went anywhere (not after the upstream
+/// failed), and the upstream it names answers through its own breaker, without
+/// following that upstream's fallback.
+pub async fn ask_plugin(
+    session: &mut Session,
+    runtime: &Runtime,
+    route: &str,
+    upstream: &Arc<Upstream>,
+    reason: FallbackReason,
+    request_id: &str,
+) -> Result<PluginAnswer> {
+    let FallbackSpec::Plugin(name) = &upstream.spec.fallback else {
+        return Ok(PluginAnswer::Declined);
+    };
+    let Some(plugin) = runtime.plugins.get(name) else {
+        return Ok(PluginAnswer::Declined);
+    };
+    let (state, retry_after) = match reason {
+        FallbackReason::CircuitOpen { state, retry_after } => (state, retry_after),
+        _ => (upstream.breaker.state(), Duration::ZERO),
+    };
+    let context = types::FallbackContext {
+        request: convert::request(session.req_header(), route, upstream.name()),
+        reason: reason.to_wit(),
+        state: convert::breaker_state(state),
+        retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+    };
+    let metrics = &upstream.events.metrics;
+    match plugin.respond(&context).await {
+        Ok(types::FallbackAction::Respond(response)) => match synthetic(response) {
+            Ok((status, headers, body)) => {
+                metrics.fallback(upstream.name(), reason.as_str(), "plugin");
+                write(session, status, headers, body, reason, request_id).await?;
+                Ok(PluginAnswer::Responded(status))
+            }
+            Err(problem) => {
+                plugin.count(PluginError::InvalidAnswer(problem));
+                Ok(PluginAnswer::Declined)
+            }
+        },
+        Ok(types::FallbackAction::Reroute(target)) => {
+            let Some(next) = runtime.upstreams.get(&target) else {
+                plugin.count(PluginError::InvalidAnswer(format!(
+                    "reroute to `{target}`, which is not a configured upstream"
+                )));
+                return Ok(PluginAnswer::Declined);
+            };
+            if reason == FallbackReason::UpstreamFailed {
+                return Ok(PluginAnswer::Declined);
+            }
+            match Call::admit(next, runtime) {
+                Ok(mut call) => {
+                    metrics.fallback(upstream.name(), reason.as_str(), "upstream");
+                    call.fallback_for = Some((upstream.name().to_string(), reason));
+                    Ok(PluginAnswer::Rerouted(Box::new(call)))
+                }
+                Err(_) => Ok(PluginAnswer::Declined),
+            }
+        }
+        Ok(types::FallbackAction::Decline) | Err(_) => Ok(PluginAnswer::Declined),
+    }
+}
+
+/// Headers the gateway frames itself; a plugin's copies are dropped.
+const FRAMING_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Checks a plugin's response: a real status, valid headers.
+fn synthetic(
+    response: types::SyntheticResponse,
+) -> std::result::Result<(u16, Vec<(String, String)>, Bytes), String> {
+    if !(200..=599).contains(&response.status) {
+        return Err(format!(
+            "status {} is not between 200 and 599",
+            response.status
+        ));
+    }
+    let mut headers = Vec::with_capacity(response.headers.len());
+    for (name, value) in response.headers {
+        let name = name.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || http::HeaderValue::from_str(&value).is_err()
+        {
+            return Err(format!("`{name}: {value}` is not a valid header"));
+        }
+        if !FRAMING_HEADERS.contains(&name.as_str()) {
+            headers.push((name, value));
+        }
+    }
+    Ok((response.status, headers, Bytes::from(response.body)))
 }
 
 /// Writes `upstream`'s fallback response: its configured static response, or the
@@ -139,6 +259,19 @@ pub async fn respond(
         let secs = retry_after.as_millis().div_ceil(1000).max(1);
         headers.push(("retry-after".into(), secs.to_string()));
     }
+    write(session, status, headers, body, reason, request_id).await?;
+    Ok(status)
+}
+
+/// Sends a fallback response, marked as one.
+async fn write(
+    session: &mut Session,
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    reason: FallbackReason,
+    request_id: &str,
+) -> Result<()> {
     let mut header = ResponseHeader::build(status, Some(headers.len() + 4))?;
     for (name, value) in headers {
         header.insert_header(name, value)?;
@@ -150,7 +283,7 @@ pub async fn respond(
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await?;
-    Ok(status)
+    Ok(())
 }
 
 fn default_response(

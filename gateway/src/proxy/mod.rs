@@ -4,22 +4,28 @@
 //! 2. `request_filter`: (when shutting down, end keep-alive with this response) give
 //!    the request an id, find its route (or answer 404), and ask
 //!    the upstream's breaker and bulkhead for admission; a rejected request gets the
-//!    fallback (a response, or another upstream) and never touches the upstream.
+//!    fallback (a response, another upstream, or a plugin's answer) and never
+//!    touches the upstream. A fallback plugin answers, reroutes the request to
+//!    another upstream, or declines (then the built-in fallback answers).
 //! 3. `upstream_peer`: pick an endpoint, skipping ejected ones.
 //! 4. `upstream_request_filter`: rewrite path and host, add forwarding headers.
-//! 5. `upstream_response_filter`: note the upstream's status and how long it took.
-//! 6. `upstream_response_body_filter`: at the end of the body, record the outcome in
-//!    the breaker and outlier detection, before the client sees the end of it.
+//! 5. `upstream_response_filter`: note the upstream's status and how long it took;
+//!    a predicate plugin that needs no body judges the exchange now.
+//! 6. `upstream_response_body_filter`: a body-reading predicate gets a copy of the
+//!    first bytes; at the end of the body, record the outcome in the breaker and
+//!    outlier detection, before the client sees the end of it.
 //! 7. `response_filter`: tag the response (request id, fallback headers).
 //! 8. `fail_to_connect`: record the failed attempt; retry another endpoint if allowed.
-//! 9. `fail_to_proxy`: record the failure, then answer with the static fallback or a
-//!    JSON error with a stable code.
-//! 10. `logging`: record whatever is not yet recorded (a client that went away counts
-//!     for nothing), then one access-log line. Every call is recorded exactly once.
+//! 9. `fail_to_proxy`: judge and record the failure, then answer with the static or
+//!    plugin fallback, or a JSON error with a stable code.
+//! 10. `logging`: judge (a body-reading predicate, now that the body is complete) and
+//!     record whatever is not yet recorded (a client that went away counts for
+//!     nothing), then one access-log line. Every call is recorded exactly once.
 
 mod call;
 mod fallback;
 mod headers;
+mod judge;
 mod respond;
 
 use std::sync::Arc;
@@ -42,7 +48,7 @@ pub use headers::REQUEST_ID;
 pub use respond::GatewayError;
 
 use call::Call;
-use fallback::{Admission, FallbackReason};
+use fallback::{Admission, FallbackReason, PluginAnswer};
 
 /// The proxy: shared by all requests, holds nothing that changes on reload itself.
 pub struct Gateway {
@@ -115,8 +121,28 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             Admission::Respond { upstream, reason } => {
+                let runtime = Arc::clone(&ctx.runtime);
+                let route = route_name(&ctx.route);
+                let answer = fallback::ask_plugin(
+                    session,
+                    &runtime,
+                    route,
+                    &upstream,
+                    reason,
+                    &ctx.request_id,
+                )
+                .await?;
+                match answer {
+                    PluginAnswer::Rerouted(call) => {
+                        ctx.call = Some(*call);
+                        return Ok(false);
+                    }
+                    PluginAnswer::Responded(_) => {}
+                    PluginAnswer::Declined => {
+                        fallback::respond(session, &upstream, reason, &ctx.request_id).await?;
+                    }
+                }
                 ctx.answered = Some(reason.as_str());
-                fallback::respond(session, &upstream, reason, &ctx.request_id).await?;
                 Ok(true)
             }
         }
@@ -164,7 +190,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -174,6 +200,7 @@ impl ProxyHttp for Gateway {
             .filter(|_| !response.status.is_informational())
         {
             call.on_response(response.status.as_u16());
+            judge::at_head(call, session, route_name(&ctx.route), response).await;
         }
         Ok(())
     }
@@ -181,12 +208,19 @@ impl ProxyHttp for Gateway {
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<bytes::Bytes>,
+        body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        // The exchange is over: record it before the client can see the end of it.
-        if let Some(call) = ctx.call.as_mut().filter(|_| end_of_stream) {
+        let Some(call) = ctx.call.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(chunk) = body {
+            judge::body_chunk(call, chunk);
+        }
+        // The exchange is over: record it before the client can see the end of it
+        // (a body-reading predicate answers in `logging`, once the body is complete).
+        if end_of_stream && !judge::awaits_body(call) {
             call.finish(call_result(None, call.status));
         }
         Ok(None)
@@ -218,9 +252,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        let idempotent = session.req_header().method.is_idempotent();
         if let Some(call) = ctx.call.as_mut() {
+            // The last attempt of a call with a predicate plugin is judged by the plugin
+            // in `fail_to_proxy`; attempts that may be retried by `failure_when`.
+            if call.predicate.is_some() && !call.may_retry(idempotent) {
+                return e;
+            }
             call.finish(CallResult::Transport(TransportError::from_error(&e)));
-            if call.retry_connect(session.req_header().method.is_idempotent()) {
+            if call.retry_connect(idempotent) {
                 e.set_retry(true);
             }
         }
@@ -234,7 +274,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         if let Some(call) = ctx.call.as_mut() {
-            call.finish(call_result(Some(e), call.status));
+            let result = call_result(Some(e), call.status);
+            judge::at_end(call, session, route_name(&ctx.route), result).await;
+            call.finish(result);
         }
         let error = GatewayError::from_proxy_error(e);
         // Once the response head is out, the only honest signal left is closing the connection.
@@ -242,24 +284,44 @@ impl ProxyHttp for Gateway {
         if ctx.request_id.is_empty() {
             ctx.request_id = headers::request_id(None);
         }
-        let static_fallback = ctx
+        // This connection ends with the answer below; say so in it.
+        session.set_keepalive(None);
+        let failed_upstream = ctx
             .call
             .as_ref()
-            .filter(|_| e.esource() == &ErrorSource::Upstream)
-            .map(|c| Arc::clone(&c.upstream))
-            .filter(|u| matches!(u.spec.fallback, FallbackSpec::Static(_)));
-        let status = match (error, static_fallback) {
-            (Some(_), Some(upstream)) if can_respond => {
-                ctx.answered = Some(FallbackReason::UpstreamFailed.as_str());
-                fallback::respond(
+            .filter(|_| error.is_some() && e.esource() == &ErrorSource::Upstream && can_respond)
+            .map(|c| Arc::clone(&c.upstream));
+        let reason = FallbackReason::UpstreamFailed;
+        let fallback_status = match failed_upstream {
+            Some(upstream) if matches!(upstream.spec.fallback, FallbackSpec::Static(_)) => {
+                fallback::respond(session, &upstream, reason, &ctx.request_id)
+                    .await
+                    .ok()
+            }
+            Some(upstream) => {
+                let runtime = Arc::clone(&ctx.runtime);
+                let route = route_name(&ctx.route);
+                match fallback::ask_plugin(
                     session,
+                    &runtime,
+                    route,
                     &upstream,
-                    FallbackReason::UpstreamFailed,
+                    reason,
                     &ctx.request_id,
                 )
                 .await
-                .unwrap_or(0)
+                {
+                    Ok(PluginAnswer::Responded(status)) => Some(status),
+                    _ => None,
+                }
             }
+            None => None,
+        };
+        if fallback_status.is_some() {
+            ctx.answered = Some(reason.as_str());
+        }
+        let status = match (error, fallback_status) {
+            (_, Some(status)) => status,
             (Some(error), None) if can_respond => {
                 ctx.answered = Some(error.code());
                 if let Err(write_error) =
@@ -279,7 +341,9 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if let Some(call) = ctx.call.as_mut() {
-            call.finish(call_result(e, call.status));
+            let result = call_result(e, call.status);
+            judge::at_end(call, session, route_name(&ctx.route), result).await;
+            call.finish(result);
         }
         if !ctx.runtime.config.server.access_log {
             return;
@@ -317,6 +381,10 @@ fn call_result(e: Option<&Error>, status: Option<u16>) -> CallResult {
         (_, Some(status)) => CallResult::Response(status),
         (_, None) => CallResult::Abandoned,
     }
+}
+
+fn route_name(route: &Option<Arc<Route>>) -> &str {
+    route.as_ref().map_or("", |r| r.spec.name.as_str())
 }
 
 /// The host a client asked for: the Host header, or the authority of an absolute URI.

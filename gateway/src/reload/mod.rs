@@ -105,7 +105,17 @@ impl Reloader {
     pub fn reload(&self, trigger: &str) -> ReloadResult {
         let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let metrics = &self.runtime.metrics;
-        let result = match config::load(&self.path) {
+        let current = self.runtime.snapshot();
+        let applied = config::load(&self.path).and_then(|config| {
+            if config.hash == current.config.hash {
+                return Ok(None);
+            }
+            let needs_restart = needs_restart(&current.config, &config);
+            let hash = config.hash.clone();
+            let (runtime, fresh) = self.runtime.apply(config)?;
+            Ok(Some((runtime, fresh, needs_restart, hash)))
+        });
+        let result = match applied {
             Err(e) => {
                 let errors: Vec<String> = match &e {
                     LoadError::Invalid(list) => list.0.iter().map(ToString::to_string).collect(),
@@ -117,32 +127,27 @@ impl Reloader {
                 }
                 ReloadResult::Failed { errors }
             }
-            Ok(config) => {
-                let current = self.runtime.snapshot();
-                if config.hash == current.config.hash {
-                    ReloadResult::Unchanged { hash: config.hash }
-                } else {
-                    let needs_restart = needs_restart(&current.config, &config);
-                    let hash = config.hash.clone();
-                    let (runtime, fresh_upstreams) = self.runtime.apply(config);
-                    metrics.config_reloads.with_label_values(&["success"]).inc();
-                    tracing::info!(
-                        target: "gateway::reload",
-                        trigger,
-                        generation = runtime.generation,
-                        %hash,
-                        fresh_upstreams = ?fresh_upstreams,
-                        "config reloaded"
-                    );
-                    if !needs_restart.is_empty() {
-                        tracing::warn!(target: "gateway::reload", sections = ?needs_restart, "changed sections take effect only on restart or graceful upgrade");
-                    }
-                    ReloadResult::Applied {
-                        generation: runtime.generation,
-                        hash,
-                        fresh_upstreams,
-                        needs_restart,
-                    }
+            Ok(None) => ReloadResult::Unchanged {
+                hash: current.config.hash.clone(),
+            },
+            Ok(Some((runtime, fresh_upstreams, needs_restart, hash))) => {
+                metrics.config_reloads.with_label_values(&["success"]).inc();
+                tracing::info!(
+                    target: "gateway::reload",
+                    trigger,
+                    generation = runtime.generation,
+                    %hash,
+                    fresh_upstreams = ?fresh_upstreams,
+                    "config reloaded"
+                );
+                if !needs_restart.is_empty() {
+                    tracing::warn!(target: "gateway::reload", sections = ?needs_restart, "changed sections take effect only on restart or graceful upgrade");
+                }
+                ReloadResult::Applied {
+                    generation: runtime.generation,
+                    hash,
+                    fresh_upstreams,
+                    needs_restart,
                 }
             }
         };

@@ -1,0 +1,208 @@
+//! What a plugin instance may touch: a WASI context that grants nothing (no files,
+//! no environment, no sockets; stdout and stderr go to the log), the `host` interface
+//! (logging), and a memory limiter that remembers when it said no.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::host::{self, LogLevel};
+
+/// Longest log line kept from a plugin; the rest is cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// The data of one plugin instance's store.
+pub struct HostState {
+    plugin: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+}
+
+impl HostState {
+    pub fn new(plugin: Arc<str>, memory: u64) -> Self {
+        let wasi = WasiCtxBuilder::new()
+            .stdout(PluginOutput {
+                plugin: Arc::clone(&plugin),
+                stream: "stdout",
+            })
+            .stderr(PluginOutput {
+                plugin: Arc::clone(&plugin),
+                stream: "stderr",
+            })
+            .build();
+        Self {
+            plugin,
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                memory: usize::try_from(memory).unwrap_or(usize::MAX),
+                exceeded: false,
+            },
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        emit(&self.plugin, level, "log", message.as_bytes());
+    }
+}
+
+fn emit(plugin: &str, level: LogLevel, stream: &str, message: &[u8]) {
+    let cut = &message[..message.len().min(MAX_LOG_LINE)];
+    let message = String::from_utf8_lossy(cut);
+    let message = message.trim_end();
+    match level {
+        LogLevel::Trace => tracing::trace!(target: "gateway::plugin", plugin, stream, "{message}"),
+        LogLevel::Debug => tracing::debug!(target: "gateway::plugin", plugin, stream, "{message}"),
+        LogLevel::Info => tracing::info!(target: "gateway::plugin", plugin, stream, "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "gateway::plugin", plugin, stream, "{message}"),
+        LogLevel::Error => tracing::error!(target: "gateway::plugin", plugin, stream, "{message}"),
+    }
+}
+
+/// Caps linear memory per instance; `exceeded` tells a trap caused by running out of
+/// memory apart from any other.
+pub struct MemoryLimiter {
+    memory: usize,
+    pub exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.memory;
+        self.exceeded |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// A plugin's stdout or stderr: whole lines to the log, at info (stdout) or warn (stderr).
+#[derive(Clone)]
+struct PluginOutput {
+    plugin: Arc<str>,
+    stream: &'static str,
+}
+
+impl IsTerminal for PluginOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for PluginOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(LineLogger::new(self))
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(LineLogger::new(self))
+    }
+}
+
+struct LineLogger {
+    plugin: Arc<str>,
+    stream: &'static str,
+    line: Vec<u8>,
+}
+
+impl LineLogger {
+    fn new(output: &PluginOutput) -> Self {
+        Self {
+            plugin: Arc::clone(&output.plugin),
+            stream: output.stream,
+            line: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, mut bytes: &[u8]) {
+        let level = if self.stream == "stderr" {
+            LogLevel::Warn
+        } else {
+            LogLevel::Info
+        };
+        while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
+            self.keep(&bytes[..end]);
+            emit(&self.plugin, level, self.stream, &self.line);
+            self.line.clear();
+            bytes = &bytes[end + 1..];
+        }
+        self.keep(bytes);
+    }
+
+    /// Keeps at most one line's worth; a plugin printing without newlines cannot grow it.
+    fn keep(&mut self, bytes: &[u8]) {
+        let room = MAX_LOG_LINE.saturating_sub(self.line.len());
+        self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for LineLogger {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for LineLogger {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for LineLogger {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,241 @@
+//! One loaded plugin: its pre-linked component, a pool of initialised instances, and
+//! the two calls (`classify`, `respond`), each bounded in time (epoch deadline) and
+//! memory (the store's limiter). An instance that failed in any way is dropped; the
+//! next call gets a fresh one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use super::PluginError;
+use super::bindings::fallback::{Fallback, FallbackPre};
+use super::bindings::predicate::{FailurePredicate, FailurePredicatePre};
+use super::bindings::types::{FallbackAction, FallbackContext, Outcome, Verdict};
+use super::engine::{PluginEngine, ticks};
+use super::host::HostState;
+use crate::config::{PluginKind, PluginSpec};
+use crate::metrics::PluginMetrics;
+
+enum Pre {
+    Predicate(FailurePredicatePre<HostState>),
+    Fallback(FallbackPre<HostState>),
+}
+
+enum Exports {
+    Predicate(FailurePredicate),
+    Fallback(Fallback),
+}
+
+struct Instance {
+    store: Store<HostState>,
+    exports: Exports,
+}
+
+pub struct Plugin {
+    pub spec: PluginSpec,
+    /// Compiled once; shared with any later config that loads the same bytes.
+    pub component: Component,
+    name: Arc<str>,
+    engine: &'static PluginEngine,
+    pre: Pre,
+    idle: Mutex<Vec<Instance>>,
+    metrics: PluginMetrics,
+    /// Unix second of the last error logged: errors are counted always, logged at most
+    /// once a second so a plugin failing on every request cannot flood the log.
+    last_logged: AtomicU64,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin").field("spec", &self.spec).finish()
+    }
+}
+
+impl Plugin {
+    /// Links the component against the host and runs one instance's `init`, which is
+    /// kept for the first call: a plugin that cannot start is refused here, not later.
+    pub async fn load(
+        spec: PluginSpec,
+        component: Component,
+        engine: &'static PluginEngine,
+        metrics: PluginMetrics,
+    ) -> Result<Self, String> {
+        let world = match spec.kind {
+            PluginKind::Predicate => "failure-predicate",
+            PluginKind::Fallback => "fallback",
+        };
+        let mismatch = |e: wasmtime::Error| {
+            format!("does not fit the `{world}` world of edge-gateway:plugin@0.1.0: {e:#}")
+        };
+        let instance_pre = engine
+            .linker
+            .instantiate_pre(&component)
+            .map_err(mismatch)?;
+        let pre = match spec.kind {
+            PluginKind::Predicate => {
+                Pre::Predicate(FailurePredicatePre::new(instance_pre).map_err(mismatch)?)
+            }
+            PluginKind::Fallback => {
+                Pre::Fallback(FallbackPre::new(instance_pre).map_err(mismatch)?)
+            }
+        };
+        let plugin = Self {
+            name: spec.name.as_str().into(),
+            spec,
+            component,
+            engine,
+            pre,
+            idle: Mutex::new(Vec::new()),
+            metrics,
+            last_logged: AtomicU64::new(0),
+        };
+        let first = plugin.instantiate().await.map_err(|e| e.to_string())?;
+        plugin.check_in(first);
+        Ok(plugin)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Asks a predicate what an exchange counts as.
+    pub async fn classify(&self, outcome: &Outcome) -> Result<Verdict, PluginError> {
+        let started = Instant::now();
+        let mut instance = self.check_out().await?;
+        self.arm(&mut instance, self.spec.limits.timeout);
+        let result = match &instance.exports {
+            Exports::Predicate(exports) => {
+                exports.call_classify(&mut instance.store, outcome).await
+            }
+            Exports::Fallback(_) => Err(wasmtime::Error::msg("not a predicate")),
+        };
+        self.settle(instance, result, started)
+    }
+
+    /// Asks a fallback what to answer. The response is checked against `max_response`.
+    pub async fn respond(&self, context: &FallbackContext) -> Result<FallbackAction, PluginError> {
+        let started = Instant::now();
+        let mut instance = self.check_out().await?;
+        self.arm(&mut instance, self.spec.limits.timeout);
+        let result = match &instance.exports {
+            Exports::Fallback(exports) => exports.call_respond(&mut instance.store, context).await,
+            Exports::Predicate(_) => Err(wasmtime::Error::msg("not a fallback")),
+        };
+        let action = self.settle(instance, result, started)?;
+        if let FallbackAction::Respond(response) = &action
+            && response.body.len() > self.spec.limits.max_response
+        {
+            return Err(self.count(PluginError::ResponseTooLarge {
+                size: response.body.len(),
+                limit: self.spec.limits.max_response,
+            }));
+        }
+        Ok(action)
+    }
+
+    /// Counts and (rate-limited) logs an error found by the caller, e.g. an invalid response.
+    pub fn count(&self, error: PluginError) -> PluginError {
+        self.metrics.calls_error.inc();
+        self.metrics.error(error.kind());
+        let now = crate::events::unix_ms(std::time::SystemTime::now()) / 1000;
+        if self.last_logged.swap(now, Ordering::Relaxed) != now {
+            tracing::warn!(target: "gateway::plugin", plugin = %self.name, kind = error.kind(), %error, "plugin call failed");
+        }
+        error
+    }
+
+    async fn check_out(&self) -> Result<Instance, PluginError> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        match idle {
+            Some(instance) => Ok(instance),
+            None => self.instantiate().await.map_err(|e| self.count(e)),
+        }
+    }
+
+    fn check_in(&self, instance: Instance) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < self.spec.limits.instances.get() as usize
+        {
+            idle.push(instance);
+        }
+    }
+
+    fn arm(&self, instance: &mut Instance, limit: Duration) {
+        instance.store.data_mut().limiter.exceeded = false;
+        instance.store.set_epoch_deadline(ticks(limit));
+    }
+
+    fn settle<R>(
+        &self,
+        instance: Instance,
+        result: wasmtime::Result<R>,
+        started: Instant,
+    ) -> Result<R, PluginError> {
+        self.metrics
+            .duration
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(value) => {
+                self.metrics.calls_ok.inc();
+                self.check_in(instance);
+                Ok(value)
+            }
+            Err(e) => Err(self.count(self.explain(&instance, e, self.spec.limits.timeout))),
+        }
+    }
+
+    /// A new instance with `init` done, within `init_timeout`.
+    async fn instantiate(&self) -> Result<Instance, PluginError> {
+        let limits = self.spec.limits;
+        let mut store = Store::new(
+            &self.engine.engine,
+            HostState::new(Arc::clone(&self.name), limits.memory),
+        );
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(ticks(limits.init_timeout));
+        let config = &self.spec.config;
+        let (exports, init) = match &self.pre {
+            Pre::Predicate(pre) => match pre.instantiate_async(&mut store).await {
+                Ok(exports) => {
+                    let init = exports.call_init(&mut store, config).await;
+                    (Exports::Predicate(exports), init)
+                }
+                Err(e) => return Err(PluginError::Instantiate(format!("{e:#}"))),
+            },
+            Pre::Fallback(pre) => match pre.instantiate_async(&mut store).await {
+                Ok(exports) => {
+                    let init = exports.call_init(&mut store, config).await;
+                    (Exports::Fallback(exports), init)
+                }
+                Err(e) => return Err(PluginError::Instantiate(format!("{e:#}"))),
+            },
+        };
+        let instance = Instance { store, exports };
+        match init {
+            Ok(Ok(())) => Ok(instance),
+            Ok(Err(reason)) => Err(PluginError::InitRefused(reason)),
+            Err(e) => Err(PluginError::Init(Box::new(self.explain(
+                &instance,
+                e,
+                limits.init_timeout,
+            )))),
+        }
+    }
+
+    /// What a failed call ran into: its deadline, its memory limit, or a trap.
+    fn explain(&self, instance: &Instance, e: wasmtime::Error, limit: Duration) -> PluginError {
+        if instance.store.data().limiter.exceeded {
+            PluginError::Memory(self.spec.limits.memory)
+        } else if matches!(
+            e.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        ) {
+            PluginError::Timeout(limit)
+        } else {
+            PluginError::Trap(format!("{e:#}"))
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! WebAssembly plugins: failure predicates and fallbacks written against the WIT
+//! package in `wit/`, run by wasmtime.
+//!
+//! - `bindings.rs`: the only `bindgen!`.
+//! - `engine.rs`: the one engine (pooling allocator, async, epoch clock) and linker.
+//! - `host.rs`: what an instance may touch (a WASI context granting nothing, logging).
+//! - `instance.rs`: one plugin: instance pool, bounded calls, error accounting.
+//! - `convert.rs`: gateway types to and from WIT types.
+//!
+//! A config's plugins load as a `PluginSet` before its runtime is built; a plugin whose
+//! declaration and bytes did not change is carried over whole (compiled component and
+//! warm instances), and a changed one reuses any compilation of the same bytes.
+
+mod bindings;
+pub mod convert;
+mod engine;
+mod host;
+mod instance;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError, ConfigErrors, KeyPath};
+use crate::metrics::Metrics;
+
+pub use bindings::types;
+pub use instance::Plugin;
+
+/// Why a plugin call (or its instance's start) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("exceeded its memory limit of {0} bytes")]
+    Memory(u64),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
+    #[error("init returned an error: {0}")]
+    InitRefused(String),
+    #[error("init failed: {0}")]
+    Init(Box<PluginError>),
+    #[error("returned a {size} byte body, over its max_response of {limit} bytes")]
+    ResponseTooLarge { size: usize, limit: usize },
+    #[error("returned an invalid answer: {0}")]
+    InvalidAnswer(String),
+}
+
+impl PluginError {
+    /// The `kind` label of `gateway_plugin_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Timeout(_) => "timeout",
+            PluginError::Memory(_) => "memory",
+            PluginError::Trap(_) => "trap",
+            PluginError::Instantiate(_) | PluginError::InitRefused(_) | PluginError::Init(_) => {
+                "init"
+            }
+            PluginError::ResponseTooLarge { .. } => "response_too_large",
+            PluginError::InvalidAnswer(_) => "invalid_answer",
+        }
+    }
+}
+
+/// The plugins of one config, by name.
+#[derive(Debug, Default)]
+pub struct PluginSet {
+    plugins: BTreeMap<String, Arc<Plugin>>,
+}
+
+impl PluginSet {
+    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
+        self.plugins.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Plugin>> {
+        self.plugins.values()
+    }
+
+    /// Compiles, links and starts every plugin of `config`, carrying over what
+    /// `previous` already has. Every plugin that cannot load is reported, at its
+    /// declaration. Runs on a thread of its own, so it may be called from anywhere,
+    /// including from inside an async runtime.
+    pub fn load(
+        config: &Config,
+        previous: Option<&PluginSet>,
+        metrics: &Metrics,
+    ) -> Result<PluginSet, ConfigErrors> {
+        if config.plugins.is_empty() {
+            return Ok(PluginSet::default());
+        }
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| vec![(String::new(), format!("cannot start: {e}"))])
+                        .and_then(|rt| rt.block_on(load_all(config, previous, metrics)))
+                })
+                .join()
+                .unwrap_or_else(|_| Err(vec![(String::new(), "plugin loading panicked".into())]))
+        })
+        .map_err(|problems| {
+            ConfigErrors(
+                problems
+                    .into_iter()
+                    .map(|(name, message)| {
+                        let spec = config.plugins.get(&name);
+                        ConfigError {
+                            file: config.source.clone(),
+                            position: spec.map(|s| s.position).unwrap_or_default(),
+                            path: KeyPath::root().key("plugins").key(name),
+                            message,
+                        }
+                    })
+                    .collect(),
+            )
+        })
+    }
+}
+
+async fn load_all(
+    config: &Config,
+    previous: Option<&PluginSet>,
+    metrics: &Metrics,
+) -> Result<PluginSet, Vec<(String, String)>> {
+    let engine = engine::engine().map_err(|e| {
+        config
+            .plugins
+            .keys()
+            .map(|name| {
+                (
+                    name.clone(),
+                    format!("the WebAssembly engine could not start: {e}"),
+                )
+            })
+            .collect::<Vec<_>>()
+    })?;
+    let mut plugins = BTreeMap::new();
+    let mut problems = Vec::new();
+    for spec in config.plugins.values() {
+        let kept = previous
+            .and_then(|p| p.get(&spec.name))
+            .filter(|p| p.spec == *spec);
+        if let Some(kept) = kept {
+            plugins.insert(spec.name.clone(), Arc::clone(kept));
+            continue;
+        }
+        let compiled = previous
+            .into_iter()
+            .flat_map(PluginSet::iter)
+            .chain(plugins.values())
+            .find(|p| p.spec.wasm == spec.wasm)
+            .map(|p| p.component.clone());
+        let component = match compiled {
+            Some(component) => component,
+            None => match engine.compile(&spec.wasm.bytes) {
+                Ok(component) => component,
+                Err(e) => {
+                    problems.push((
+                        spec.name.clone(),
+                        format!("`{}` could not be compiled: {e:#}", spec.path.display()),
+                    ));
+                    continue;
+                }
+            },
+        };
+        let handles = metrics.for_plugin(&spec.name);
+        match Plugin::load(spec.clone(), component, engine, handles).await {
+            Ok(plugin) => {
+                plugins.insert(spec.name.clone(), Arc::new(plugin));
+            }
+            Err(message) => problems.push((spec.name.clone(), message)),
+        }
+    }
+    if problems.is_empty() {
+        Ok(PluginSet { plugins })
+    } else {
+        Err(problems)
+    }
+}

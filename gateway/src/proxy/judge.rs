@@ -1,0 +1,99 @@
+//! What an exchange counts as, when the upstream has a predicate plugin.
+//!
+//! A predicate that needs no body is asked as soon as the response head arrives, so
+//! its judgement is ready when the body ends. A body-reading one (`inspect_body_bytes`)
+//! sees a copy of the first bytes as they stream past — the client gets them
+//! unchanged and undelayed — and is asked once the response is complete. Transport
+//! errors are judged when they end the exchange. A plugin that fails gets the
+//! upstream's `on_plugin_error` policy instead.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+
+use super::call::Call;
+use crate::classify::{CallResult, Judgement};
+use crate::config::OnPluginError;
+use crate::plugin::{convert, types};
+
+/// The response head arrived.
+pub async fn at_head(call: &mut Call, session: &Session, route: &str, head: &ResponseHeader) {
+    let Some(plugin) = &call.predicate else {
+        return;
+    };
+    let mut response = convert::response(head);
+    if plugin.spec.inspect_body_bytes.is_some() {
+        response.body_prefix = Some(Vec::new());
+        call.inspected = Some(response);
+        return;
+    }
+    let status = CallResult::Response(response.status);
+    call.judgement = Some(ask(call, session, route, Some(response), None, status).await);
+}
+
+/// A body chunk streams past: keep a copy of it up to the inspection limit.
+pub fn body_chunk(call: &mut Call, chunk: &Bytes) {
+    let limit = call
+        .predicate
+        .as_ref()
+        .and_then(|p| p.spec.inspect_body_bytes)
+        .unwrap_or(0);
+    if let Some(prefix) = call.inspected.as_mut().and_then(|r| r.body_prefix.as_mut()) {
+        let room = limit.saturating_sub(prefix.len());
+        prefix.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+}
+
+/// Whether the judgement waits for the whole response.
+pub fn awaits_body(call: &Call) -> bool {
+    call.inspected.is_some()
+}
+
+/// The exchange ended with `result`: ask the predicate if it has not answered yet.
+pub async fn at_end(call: &mut Call, session: &Session, route: &str, result: CallResult) {
+    if call.predicate.is_none() || !call.is_open() {
+        return;
+    }
+    let judgement = match result {
+        CallResult::Transport(error) => {
+            Some(ask(call, session, route, None, Some(error), result).await)
+        }
+        CallResult::Response(_) => match call.inspected.take() {
+            Some(response) => Some(ask(call, session, route, Some(response), None, result).await),
+            None => call.judgement,
+        },
+        // The client went away: nothing to judge.
+        CallResult::Abandoned => None,
+    };
+    call.judgement = judgement;
+}
+
+async fn ask(
+    call: &Call,
+    session: &Session,
+    route: &str,
+    response: Option<types::ResponseInfo>,
+    error: Option<crate::classify::TransportError>,
+    result: CallResult,
+) -> Judgement {
+    let Some(plugin) = &call.predicate else {
+        return call.upstream.spec.failure_when.judge(result);
+    };
+    let request = convert::request(session.req_header(), route, call.upstream.name());
+    let outcome = convert::outcome(request, response, error, call.latency());
+    match plugin.classify(&outcome).await {
+        Ok(verdict) => convert::judgement(verdict),
+        Err(_) => match call.upstream.spec.on_plugin_error {
+            OnPluginError::FailureWhen => call.upstream.spec.failure_when.judge(result),
+            OnPluginError::CountAsFailure => Judgement {
+                failed: Some(true),
+                slow: None,
+            },
+            OnPluginError::CountAsSuccess => Judgement {
+                failed: Some(false),
+                slow: None,
+            },
+            OnPluginError::Ignore => Judgement::default(),
+        },
+    }
+}

@@ -1,0 +1,113 @@
+//! A failure predicate on status, latency and headers, configured through `init`.
+//!
+//! Config keys (all optional):
+//! - `failure_statuses`: statuses that count as failures, e.g. `"500-599,429"` (default `500-599`)
+//! - `ignore_statuses`: statuses that count for nothing, e.g. `"404"` (default none)
+//! - `failure_header`: a response header whose presence marks a failure, e.g. `x-degraded`
+//! - `slow_ms`: calls at or above this latency are slow; others are not (default: the
+//!   breaker's own `slow_call.duration` decides)
+//!
+//! Transport errors are always failures.
+
+use std::cell::RefCell;
+
+wit_bindgen::generate!({ world: "failure-predicate", path: "../../wit" });
+
+use edge_gateway::plugin::host::{LogLevel, log};
+use edge_gateway::plugin::types::Classification;
+
+#[derive(Default)]
+struct Settings {
+    failure_statuses: Vec<(u16, u16)>,
+    ignore_statuses: Vec<(u16, u16)>,
+    failure_header: Option<String>,
+    slow_us: Option<u64>,
+}
+
+thread_local! {
+    static SETTINGS: RefCell<Settings> = RefCell::new(Settings::default());
+}
+
+/// Parses `"500-599,429"` into inclusive ranges.
+fn status_ranges(key: &str, text: &str) -> Result<Vec<(u16, u16)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+            let parse = |s: &str| {
+                s.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|n| (100..=599).contains(n))
+                    .ok_or_else(|| format!("{key}: `{part}` is not a status or a range like 500-599"))
+            };
+            Ok((parse(lo)?, parse(hi)?))
+        })
+        .collect()
+}
+
+fn within(ranges: &[(u16, u16)], status: u16) -> bool {
+    ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+}
+
+struct Plugin;
+
+impl Guest for Plugin {
+    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+        let mut settings = Settings {
+            failure_statuses: vec![(500, 599)],
+            ..Settings::default()
+        };
+        for (key, value) in config {
+            match key.as_str() {
+                "failure_statuses" => settings.failure_statuses = status_ranges(&key, &value)?,
+                "ignore_statuses" => settings.ignore_statuses = status_ranges(&key, &value)?,
+                "failure_header" => settings.failure_header = Some(value.to_ascii_lowercase()),
+                "slow_ms" => {
+                    let ms: u64 = value
+                        .parse()
+                        .map_err(|_| format!("slow_ms: `{value}` is not a whole number of milliseconds"))?;
+                    settings.slow_us = Some(ms * 1000);
+                }
+                other => return Err(format!("unknown config key `{other}`")),
+            }
+        }
+        log(
+            LogLevel::Debug,
+            &format!("failing on {:?}", settings.failure_statuses),
+        );
+        SETTINGS.with(|s| *s.borrow_mut() = settings);
+        Ok(())
+    }
+
+    fn classify(outcome: Outcome) -> Verdict {
+        SETTINGS.with(|s| {
+            let s = s.borrow();
+            let slow = s.slow_us.map(|limit| outcome.latency_us >= limit);
+            let classification = match (&outcome.error, &outcome.response) {
+                (Some(_), _) => Classification::Failure,
+                (None, Some(response)) if within(&s.ignore_statuses, response.status) => {
+                    Classification::Ignore
+                }
+                (None, Some(response)) => {
+                    let flagged = s.failure_header.as_ref().is_some_and(|name| {
+                        response.headers.iter().any(|(n, _)| n == name)
+                    });
+                    if flagged || within(&s.failure_statuses, response.status) {
+                        Classification::Failure
+                    } else {
+                        Classification::Success
+                    }
+                }
+                (None, None) => Classification::Ignore,
+            };
+            Verdict {
+                classification,
+                slow,
+            }
+        })
+    }
+}
+
+export!(Plugin);

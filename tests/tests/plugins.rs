@@ -1,0 +1,522 @@
+//! WebAssembly plugins through the real gateway: the example plugins from `plugins/`,
+//! built from source for this run, change what breakers record and what clients get;
+//! hostile fixtures are cut off at their limits while other traffic flows.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gateway_tests::{
+    Gateway, Reply, Request, check_config, dead_address, echo, plugin_entry, plugin_path,
+    start_origin,
+};
+
+fn with_header(mut reply: Reply, name: &str, value: &str) -> Reply {
+    reply.headers.push((name.into(), value.into()));
+    reply
+}
+
+/// An origin answering by the end of the path: `/flagged` (200 + `x-degraded`),
+/// `/missing` (404), `/teapot` (418), `/slow` (200 after 150 ms), anything else 200.
+fn by_path() -> gateway_tests::Handler {
+    Arc::new(|req: &Request| {
+        let path = req.target.as_str();
+        if path.ends_with("/flagged") {
+            with_header(Reply::text(200, "looks fine"), "x-degraded", "1")
+        } else if path.ends_with("/missing") {
+            Reply::text(404, "missing")
+        } else if path.ends_with("/teapot") {
+            Reply::text(418, "teapot")
+        } else if path.ends_with("/slow") {
+            Reply::text(200, "slow").delayed(Duration::from_millis(150))
+        } else {
+            Reply::text(200, "ok")
+        }
+    })
+}
+
+#[tokio::test]
+async fn status_latency_predicate_decides_what_each_breaker_records() {
+    let origin = start_origin(by_path()).await;
+    let addr = origin.addr();
+    let config = format!(
+        "plugins:\n{}upstreams:\n  a:\n    endpoints: [\"{addr}\"]\n    breaker: {{ consecutive_failures: 3, predicate: strict }}\n  b:\n    endpoints: [\"{addr}\"]\n    breaker: {{ consecutive_failures: 2, predicate: strict }}\n  c:\n    endpoints: [\"{addr}\"]\n    breaker:\n      window: {{ kind: count, size: 4 }}\n      minimum_requests: 4\n      slow_call: {{ duration: 10s, rate: 0.5 }}\n      predicate: strict\nroutes:\n  - {{ match: {{ path_prefix: /a }}, upstream: a }}\n  - {{ match: {{ path_prefix: /b }}, upstream: b }}\n  - {{ match: {{ path_prefix: /c }}, upstream: c }}\n",
+        plugin_entry(
+            "strict",
+            "status-latency-predicate",
+            "predicate",
+            "config: { failure_statuses: \"500-599,418\", ignore_statuses: \"404\", failure_header: x-degraded, slow_ms: 100 }"
+        )
+    );
+    let gw = Gateway::start(&config).await;
+    let mut conn = gw.conn().await;
+
+    // a: 200s that carry the failure header are failures; the built-in rules would
+    // never open on a 200.
+    for _ in 0..3 {
+        assert_eq!(conn.get("/a/flagged").await.expect("request").status, 200);
+    }
+    let rejected = conn.get("/a/flagged").await.expect("request");
+    assert_eq!(rejected.status, 503);
+    assert_eq!(rejected.header("x-gateway-fallback"), Some("circuit_open"));
+
+    // b: 404s count for nothing, 418s count as failures.
+    for _ in 0..5 {
+        assert_eq!(conn.get("/b/missing").await.expect("request").status, 404);
+    }
+    assert_eq!(
+        gw.metric("gateway_upstream_requests_total{outcome=\"ignored\",upstream=\"b\"}")
+            .await,
+        5.0
+    );
+    for _ in 0..2 {
+        assert_eq!(conn.get("/b/teapot").await.expect("request").status, 418);
+    }
+    assert_eq!(conn.get("/b/ok").await.expect("request").status, 503);
+
+    // c: the plugin calls 150 ms slow (slow_ms: 100) although the breaker's own
+    // threshold is 10 s: four slow calls trip the slow-call rate.
+    for _ in 0..4 {
+        assert_eq!(conn.get("/c/slow").await.expect("request").status, 200);
+    }
+    assert_eq!(conn.get("/c/slow").await.expect("request").status, 503);
+    assert_eq!(
+        gw.metric("gateway_breaker_transitions_total{from=\"closed\",reason=\"slow_call_rate\",to=\"open\",upstream=\"c\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(origin.stats().requests(), 3 + 5 + 2 + 4);
+    assert_eq!(
+        gw.metric("gateway_plugin_calls_total{plugin=\"strict\",result=\"ok\"}")
+            .await,
+        14.0
+    );
+}
+
+#[tokio::test]
+async fn json_body_predicate_fails_error_documents_without_touching_the_stream() {
+    let big = format!("{{\"status\":\"ok\",\"padding\":\"{}\"}}", "x".repeat(10_000));
+    let big_body = big.clone();
+    let origin = start_origin(Arc::new(move |req: &Request| match req.target.as_str() {
+        "/err" => Reply::text(200, r#"{"error":"database unavailable"}"#),
+        "/degraded" => Reply::text(200, r#"{"status":"degraded","prices":[]}"#),
+        _ => Reply::text(200, big_body.clone()),
+    }))
+    .await;
+    let config = format!(
+        "plugins:\n{}upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 2, predicate: body }}\nroutes:\n  - {{ upstream: api }}\n",
+        plugin_entry(
+            "body",
+            "json-body-predicate",
+            "predicate",
+            "inspect_body_bytes: 4KiB"
+        ),
+        origin.addr()
+    );
+    let gw = Gateway::start(&config).await;
+    let mut conn = gw.conn().await;
+    for _ in 0..3 {
+        let response = conn.get("/ok").await.expect("request");
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.text(),
+            big,
+            "the client gets the whole body, unchanged"
+        );
+    }
+    let response = conn.get("/err").await.expect("request");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), r#"{"error":"database unavailable"}"#);
+    assert_eq!(conn.get("/ok").await.expect("request").status, 200);
+    assert_eq!(conn.get("/degraded").await.expect("request").status, 200);
+    assert_eq!(conn.get("/err").await.expect("request").status, 200);
+    let rejected = conn.get("/ok").await.expect("request");
+    assert_eq!(rejected.status, 503, "two error documents in a row opened it");
+    assert_eq!(
+        gw.metric("gateway_upstream_requests_total{outcome=\"failure\",upstream=\"api\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        gw.metric("gateway_upstream_requests_total{outcome=\"success\",upstream=\"api\"}")
+            .await,
+        4.0
+    );
+}
+
+#[tokio::test]
+async fn degraded_fallback_serves_its_document_when_the_upstream_fails_and_while_open() {
+    let config = format!(
+        "plugins:\n{}upstreams:\n  prices:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 2, open_duration: 30s, fallback: {{ plugin: degraded }} }}\nroutes:\n  - {{ upstream: prices }}\n",
+        plugin_entry(
+            "degraded",
+            "degraded-fallback",
+            "fallback",
+            "config: { document: { prices: [], note: cached } }"
+        ),
+        dead_address()
+    );
+    let gw = Gateway::start(&config).await;
+    for _ in 0..2 {
+        // After an upstream failure the gateway closes the client connection.
+        let response = gw.get("/prices").await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("connection"), Some("close"));
+        assert_eq!(response.header("x-fallback"), Some("degraded"));
+        assert_eq!(
+            response.header("x-gateway-fallback"),
+            Some("upstream_failed")
+        );
+        assert_eq!(response.json()["reason"], "upstream_failed");
+    }
+    let started = Instant::now();
+    let response = gw.get("/prices").await;
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-gateway-fallback"), Some("circuit_open"));
+    let document = response.json();
+    assert_eq!(document["prices"], serde_json::json!([]));
+    assert_eq!(document["note"], "cached");
+    assert_eq!(document["degraded"], true);
+    assert_eq!(document["reason"], "circuit_open");
+    assert_eq!(document["upstream"], "prices");
+    let retry_after_ms = document["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!(
+        (20_000..=30_000).contains(&retry_after_ms),
+        "{retry_after_ms}"
+    );
+    assert_eq!(
+        gw.metric("gateway_fallbacks_total{kind=\"plugin\",reason=\"circuit_open\",upstream=\"prices\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn route_fallback_answers_reads_and_writes_differently_and_reroutes() {
+    let market = start_origin(Arc::new(|_: &Request| Reply::text(500, "down"))).await;
+    let backup = start_origin(echo("backup")).await;
+    let config = format!(
+        "plugins:\n{}{}upstreams:\n  market:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 1, fallback: {{ plugin: by-route }} }}\n  backup:\n    endpoints: [\"{}\"]\n  ledger:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 1, fallback: {{ plugin: reads-only }} }}\nroutes:\n  - {{ name: quotes, match: {{ path_prefix: /quotes }}, upstream: market }}\n  - {{ name: orders, match: {{ path_prefix: /orders }}, upstream: market }}\n  - {{ name: ledger, match: {{ path_prefix: /ledger }}, upstream: ledger }}\n",
+        plugin_entry(
+            "by-route",
+            "route-fallback",
+            "fallback",
+            "config: { routes: { quotes: { quotes: [], stale: true } }, reroute_reads_to: backup }"
+        ),
+        plugin_entry(
+            "reads-only",
+            "route-fallback",
+            "fallback",
+            "config: { routes: { quotes: { quotes: [] } } }"
+        ),
+        market.addr(),
+        backup.addr(),
+        dead_address()
+    );
+    let gw = Gateway::start(&config).await;
+    let mut conn = gw.conn().await;
+    assert_eq!(conn.get("/quotes").await.expect("request").status, 500);
+    let mut conn = gw.conn().await;
+
+    let read = conn.get("/quotes").await.expect("request");
+    assert_eq!(read.status, 200);
+    assert_eq!(read.header("x-fallback"), Some("route-content"));
+    assert_eq!(read.json(), serde_json::json!({ "quotes": [], "stale": true }));
+
+    let write = conn
+        .request("POST", "/orders", &[], b"{\"buy\":1}")
+        .await
+        .expect("request");
+    assert_eq!(write.status, 503);
+    assert_eq!(write.header("x-fallback"), Some("writes-paused"));
+    let retry_after: u64 = write
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(retry_after >= 1);
+    assert_eq!(write.json()["code"], "WRITES_UNAVAILABLE");
+    // The unread request body ends that connection.
+    let mut conn = gw.conn().await;
+
+    let rerouted = conn.get("/orders/42").await.expect("request");
+    assert_eq!(rerouted.status, 200);
+    assert_eq!(rerouted.json()["origin"], "backup");
+    assert_eq!(rerouted.json()["target"], "/orders/42");
+    assert_eq!(rerouted.header("x-gateway-fallback"), Some("circuit_open"));
+    assert_eq!(
+        rerouted.header("x-gateway-fallback-upstream"),
+        Some("backup")
+    );
+    assert_eq!(market.stats().requests(), 1);
+
+    // Declined: after the upstream failed the JSON error answers, while open the
+    // built-in fallback does.
+    let failed = gw.get("/ledger").await;
+    assert_eq!(failed.status, 502);
+    assert_eq!(failed.json()["code"], "UPSTREAM_UNAVAILABLE");
+    let open = gw.get("/ledger").await;
+    assert_eq!(open.status, 503);
+    assert_eq!(open.json()["code"], "CIRCUIT_BREAKER_OPEN");
+}
+
+const HOSTILE_LIMITS: &str = "limits: { timeout: 50ms, memory: 8MiB }";
+
+#[tokio::test]
+async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
+    let origin = start_origin(Arc::new(|_: &Request| Reply::text(200, "fine"))).await;
+    let config = format!(
+        "plugins:\n{}upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 3, predicate: hostile, on_plugin_error: count_as_failure }}\nroutes:\n  - {{ upstream: api }}\n",
+        plugin_entry(
+            "hostile",
+            "hostile-predicate",
+            "predicate",
+            HOSTILE_LIMITS
+        ),
+        origin.addr()
+    );
+    let gw = Gateway::start(&config).await;
+
+    // Other traffic keeps flowing on another connection the whole time.
+    let listen = gw.listen;
+    let background = tokio::spawn(async move {
+        let mut conn = gateway_tests::http::Conn::connect(listen)
+            .await
+            .expect("connect");
+        let mut statuses = Vec::new();
+        for _ in 0..60 {
+            statuses.push(conn.get("/").await.expect("background request").status);
+        }
+        statuses
+    });
+
+    let mut conn = gw.conn().await;
+    for (mode, kind) in [("loop", "timeout"), ("memory", "memory"), ("panic", "trap")] {
+        let started = Instant::now();
+        let response = conn
+            .request("GET", "/", &[("x-hostile", mode)], b"")
+            .await
+            .expect("request");
+        let took = started.elapsed();
+        assert_eq!(response.status, 200, "{mode}: the client still gets the answer");
+        assert!(took < Duration::from_secs(1), "{mode}: cut off, took {took:?}");
+        assert_eq!(
+            gw.metric(&format!(
+                "gateway_plugin_errors_total{{kind=\"{kind}\",plugin=\"hostile\"}}"
+            ))
+            .await,
+            1.0,
+            "{mode}"
+        );
+        // The very next call gets a fresh instance and an honest answer.
+        assert_eq!(conn.get("/").await.expect("request").status, 200, "{mode}");
+    }
+    let statuses = background.await.expect("background task");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    // count_as_failure: each cut-off call was recorded as a failure, each honest
+    // answer as a success (which is why the breaker is still closed).
+    let failures = "gateway_upstream_requests_total{outcome=\"failure\",upstream=\"api\"}";
+    assert_eq!(gw.metric(failures).await, 3.0);
+    for _ in 0..3 {
+        let response = conn
+            .request("GET", "/", &[("x-hostile", "panic")], b"")
+            .await
+            .expect("request");
+        assert_eq!(response.status, 200);
+    }
+    assert_eq!(
+        conn.get("/").await.expect("request").status,
+        503,
+        "three failed plugin calls in a row count as three failures"
+    );
+}
+
+#[tokio::test]
+async fn hostile_fallback_is_cut_off_and_the_built_in_fallback_answers() {
+    let config = format!(
+        "plugins:\n{}upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 1, open_duration: 60s, fallback: {{ plugin: hostile }} }}\nroutes:\n  - {{ upstream: api }}\n",
+        plugin_entry(
+            "hostile",
+            "hostile-fallback",
+            "fallback",
+            "config: { huge_bytes: 2097152 }, limits: { timeout: 200ms, memory: 32MiB, max_response: 1MiB }"
+        ),
+        dead_address()
+    );
+    let gw = Gateway::start(&config).await;
+    assert_eq!(gw.get("/").await.text(), "fallback ok");
+    let mut conn = gw.conn().await;
+    for (mode, kind) in [
+        ("loop", "timeout"),
+        ("memory", "memory"),
+        ("panic", "trap"),
+        ("huge", "response_too_large"),
+    ] {
+        let started = Instant::now();
+        let response = conn
+            .request("GET", "/", &[("x-hostile", mode)], b"")
+            .await
+            .expect("request");
+        let took = started.elapsed();
+        assert_eq!(response.status, 503, "{mode}");
+        assert_eq!(response.json()["code"], "CIRCUIT_BREAKER_OPEN", "{mode}");
+        assert!(took < Duration::from_secs(1), "{mode}: took {took:?}");
+        assert_eq!(
+            gw.metric(&format!(
+                "gateway_plugin_errors_total{{kind=\"{kind}\",plugin=\"hostile\"}}"
+            ))
+            .await,
+            1.0,
+            "{mode}"
+        );
+        let next = conn.get("/").await.expect("request");
+        assert_eq!(next.status, 200, "{mode}: the next call works");
+        assert_eq!(next.text(), "fallback ok");
+    }
+}
+
+#[test]
+fn plugins_that_cannot_load_are_config_errors_at_their_declaration() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let core_module = dir.path().join("core.wasm");
+    std::fs::write(&core_module, b"\0asm\x01\0\0\0").expect("write");
+    let upstreams = "listeners: [{ address: \"127.0.0.1:18999\" }]\nupstreams:\n  api:\n    endpoints: [\"127.0.0.1:9\"]\nroutes:\n  - { upstream: api }\n";
+    let cases = [
+        (
+            plugin_entry(
+                "stubborn",
+                "hostile-predicate",
+                "predicate",
+                "config: { init: fail }",
+            ),
+            "plugins.stubborn: init returned an error: refusing to start: init=fail",
+        ),
+        (
+            plugin_entry(
+                "sleepy",
+                "hostile-predicate",
+                "predicate",
+                "config: { init: hang }, limits: { init_timeout: 200ms }",
+            ),
+            "plugins.sleepy: init failed: timed out after 200ms",
+        ),
+        (
+            format!(
+                "  core: {{ path: \"{}\", kind: predicate }}\n",
+                core_module.display()
+            ),
+            "is a core WebAssembly module, not a component",
+        ),
+        (
+            "  gone: { path: /nonexistent/plugin.wasm, kind: fallback }\n".to_string(),
+            "plugins.gone.path: cannot read `/nonexistent/plugin.wasm`",
+        ),
+        (
+            plugin_entry("wrong", "degraded-fallback", "predicate", ""),
+            "plugins.wrong: does not fit the `failure-predicate` world",
+        ),
+    ];
+    for (entry, expected) in cases {
+        let yaml = format!("plugins:\n{entry}{upstreams}");
+        let started = Instant::now();
+        let (code, _, stderr) = check_config("gateway.yaml", &yaml);
+        assert_eq!(code, 2, "{expected}: {stderr}");
+        assert!(stderr.contains(expected), "{expected}:\n{stderr}");
+        assert!(
+            stderr.contains("gateway.yaml:2:"),
+            "{expected}: names the declaration's line:column:\n{stderr}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    let wrong_kind = format!(
+        "plugins:\n{}listeners: [{{ address: \"127.0.0.1:18999\" }}]\nupstreams:\n  api:\n    endpoints: [\"127.0.0.1:9\"]\n    breaker: {{ predicate: fb }}\nroutes:\n  - {{ upstream: api }}\n",
+        plugin_entry("fb", "degraded-fallback", "fallback", "")
+    );
+    let (code, _, stderr) = check_config("gateway.yaml", &wrong_kind);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("upstreams.api.breaker.predicate: plugin `fb` is a fallback plugin; this needs a predicate plugin"),
+        "{stderr}"
+    );
+    assert!(plugin_path("degraded-fallback").exists());
+}
+
+#[tokio::test]
+async fn reload_carries_plugins_over_and_refuses_one_that_cannot_start() {
+    let origin = start_origin(by_path()).await;
+    let other = start_origin(echo("other")).await;
+    let body = |plugin: &str| {
+        format!(
+            "server: {{ watch_config: false }}\nplugins:\n{plugin}upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 2, open_duration: 60s, predicate: rules }}\n  other:\n    endpoints: [\"{}\"]\nroutes:\n  - {{ match: {{ path_prefix: /other }}, upstream: other }}\n  - {{ upstream: api }}\n",
+            origin.addr(),
+            other.addr()
+        )
+    };
+    let lenient = plugin_entry(
+        "rules",
+        "status-latency-predicate",
+        "predicate",
+        "config: { failure_statuses: \"500-599\" }",
+    );
+    let strict = plugin_entry(
+        "rules",
+        "status-latency-predicate",
+        "predicate",
+        "config: { failure_statuses: \"418\" }",
+    );
+    let gw = Gateway::start(&body(&lenient)).await;
+    let mut conn = gw.conn().await;
+    for _ in 0..3 {
+        assert_eq!(conn.get("/teapot").await.expect("request").status, 418);
+    }
+
+    // A changed plugin applies without resetting the upstream that names it.
+    std::fs::write(&gw.config_path, gw.config_with(&body(&strict))).expect("write");
+    let reply = gw.admin("POST", "/admin/reload", &[], b"").await.json();
+    assert_eq!(reply["result"], "applied", "{reply}");
+    assert_eq!(reply["fresh_upstreams"], serde_json::json!([]));
+    for _ in 0..2 {
+        assert_eq!(conn.get("/teapot").await.expect("request").status, 418);
+    }
+    assert_eq!(conn.get("/teapot").await.expect("request").status, 503);
+
+    // A plugin whose init hangs is refused after its init_timeout, traffic flowing
+    // meanwhile, and nothing changes.
+    let hanging = plugin_entry(
+        "rules",
+        "hostile-predicate",
+        "predicate",
+        "config: { init: hang }, limits: { init_timeout: 300ms }",
+    );
+    std::fs::write(&gw.config_path, gw.config_with(&body(&hanging))).expect("write");
+    let listen = gw.listen;
+    let traffic = tokio::spawn(async move {
+        let mut conn = gateway_tests::http::Conn::connect(listen)
+            .await
+            .expect("connect");
+        let mut statuses = Vec::new();
+        for _ in 0..20 {
+            statuses.push(conn.get("/other").await.expect("request").status);
+        }
+        statuses
+    });
+    let reply = gw.admin("POST", "/admin/reload", &[], b"").await;
+    assert_eq!(reply.status, 422);
+    let errors = reply.json()["errors"].to_string();
+    assert!(
+        errors.contains("plugins.rules: init failed: timed out after 300ms"),
+        "{errors}"
+    );
+    let statuses = traffic.await.expect("traffic");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        conn.get("/teapot").await.expect("request").status,
+        503,
+        "the old runtime, breaker state included, keeps serving"
+    );
+    assert_eq!(
+        gw.admin("GET", "/admin/config", &[], b"").await.json()["generation"],
+        2
+    );
+}
