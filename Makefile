@@ -3,12 +3,13 @@
 #   make test    fmt check, clippy -D warnings, docs (broken links denied), alert-rule
 #                tests, the whole test suite
 #   make check   validate every shipped config with `gateway check`
+#   make plugins build the example WebAssembly plugins (plugins/, wasm32-wasip2)
 #   make bench   criterion benches, reload benchmark, and the side-by-side load run
 #                against nginx and HAProxy (installs nginx, haproxy, wrk when missing)
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all demo test setup lint fmt check build alerts-test bench bench-peers
+.PHONY: all demo test setup lint fmt check build alerts-test bench bench-peers plugins
 
 all: test
 
@@ -33,6 +34,10 @@ lint: setup
 check: setup
 	@for f in config/*.yaml; do $(CARGO) run -q -p gateway -- check --config $$f || exit 1; done
 
+plugins: setup
+	$(CARGO) build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
+	@ls -1 plugins/target/wasm32-wasip2/release/*.wasm
+
 # Alert rules: syntax and unit tests (promtool comes from Debian's prometheus package).
 alerts-test: setup
 	promtool check rules config/prometheus/alerts.yml
@@ -45,8 +50,9 @@ test: lint alerts-test
 bench-peers:
 	@bash scripts/ensure-packages.sh nginx:nginx-light haproxy:haproxy wrk:wrk python3:python3
 
-bench: setup bench-peers
+bench: setup bench-peers plugins
 	$(CARGO) build --release -p gateway -p gateway-benches --bins
 	$(CARGO) bench -p gateway-benches --bench breaker
+	$(CARGO) bench -p gateway-benches --bench plugin
 	$(CARGO) bench -p gateway-benches --bench reload
 	python3 benches/load/run.py

@@ -31,12 +31,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.request
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 GATEWAY = os.path.join(ROOT, "target", "release", "gateway")
 ORIGIN = os.path.join(ROOT, "target", "release", "bench-origin")
 PLAIN = os.path.join(ROOT, "target", "release", "plain-pingora")
+WASM = os.path.join(ROOT, "plugins", "target", "wasm32-wasip2", "release")
 OUT = os.path.join(ROOT, "target", "bench")
 DURATION = int(os.environ.get("BENCH_DURATION", "10"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
@@ -197,6 +199,19 @@ backend be
     return path
 
 
+# Gateway rows with plugins: a WASM predicate judging every response, and a WASM
+# fallback answering every request while the breaker is forced open.
+PLUGINS = f"""plugins:
+  rules: {{ path: "{WASM}/status_latency_predicate.wasm", kind: predicate, config: {{ failure_statuses: "500-599,429", failure_header: x-degraded, slow_ms: 800 }} }}
+  degraded: {{ path: "{WASM}/degraded_fallback.wasm", kind: fallback, config: {{ document: {{ quotes: [] }} }} }}
+"""
+GATEWAY_VARIANTS = {
+    "gateway": "",
+    "gw+predicate": "    breaker: { predicate: rules }\n",
+    "gw+fallback": "    breaker: { fallback: { plugin: degraded } }\n",
+}
+
+
 def gateway_conf(servers, extra="", name="gateway"):
     path = os.path.join(TMP, name + ".yaml")
     endpoints = ", ".join(f'"127.0.0.1:{s}"' for s in servers)
@@ -204,7 +219,7 @@ def gateway_conf(servers, extra="", name="gateway"):
         f.write(f"""server: {{ threads: 1, access_log: false, watch_config: false, upgrade_socket: "{TMP}/upgrade.sock" }}
 listeners: [{{ address: "127.0.0.1:{P['gateway']}" }}]
 admin: {{ address: "127.0.0.1:{P['admin']}" }}
-upstreams:
+{PLUGINS if "rules" in extra or "degraded" in extra else ""}upstreams:
   up:
     endpoints: [{endpoints}]
     timeouts: {{ connect: 1s, read: 1s }}
@@ -224,8 +239,16 @@ def start_proxy(kind, servers, gateway_extra=""):
         p = start(pinned(1, [PLAIN, f"127.0.0.1:{P['pingora']}", f"127.0.0.1:{servers[0]}"]), "pingora")
     else:
         p = start(pinned(1, [GATEWAY, "run", "--config", gateway_conf(servers, gateway_extra)]), "gateway")
+        kind = "gateway"
     wait_port(P[kind])
     return p
+
+
+def force_open(upstream="up"):
+    """Forces the gateway's breaker open through the admin API."""
+    req = urllib.request.Request(f"http://127.0.0.1:{P['admin']}/api/v1/breakers/{upstream}/state",
+                                 data=b'{"state":"forced_open"}', method="PUT")
+    urllib.request.urlopen(req, timeout=5).read()
 
 
 # ---------------------------------------------------------------- fixed-rate load
@@ -330,32 +353,37 @@ def throughput():
     upstream = start(pinned(0, ["nginx", "-c", nginx_conf("upstream", P["upstream"], "")]), "upstream")
     wait_port(P["upstream"])
     # "pingora": the smallest Pingora proxy, to separate Pingora's cost from the gateway's.
-    results = {k: [] for k in ["direct", "nginx", "haproxy", "pingora", "gateway"]}
+    results = {k: [] for k in ["direct", "nginx", "haproxy", "pingora", *GATEWAY_VARIANTS]}
     for round_ in range(ROUNDS):
         for kind in results:
             if kind == "direct":
                 results[kind].append(dict(wrk(P["upstream"]), cpu_per_100k=0.0, rss_mb=0.0))
                 continue
-            proxy = start_proxy(kind, [P["upstream"]])
+            proxy = start_proxy(kind, [P["upstream"]], GATEWAY_VARIANTS.get(kind, ""))
+            if kind == "gw+fallback":
+                force_open()
             pids = tree(proxy.pid)
             cpu0 = cpu_seconds(pids)
-            r = wrk(P[kind])
+            r = wrk(P.get(kind, P["gateway"]))
             pids = tree(proxy.pid)
             r["cpu_per_100k"] = (cpu_seconds(pids) - cpu0) / max(r["requests"], 1) * 100_000
             r["rss_mb"] = peak_rss_mb(pids)
             results[kind].append(r)
             stop(proxy)
-            print(f"  round {round_ + 1} {kind:8} {r['rps']:>10.0f} req/s  p99 {r['p99_ms']:.2f} ms", flush=True)
+            print(f"  round {round_ + 1} {kind:12} {r['rps']:>10.0f} req/s  p99 {r['p99_ms']:.2f} ms", flush=True)
     stop(upstream)
     table = {}
     for kind, runs in results.items():
         table[kind] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     base = table["nginx"]
     print(f"\nThroughput: wrk -t1 -c32 -d{DURATION}s, medians of {ROUNDS} interleaved rounds, proxies on 1 CPU")
-    print(f"{'':10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU s/100k':>12}{'RSS MB':>8}{'req/s vs nginx':>16}{'p99 vs nginx':>14}")
+    print(f"{'':13}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU s/100k':>12}{'RSS MB':>8}{'req/s vs nginx':>16}{'p99 vs nginx':>14}")
     for kind, r in table.items():
-        print(f"{kind:10}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['cpu_per_100k']:>12.2f}{r['rss_mb']:>8.1f}"
+        print(f"{kind:13}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['cpu_per_100k']:>12.2f}{r['rss_mb']:>8.1f}"
               f"{r['rps'] / base['rps']:>16.2f}{r['p99_ms'] / base['p99_ms']:>14.2f}")
+    cost = 1 - table["gw+predicate"]["rps"] / table["gateway"]["rps"]
+    print(f"\nA WASM predicate on every response costs {cost * 100:.1f} % of the gateway's requests/s (target: at most 10 %)")
+    print("gw+fallback: every request answered by the WASM fallback (breaker forced open); wrk counts its 200s")
     return table
 
 
@@ -440,7 +468,7 @@ def main():
     for tool in ["nginx", "haproxy", "wrk"]:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: make bench installs it (apt-get install nginx-light haproxy wrk)")
-    for binary in [GATEWAY, ORIGIN, PLAIN]:
+    for binary in [GATEWAY, ORIGIN, PLAIN, os.path.join(WASM, "status_latency_predicate.wasm")]:
         if not os.path.exists(binary):
             raise SystemExit(f"{binary} is missing: make bench builds it")
     os.makedirs(OUT, exist_ok=True)

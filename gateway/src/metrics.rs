@@ -265,6 +265,10 @@ impl Metrics {
     }
 
     pub fn for_plugin(&self, plugin: &str) -> PluginMetrics {
+        // Every kind starts at 0, so increase() and the alert see the first error.
+        for kind in crate::plugin::PluginError::KINDS {
+            self.plugin_errors.with_label_values(&[plugin, kind]);
+        }
         PluginMetrics {
             calls_ok: self.plugin_calls.with_label_values(&[plugin, "ok"]),
             calls_error: self.plugin_calls.with_label_values(&[plugin, "error"]),

@@ -185,6 +185,8 @@ mod tests {
                 max_concurrent_requests: None,
                 breaker: Default::default(),
                 failure_when: Default::default(),
+                predicate: None,
+                on_plugin_error: Default::default(),
                 fallback: crate::config::FallbackSpec::Default,
                 outlier_detection: None,
                 retries: Default::default(),

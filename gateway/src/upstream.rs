@@ -323,6 +323,8 @@ mod tests {
             max_concurrent_requests: None,
             breaker: Default::default(),
             failure_when: Default::default(),
+            predicate: None,
+            on_plugin_error: Default::default(),
             fallback: FallbackSpec::Default,
             outlier_detection: outliers,
             retries: Default::default(),

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use gateway_tests::{Gateway, Options, Scripted, echo, one_upstream, start_origin};
+use gateway_tests::{Gateway, Options, Scripted, echo, one_upstream, plugin_entry, start_origin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The value of the sample whose line starts with `series` (name and labels, exactly as
@@ -374,13 +374,20 @@ fn generated_alert_rules_carry_each_upstreams_thresholds_and_pass_promtool() {
 #[tokio::test]
 async fn dashboard_and_alerts_only_use_exported_metrics() {
     let origin = start_origin(echo("svc")).await;
-    let gw = Gateway::start(&one_upstream(
-        &[origin.addr()],
-        "    outlier_detection: {}\n",
+    let plugins = format!(
+        "plugins:\n{}",
+        plugin_entry("rules", "status-latency-predicate", "predicate", "")
+    );
+    let gw = Gateway::start(&format!(
+        "{plugins}{}",
+        one_upstream(
+            &[origin.addr()],
+            "    outlier_detection: {}\n    breaker: { predicate: rules }\n",
+        )
     ))
     .await;
     assert_eq!(gw.get("/").await.status, 200);
-    // One transition and one fallback, so every family has a sample.
+    // One transition, one fallback and one plugin call, so every family has a sample.
     let forced = gw
         .admin(
             "PUT",

@@ -282,6 +282,49 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             ),
             "8:7: routes[1].name: route name `r` is already used by routes[0]",
         ),
+        (
+            "unknown plugin kind",
+            format!("{HEAD}plugins:\n  p: {{ path: x.wasm, kind: filter }}\n{UPSTREAM}{ROUTE}"),
+            "4:22: plugins.p.kind: unknown variant `filter`, expected `predicate` or `fallback`",
+        ),
+        (
+            "plugin limit out of range",
+            format!(
+                "{HEAD}plugins:\n  p:\n    path: x.wasm\n    kind: predicate\n    limits: {{ timeout: 0ms, memory: 1GiB }}\n{UPSTREAM}{ROUTE}"
+            ),
+            "7:29: plugins.p.limits.memory: must be between 1MiB and 256MiB",
+        ),
+        (
+            "body inspection on a fallback plugin",
+            format!(
+                "{HEAD}plugins:\n  p:\n    path: x.wasm\n    kind: fallback\n    inspect_body_bytes: 4KiB\n{UPSTREAM}{ROUTE}"
+            ),
+            "7:5: plugins.p.inspect_body_bytes: only predicate plugins see response bodies",
+        ),
+        (
+            "missing plugin file",
+            format!(
+                "{HEAD}plugins:\n  p: {{ path: missing.wasm, kind: predicate }}\n{UPSTREAM}{ROUTE}"
+            ),
+            "4:8: plugins.p.path: cannot read `",
+        ),
+        (
+            "predicate names no plugin",
+            format!("{HEAD}{UPSTREAM}    breaker: {{ predicate: nope }}\n{ROUTE}"),
+            "6:16: upstreams.api.breaker.predicate: no plugin named `nope` under `plugins`",
+        ),
+        (
+            "plugin error policy without a predicate",
+            format!("{HEAD}{UPSTREAM}    breaker: {{ on_plugin_error: ignore }}\n{ROUTE}"),
+            "6:16: upstreams.api.breaker.on_plugin_error: only applies with a `predicate` plugin",
+        ),
+        (
+            "fallback both upstream and plugin",
+            format!(
+                "{HEAD}{UPSTREAM}    breaker:\n      fallback: {{ upstream: api, plugin: p }}\n{ROUTE}"
+            ),
+            "7:7: upstreams.api.breaker.fallback: a fallback is one of `upstream: name`, `plugin: name` or a response",
+        ),
     ]
 }
 

@@ -94,7 +94,10 @@ async fn status_latency_predicate_decides_what_each_breaker_records() {
 
 #[tokio::test]
 async fn json_body_predicate_fails_error_documents_without_touching_the_stream() {
-    let big = format!("{{\"status\":\"ok\",\"padding\":\"{}\"}}", "x".repeat(10_000));
+    let big = format!(
+        "{{\"status\":\"ok\",\"padding\":\"{}\"}}",
+        "x".repeat(10_000)
+    );
     let big_body = big.clone();
     let origin = start_origin(Arc::new(move |req: &Request| match req.target.as_str() {
         "/err" => Reply::text(200, r#"{"error":"database unavailable"}"#),
@@ -130,7 +133,10 @@ async fn json_body_predicate_fails_error_documents_without_touching_the_stream()
     assert_eq!(conn.get("/degraded").await.expect("request").status, 200);
     assert_eq!(conn.get("/err").await.expect("request").status, 200);
     let rejected = conn.get("/ok").await.expect("request");
-    assert_eq!(rejected.status, 503, "two error documents in a row opened it");
+    assert_eq!(
+        rejected.status, 503,
+        "two error documents in a row opened it"
+    );
     assert_eq!(
         gw.metric("gateway_upstream_requests_total{outcome=\"failure\",upstream=\"api\"}")
             .await,
@@ -185,8 +191,10 @@ async fn degraded_fallback_serves_its_document_when_the_upstream_fails_and_while
         "{retry_after_ms}"
     );
     assert_eq!(
-        gw.metric("gateway_fallbacks_total{kind=\"plugin\",reason=\"circuit_open\",upstream=\"prices\"}")
-            .await,
+        gw.metric(
+            "gateway_fallbacks_total{kind=\"plugin\",reason=\"circuit_open\",upstream=\"prices\"}"
+        )
+        .await,
         1.0
     );
 }
@@ -221,7 +229,10 @@ async fn route_fallback_answers_reads_and_writes_differently_and_reroutes() {
     let read = conn.get("/quotes").await.expect("request");
     assert_eq!(read.status, 200);
     assert_eq!(read.header("x-fallback"), Some("route-content"));
-    assert_eq!(read.json(), serde_json::json!({ "quotes": [], "stale": true }));
+    assert_eq!(
+        read.json(),
+        serde_json::json!({ "quotes": [], "stale": true })
+    );
 
     let write = conn
         .request("POST", "/orders", &[], b"{\"buy\":1}")
@@ -266,12 +277,7 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
     let origin = start_origin(Arc::new(|_: &Request| Reply::text(200, "fine"))).await;
     let config = format!(
         "plugins:\n{}upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 3, predicate: hostile, on_plugin_error: count_as_failure }}\nroutes:\n  - {{ upstream: api }}\n",
-        plugin_entry(
-            "hostile",
-            "hostile-predicate",
-            "predicate",
-            HOSTILE_LIMITS
-        ),
+        plugin_entry("hostile", "hostile-predicate", "predicate", HOSTILE_LIMITS),
         origin.addr()
     );
     let gw = Gateway::start(&config).await;
@@ -297,8 +303,14 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
             .await
             .expect("request");
         let took = started.elapsed();
-        assert_eq!(response.status, 200, "{mode}: the client still gets the answer");
-        assert!(took < Duration::from_secs(1), "{mode}: cut off, took {took:?}");
+        assert_eq!(
+            response.status, 200,
+            "{mode}: the client still gets the answer"
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "{mode}: cut off, took {took:?}"
+        );
         assert_eq!(
             gw.metric(&format!(
                 "gateway_plugin_errors_total{{kind=\"{kind}\",plugin=\"hostile\"}}"

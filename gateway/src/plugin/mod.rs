@@ -49,6 +49,16 @@ pub enum PluginError {
 }
 
 impl PluginError {
+    /// Every `kind` label value.
+    pub const KINDS: [&'static str; 6] = [
+        "timeout",
+        "memory",
+        "trap",
+        "init",
+        "response_too_large",
+        "invalid_answer",
+    ];
+
     /// The `kind` label of `gateway_plugin_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -9,7 +9,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 
 use crate::breaker::State;
-use crate::config::FallbackSpec;
+use crate::config::{FallbackSpec, StaticResponse};
 use crate::plugin::{PluginError, convert, types};
 use crate::runtime::Runtime;
 use crate::upstream::Upstream;
@@ -72,7 +72,7 @@ impl From<Rejection> for FallbackReason {
 
 pub enum Admission {
     /// Go ahead: with the route's upstream, or a fallback upstream standing in for it.
-    Call(Call),
+    Call(Box<Call>),
     /// Answer with `upstream`'s fallback response.
     Respond {
         upstream: Arc<Upstream>,
@@ -91,7 +91,7 @@ pub fn admit(runtime: &Runtime, upstream: &Arc<Upstream>) -> Admission {
                 if let Some(reason) = first_rejection {
                     call.fallback_for = Some((upstream.name().to_string(), reason));
                 }
-                return Admission::Call(call);
+                return Admission::Call(Box::new(call));
             }
             Err(rejection) => {
                 let reason = first_rejection.get_or_insert(FallbackReason::from(rejection));
@@ -159,9 +159,18 @@ pub async fn ask_plugin(
     let metrics = &upstream.events.metrics;
     match plugin.respond(&context).await {
         Ok(types::FallbackAction::Respond(response)) => match synthetic(response) {
-            Ok((status, headers, body)) => {
+            Ok(response) => {
                 metrics.fallback(upstream.name(), reason.as_str(), "plugin");
-                write(session, status, headers, body, reason, request_id).await?;
+                let status = response.status;
+                write(
+                    session,
+                    status,
+                    response.headers,
+                    response.body,
+                    reason,
+                    request_id,
+                )
+                .await?;
                 Ok(PluginAnswer::Responded(status))
             }
             Err(problem) => {
@@ -202,9 +211,7 @@ const FRAMING_HEADERS: &[&str] = &[
 ];
 
 /// Checks a plugin's response: a real status, valid headers.
-fn synthetic(
-    response: types::SyntheticResponse,
-) -> std::result::Result<(u16, Vec<(String, String)>, Bytes), String> {
+fn synthetic(response: types::SyntheticResponse) -> std::result::Result<StaticResponse, String> {
     if !(200..=599).contains(&response.status) {
         return Err(format!(
             "status {} is not between 200 and 599",
@@ -223,7 +230,11 @@ fn synthetic(
             headers.push((name, value));
         }
     }
-    Ok((response.status, headers, Bytes::from(response.body)))
+    Ok(StaticResponse {
+        status: response.status,
+        headers,
+        body: Bytes::from(response.body),
+    })
 }
 
 /// Writes `upstream`'s fallback response: its configured static response, or the

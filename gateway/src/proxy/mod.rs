@@ -117,7 +117,7 @@ impl ProxyHttp for Gateway {
                         .metrics
                         .fallback(rejected, reason.as_str(), "upstream");
                 }
-                ctx.call = Some(call);
+                ctx.call = Some(*call);
                 Ok(false)
             }
             Admission::Respond { upstream, reason } => {

@@ -1,0 +1,127 @@
+//! What a predicate plugin costs per call, through the same host the request path
+//! uses (instance pool, epoch deadline, memory limiter, WIT lowering of a realistic
+//! outcome), next to the built-in `failure_when` rules measured in the same run.
+//!
+//! Run: `cargo bench -p gateway-benches --bench plugin`
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use gateway::classify::{CallResult, FailureWhen};
+use gateway::config;
+use gateway::metrics::Metrics;
+use gateway::plugin::{Plugin, PluginSet, types};
+use gateway_tests::plugin_entry;
+
+fn load(entry: &str) -> (PluginSet, Arc<Plugin>) {
+    let yaml = format!(
+        "listeners: [{{ address: \"127.0.0.1:18999\" }}]\nplugins:\n{entry}upstreams:\n  api:\n    endpoints: [\"127.0.0.1:9\"]\nroutes:\n  - {{ upstream: api }}\n"
+    );
+    let config = config::parse(&yaml, Path::new("bench.yaml")).expect("bench config");
+    let set = PluginSet::load(&config, None, &Metrics::default()).expect("plugins load");
+    let plugin = Arc::clone(set.iter().next().expect("one plugin"));
+    (set, plugin)
+}
+
+fn headers(pairs: &[(&str, &str)]) -> types::Headers {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A typical API exchange: 8 request headers, 5 response headers.
+fn outcome(body_prefix: Option<Vec<u8>>) -> types::Outcome {
+    types::Outcome {
+        request: types::RequestInfo {
+            method: "GET".into(),
+            path: "/api/v1/market/quotes?symbol=ACME".into(),
+            authority: "api.example.com".into(),
+            headers: headers(&[
+                ("host", "api.example.com"),
+                ("user-agent", "bench/1.0"),
+                ("accept", "application/json"),
+                ("accept-encoding", "gzip"),
+                ("x-request-id", "0123456789abcdef0123456789abcdef"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("authorization", "Bearer abcdefghijklmnopqrstuvwxyz"),
+                ("connection", "keep-alive"),
+            ]),
+            route: "market".into(),
+            upstream: "market-data".into(),
+        },
+        response: Some(types::ResponseInfo {
+            status: 200,
+            headers: headers(&[
+                ("content-type", "application/json"),
+                ("content-length", "512"),
+                ("cache-control", "no-store"),
+                ("date", "Mon, 23 Nov 2026 09:00:00 GMT"),
+                ("server", "origin"),
+            ]),
+            body_prefix,
+        }),
+        error: None,
+        latency_us: 3_000,
+    }
+}
+
+/// Time per call, `iters` calls inside one task (as the request path awaits them).
+fn per_call(
+    rt: &tokio::runtime::Runtime,
+    plugin: &Plugin,
+    outcome: &types::Outcome,
+    iters: u64,
+) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            black_box(plugin.classify(black_box(outcome)).await.expect("classify"));
+        }
+        start.elapsed()
+    })
+}
+
+fn predicate(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let rules = FailureWhen::default();
+    c.bench_function("predicate/built-in failure_when", |b| {
+        b.iter(|| black_box(&rules).judge(black_box(CallResult::Response(200))))
+    });
+
+    let (_set, status) = load(&plugin_entry(
+        "status",
+        "status-latency-predicate",
+        "predicate",
+        "config: { failure_statuses: \"500-599,429\", failure_header: x-degraded, slow_ms: 800 }",
+    ));
+    let plain = outcome(None);
+    c.bench_function("predicate/wasm status-latency (headers)", |b| {
+        b.iter_custom(|iters| per_call(&rt, &status, &plain, iters))
+    });
+
+    let (_set, body) = load(&plugin_entry(
+        "body",
+        "json-body-predicate",
+        "predicate",
+        "inspect_body_bytes: 4KiB",
+    ));
+    let document = format!(
+        "{{\"status\":\"ok\",\"prices\":[{}]}}",
+        "1.25,".repeat(80) + "1.0"
+    );
+    let with_body = outcome(Some(document.into_bytes()));
+    c.bench_function("predicate/wasm json-body (512-byte body)", |b| {
+        b.iter_custom(|iters| per_call(&rt, &body, &with_body, iters))
+    });
+}
+
+criterion_group!(benches, predicate);
+criterion_main!(benches);
