@@ -296,7 +296,12 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
     });
 
     let mut conn = gw.conn().await;
-    for (mode, kind) in [("loop", "timeout"), ("memory", "memory"), ("panic", "trap")] {
+    for (mode, kind) in [
+        ("loop", "timeout"),
+        ("memory", "memory"),
+        ("panic", "trap"),
+        ("sleep", "timeout"),
+    ] {
         let started = Instant::now();
         let response = conn
             .request("GET", "/", &[("x-hostile", mode)], b"")
@@ -311,12 +316,13 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
             took < Duration::from_secs(1),
             "{mode}: cut off, took {took:?}"
         );
+        let expected = if mode == "sleep" { 2.0 } else { 1.0 };
         assert_eq!(
             gw.metric(&format!(
                 "gateway_plugin_errors_total{{kind=\"{kind}\",plugin=\"hostile\"}}"
             ))
             .await,
-            1.0,
+            expected,
             "{mode}"
         );
         // The very next call gets a fresh instance and an honest answer.
@@ -328,7 +334,7 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
     // count_as_failure: each cut-off call was recorded as a failure, each honest
     // answer as a success (which is why the breaker is still closed).
     let failures = "gateway_upstream_requests_total{outcome=\"failure\",upstream=\"api\"}";
-    assert_eq!(gw.metric(failures).await, 3.0);
+    assert_eq!(gw.metric(failures).await, 4.0);
     for _ in 0..3 {
         let response = conn
             .request("GET", "/", &[("x-hostile", "panic")], b"")

@@ -14,10 +14,28 @@ use super::PluginError;
 use super::bindings::fallback::{Fallback, FallbackPre};
 use super::bindings::predicate::{FailurePredicate, FailurePredicatePre};
 use super::bindings::types::{FallbackAction, FallbackContext, Outcome, Verdict};
-use super::engine::{PluginEngine, ticks};
+use super::engine::{EPOCH_TICK, PluginEngine, ticks};
 use super::host::HostState;
 use crate::config::{PluginKind, PluginSpec};
 use crate::metrics::PluginMetrics;
+
+/// The epoch deadline stops a plugin that computes too long; this stops one that
+/// waits too long inside a host call (a WASI sleep or poll), where no epoch check
+/// runs. A call dropped mid-way leaves its instance unusable, and it is dropped.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    // Two ticks past the epoch deadline, so a computing plugin is stopped by the epoch.
+    match tokio::time::timeout(limit + 2 * EPOCH_TICK, call).await {
+        Ok(result) => result,
+        Err(_) => Err(wasmtime::Error::new(Elapsed)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the call waited past its deadline")]
+struct Elapsed;
 
 enum Pre {
     Predicate(FailurePredicatePre<HostState>),
@@ -108,7 +126,11 @@ impl Plugin {
         self.arm(&mut instance, self.spec.limits.timeout);
         let result = match &instance.exports {
             Exports::Predicate(exports) => {
-                exports.call_classify(&mut instance.store, outcome).await
+                within(
+                    self.spec.limits.timeout,
+                    exports.call_classify(&mut instance.store, outcome),
+                )
+                .await
             }
             Exports::Fallback(_) => Err(wasmtime::Error::msg("not a predicate")),
         };
@@ -121,7 +143,13 @@ impl Plugin {
         let mut instance = self.check_out().await?;
         self.arm(&mut instance, self.spec.limits.timeout);
         let result = match &instance.exports {
-            Exports::Fallback(exports) => exports.call_respond(&mut instance.store, context).await,
+            Exports::Fallback(exports) => {
+                within(
+                    self.spec.limits.timeout,
+                    exports.call_respond(&mut instance.store, context),
+                )
+                .await
+            }
             Exports::Predicate(_) => Err(wasmtime::Error::msg("not a fallback")),
         };
         let action = self.settle(instance, result, started)?;
@@ -198,20 +226,28 @@ impl Plugin {
         store.set_epoch_deadline(ticks(limits.init_timeout));
         let config = &self.spec.config;
         let (exports, init) = match &self.pre {
-            Pre::Predicate(pre) => match pre.instantiate_async(&mut store).await {
-                Ok(exports) => {
-                    let init = exports.call_init(&mut store, config).await;
-                    (Exports::Predicate(exports), init)
+            Pre::Predicate(pre) => {
+                match within(limits.init_timeout, pre.instantiate_async(&mut store)).await {
+                    Ok(exports) => {
+                        let init =
+                            within(limits.init_timeout, exports.call_init(&mut store, config))
+                                .await;
+                        (Exports::Predicate(exports), init)
+                    }
+                    Err(e) => return Err(PluginError::Instantiate(format!("{e:#}"))),
                 }
-                Err(e) => return Err(PluginError::Instantiate(format!("{e:#}"))),
-            },
-            Pre::Fallback(pre) => match pre.instantiate_async(&mut store).await {
-                Ok(exports) => {
-                    let init = exports.call_init(&mut store, config).await;
-                    (Exports::Fallback(exports), init)
+            }
+            Pre::Fallback(pre) => {
+                match within(limits.init_timeout, pre.instantiate_async(&mut store)).await {
+                    Ok(exports) => {
+                        let init =
+                            within(limits.init_timeout, exports.call_init(&mut store, config))
+                                .await;
+                        (Exports::Fallback(exports), init)
+                    }
+                    Err(e) => return Err(PluginError::Instantiate(format!("{e:#}"))),
                 }
-                Err(e) => return Err(PluginError::Instantiate(format!("{e:#}"))),
-            },
+            }
         };
         let instance = Instance { store, exports };
         match init {
@@ -229,13 +265,19 @@ impl Plugin {
     fn explain(&self, instance: &Instance, e: wasmtime::Error, limit: Duration) -> PluginError {
         if instance.store.data().limiter.exceeded {
             PluginError::Memory(self.spec.limits.memory)
-        } else if matches!(
-            e.downcast_ref::<wasmtime::Trap>(),
-            Some(wasmtime::Trap::Interrupt)
-        ) {
+        } else if e.is::<Elapsed>()
+            || matches!(
+                e.downcast_ref::<wasmtime::Trap>(),
+                Some(wasmtime::Trap::Interrupt)
+            )
+        {
             PluginError::Timeout(limit)
         } else {
-            PluginError::Trap(format!("{e:#}"))
+            // The trap itself, without the multi-line wasm backtrace.
+            let reason = e
+                .downcast_ref::<wasmtime::Trap>()
+                .map_or_else(|| e.root_cause().to_string(), ToString::to_string);
+            PluginError::Trap(reason)
         }
     }
 }
