@@ -319,3 +319,61 @@ pub fn check_references(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_config_values_arrive_as_text_or_json() {
+        let value: serde_yaml::Value =
+            serde_yaml::from_str("{ a: 1, b: true, c: text, d: [1, 2], e: { f: g }, h: null }")
+                .expect("yaml");
+        let serde_yaml::Value::Mapping(map) = value else {
+            panic!("mapping");
+        };
+        let texts: Vec<String> = map.values().map(config_text).collect();
+        assert_eq!(texts, ["1", "true", "text", "[1,2]", "{\"f\":\"g\"}", ""]);
+    }
+
+    #[test]
+    fn component_paths_are_relative_to_the_config_file() {
+        let dir = tempfile_dir();
+        let config = dir.join("gateway.yaml");
+        std::fs::write(&config, "").expect("write");
+        assert_eq!(resolve(&config, "p.wasm"), dir.join("p.wasm"));
+        assert_eq!(resolve(&config, "/abs/p.wasm"), PathBuf::from("/abs/p.wasm"));
+        assert_eq!(
+            resolve(Path::new("<embedded demo>"), "p.wasm"),
+            PathBuf::from("p.wasm")
+        );
+    }
+
+    #[test]
+    fn only_components_are_accepted() {
+        let dir = tempfile_dir();
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).expect("write");
+            path
+        };
+        let component = write("c.wasm", b"\0asm\x0d\0\x01\0");
+        assert!(read_component(&component).is_ok());
+        let core = write("m.wasm", b"\0asm\x01\0\0\0");
+        let message = read_component(&core).err().unwrap_or_default();
+        assert!(message.contains("core WebAssembly module"), "{message}");
+        let text = write("t.wasm", b"hello world");
+        let message = read_component(&text).err().unwrap_or_default();
+        assert!(message.contains("not a WebAssembly component"), "{message}");
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "gateway-plugin-spec-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+}

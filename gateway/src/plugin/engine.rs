@@ -77,3 +77,15 @@ pub fn ticks(limit: Duration) -> u64 {
     let tick = EPOCH_TICK.as_nanos().max(1);
     u64::try_from(limit.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX) + 1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_round_up_and_add_the_tick_in_progress() {
+        assert_eq!(ticks(Duration::from_millis(10)), 11);
+        assert_eq!(ticks(Duration::from_micros(1500)), 3);
+        assert_eq!(ticks(Duration::from_millis(1)), 2);
+    }
+}

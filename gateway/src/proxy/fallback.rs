@@ -332,3 +332,46 @@ fn default_response(
     ];
     (503, headers, Bytes::from(body.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, headers: &[(&str, &str)]) -> types::SyntheticResponse {
+        types::SyntheticResponse {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn plugin_responses_keep_their_headers_but_not_framing() {
+        let response = synthetic(answer(
+            200,
+            &[
+                ("X-Fallback", "degraded"),
+                ("content-length", "999"),
+                ("transfer-encoding", "chunked"),
+                ("connection", "close"),
+            ],
+        ))
+        .expect("valid");
+        assert_eq!(
+            response.headers,
+            vec![("x-fallback".to_string(), "degraded".to_string())]
+        );
+        assert_eq!(response.body.as_ref(), b"{}");
+    }
+
+    #[test]
+    fn plugin_responses_with_bad_status_or_headers_are_refused() {
+        assert!(synthetic(answer(99, &[])).is_err());
+        assert!(synthetic(answer(600, &[])).is_err());
+        assert!(synthetic(answer(200, &[("bad header", "x")])).is_err());
+        assert!(synthetic(answer(200, &[("x-ok", "line\nbreak")])).is_err());
+    }
+}
