@@ -270,6 +270,27 @@ async fn route_fallback_answers_reads_and_writes_differently_and_reroutes() {
     assert_eq!(open.json()["code"], "CIRCUIT_BREAKER_OPEN");
 }
 
+/// One request asking the hostile fixture to misbehave as `mode`: the answer, and how
+/// long it took.
+async fn provoke(
+    conn: &mut gateway_tests::http::Conn,
+    mode: &str,
+) -> (gateway_tests::http::Response, Duration) {
+    let started = Instant::now();
+    let response = conn
+        .request("GET", "/", &[("x-hostile", mode)], b"")
+        .await
+        .expect("request");
+    (response, started.elapsed())
+}
+
+async fn plugin_errors(gw: &Gateway, kind: &str) -> f64 {
+    gw.metric(&format!(
+        "gateway_plugin_errors_total{{kind=\"{kind}\",plugin=\"hostile\"}}"
+    ))
+    .await
+}
+
 const HOSTILE_LIMITS: &str = "limits: { timeout: 50ms, memory: 8MiB }";
 
 #[tokio::test]
@@ -302,12 +323,7 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
         ("panic", "trap"),
         ("sleep", "timeout"),
     ] {
-        let started = Instant::now();
-        let response = conn
-            .request("GET", "/", &[("x-hostile", mode)], b"")
-            .await
-            .expect("request");
-        let took = started.elapsed();
+        let (response, took) = provoke(&mut conn, mode).await;
         assert_eq!(
             response.status, 200,
             "{mode}: the client still gets the answer"
@@ -317,14 +333,7 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
             "{mode}: cut off, took {took:?}"
         );
         let expected = if mode == "sleep" { 2.0 } else { 1.0 };
-        assert_eq!(
-            gw.metric(&format!(
-                "gateway_plugin_errors_total{{kind=\"{kind}\",plugin=\"hostile\"}}"
-            ))
-            .await,
-            expected,
-            "{mode}"
-        );
+        assert_eq!(plugin_errors(&gw, kind).await, expected, "{mode}");
         // The very next call gets a fresh instance and an honest answer.
         assert_eq!(conn.get("/").await.expect("request").status, 200, "{mode}");
     }
@@ -336,11 +345,7 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
     let failures = "gateway_upstream_requests_total{outcome=\"failure\",upstream=\"api\"}";
     assert_eq!(gw.metric(failures).await, 4.0);
     for _ in 0..3 {
-        let response = conn
-            .request("GET", "/", &[("x-hostile", "panic")], b"")
-            .await
-            .expect("request");
-        assert_eq!(response.status, 200);
+        assert_eq!(provoke(&mut conn, "panic").await.0.status, 200);
     }
     assert_eq!(
         conn.get("/").await.expect("request").status,
@@ -370,23 +375,11 @@ async fn hostile_fallback_is_cut_off_and_the_built_in_fallback_answers() {
         ("panic", "trap"),
         ("huge", "response_too_large"),
     ] {
-        let started = Instant::now();
-        let response = conn
-            .request("GET", "/", &[("x-hostile", mode)], b"")
-            .await
-            .expect("request");
-        let took = started.elapsed();
+        let (response, took) = provoke(&mut conn, mode).await;
         assert_eq!(response.status, 503, "{mode}");
         assert_eq!(response.json()["code"], "CIRCUIT_BREAKER_OPEN", "{mode}");
         assert!(took < Duration::from_secs(1), "{mode}: took {took:?}");
-        assert_eq!(
-            gw.metric(&format!(
-                "gateway_plugin_errors_total{{kind=\"{kind}\",plugin=\"hostile\"}}"
-            ))
-            .await,
-            1.0,
-            "{mode}"
-        );
+        assert_eq!(plugin_errors(&gw, kind).await, 1.0, "{mode}");
         let next = conn.get("/").await.expect("request");
         assert_eq!(next.status, 200, "{mode}: the next call works");
         assert_eq!(next.text(), "fallback ok");

@@ -342,7 +342,10 @@ mod tests {
         let config = dir.join("gateway.yaml");
         std::fs::write(&config, "").expect("write");
         assert_eq!(resolve(&config, "p.wasm"), dir.join("p.wasm"));
-        assert_eq!(resolve(&config, "/abs/p.wasm"), PathBuf::from("/abs/p.wasm"));
+        assert_eq!(
+            resolve(&config, "/abs/p.wasm"),
+            PathBuf::from("/abs/p.wasm")
+        );
         assert_eq!(
             resolve(Path::new("<embedded demo>"), "p.wasm"),
             PathBuf::from("p.wasm")

@@ -74,6 +74,27 @@ pub struct RequestCtx {
     _in_flight: InFlightGuard,
 }
 
+impl RequestCtx {
+    /// Asks the upstream's fallback plugin (if any) about this request.
+    async fn ask_fallback_plugin(
+        &self,
+        session: &mut Session,
+        upstream: &Arc<crate::upstream::Upstream>,
+        reason: FallbackReason,
+    ) -> Result<PluginAnswer> {
+        let route = route_name(&self.route);
+        fallback::ask_plugin(
+            session,
+            &self.runtime,
+            route,
+            upstream,
+            reason,
+            &self.request_id,
+        )
+        .await
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -121,18 +142,7 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             Admission::Respond { upstream, reason } => {
-                let runtime = Arc::clone(&ctx.runtime);
-                let route = route_name(&ctx.route);
-                let answer = fallback::ask_plugin(
-                    session,
-                    &runtime,
-                    route,
-                    &upstream,
-                    reason,
-                    &ctx.request_id,
-                )
-                .await?;
-                match answer {
+                match ctx.ask_fallback_plugin(session, &upstream, reason).await? {
                     PluginAnswer::Rerouted(call) => {
                         ctx.call = Some(*call);
                         return Ok(false);
@@ -298,23 +308,10 @@ impl ProxyHttp for Gateway {
                     .await
                     .ok()
             }
-            Some(upstream) => {
-                let runtime = Arc::clone(&ctx.runtime);
-                let route = route_name(&ctx.route);
-                match fallback::ask_plugin(
-                    session,
-                    &runtime,
-                    route,
-                    &upstream,
-                    reason,
-                    &ctx.request_id,
-                )
-                .await
-                {
-                    Ok(PluginAnswer::Responded(status)) => Some(status),
-                    _ => None,
-                }
-            }
+            Some(upstream) => match ctx.ask_fallback_plugin(session, &upstream, reason).await {
+                Ok(PluginAnswer::Responded(status)) => Some(status),
+                _ => None,
+            },
             None => None,
         };
         if fallback_status.is_some() {
