@@ -70,6 +70,8 @@ fn outcome(body_prefix: Option<Vec<u8>>) -> types::Outcome {
 }
 
 /// Time per call, `iters` calls inside one task (as the request path awaits them).
+/// The plugins get a 1 s limit here: a bench on a shared machine can be descheduled
+/// for longer than the 10 ms default, and the limit is wall time.
 fn per_call(
     rt: &tokio::runtime::Runtime,
     plugin: &Plugin,
@@ -100,7 +102,7 @@ fn predicate(c: &mut Criterion) {
         "status",
         "status-latency-predicate",
         "predicate",
-        "config: { failure_statuses: \"500-599,429\", failure_header: x-degraded, slow_ms: 800 }",
+        "config: { failure_statuses: \"500-599,429\", failure_header: x-degraded, slow_ms: 800 }, limits: { timeout: 1s }",
     ));
     let plain = outcome(None);
     c.bench_function("predicate/wasm status-latency (headers)", |b| {
@@ -111,7 +113,7 @@ fn predicate(c: &mut Criterion) {
         "body",
         "json-body-predicate",
         "predicate",
-        "inspect_body_bytes: 4KiB",
+        "inspect_body_bytes: 4KiB, limits: { timeout: 1s }",
     ));
     let document = format!(
         "{{\"status\":\"ok\",\"prices\":[{}]}}",

@@ -137,7 +137,10 @@ def wrk(port):
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|write|timeout)\D+(\d+)", out))
+    # "Socket errors: connect 0, read 0, write 0, timeout 0" and "Non-2xx or 3xx responses: N"
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = (sum(int(n) for n in socket.groups()) if socket else 0) + (int(non_2xx.group(1)) if non_2xx else 0)
     p50 = unit(re.search(r"50%\s+(\S+)", out).group(1))
     p99 = unit(re.search(r"99%\s+(\S+)", out).group(1))
     return {"rps": rps, "requests": requests, "errors": errors, "p50_ms": p50, "p99_ms": p99}
