@@ -54,5 +54,6 @@ bench: setup bench-peers plugins
 	$(CARGO) build --release -p gateway -p gateway-benches --bins
 	$(CARGO) bench -p gateway-benches --bench breaker
 	$(CARGO) bench -p gateway-benches --bench plugin
+	$(CARGO) bench -p gateway-benches --bench routes
 	$(CARGO) bench -p gateway-benches --bench reload
 	python3 benches/load/run.py
