@@ -167,7 +167,7 @@ fn normalize_host(host: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{LoadBalancing, Timeouts, UpstreamSpec};
+    use crate::config::UpstreamSpec;
 
     fn route(
         name: &str,
@@ -177,21 +177,7 @@ mod tests {
         strip: bool,
     ) -> Route {
         let upstream = Arc::new(Upstream::new(
-            UpstreamSpec {
-                name: "u".into(),
-                endpoints: vec!["127.0.0.1:1".parse().expect("addr")],
-                load_balancing: LoadBalancing::RoundRobin,
-                timeouts: Timeouts::default(),
-                max_concurrent_requests: None,
-                breaker: Default::default(),
-                failure_when: Default::default(),
-                predicate: None,
-                on_plugin_error: Default::default(),
-                fallback: crate::config::FallbackSpec::Default,
-                outlier_detection: None,
-                retries: Default::default(),
-                health_check: None,
-            },
+            UpstreamSpec::for_test("u", vec!["127.0.0.1:1".parse().expect("addr")]),
             Arc::new(crate::breaker::ManualClock::default()),
             Arc::default(),
         ));

@@ -305,7 +305,6 @@ mod tests {
 
     use super::*;
     use crate::breaker::ManualClock;
-    use crate::config::{FallbackSpec, Timeouts};
 
     fn pool(
         lb: LoadBalancing,
@@ -314,21 +313,14 @@ mod tests {
     ) -> (Arc<Upstream>, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::default());
         let spec = UpstreamSpec {
-            name: "p".into(),
-            endpoints: (1..=n)
-                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-                .collect(),
             load_balancing: lb,
-            timeouts: Timeouts::default(),
-            max_concurrent_requests: None,
-            breaker: Default::default(),
-            failure_when: Default::default(),
-            predicate: None,
-            on_plugin_error: Default::default(),
-            fallback: FallbackSpec::Default,
             outlier_detection: outliers,
-            retries: Default::default(),
-            health_check: None,
+            ..UpstreamSpec::for_test(
+                "p",
+                (1..=n)
+                    .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+                    .collect(),
+            )
         };
         (
             Arc::new(Upstream::new(spec, clock.clone(), Arc::default())),

@@ -87,6 +87,28 @@ pub struct UpstreamSpec {
     pub health_check: Option<HealthCheckSpec>,
 }
 
+#[cfg(test)]
+impl UpstreamSpec {
+    /// An upstream with every setting at its default, for unit tests.
+    pub fn for_test(name: &str, endpoints: Vec<SocketAddr>) -> Self {
+        Self {
+            name: name.to_string(),
+            endpoints,
+            load_balancing: LoadBalancing::RoundRobin,
+            timeouts: Timeouts::default(),
+            max_concurrent_requests: None,
+            breaker: Default::default(),
+            failure_when: Default::default(),
+            predicate: None,
+            on_plugin_error: Default::default(),
+            fallback: FallbackSpec::Default,
+            outlier_detection: None,
+            retries: Default::default(),
+            health_check: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadBalancing {
     RoundRobin,

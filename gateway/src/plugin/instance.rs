@@ -115,10 +115,6 @@ impl Plugin {
         Ok(plugin)
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Asks a predicate what an exchange counts as.
     pub async fn classify(&self, outcome: &Outcome) -> Result<Verdict, PluginError> {
         let started = Instant::now();
