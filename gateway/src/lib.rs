@@ -17,6 +17,7 @@ pub mod drain;
 pub mod events;
 pub mod failure_tally;
 pub mod health;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod plugin;
@@ -26,6 +27,7 @@ pub mod retry_budget;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 // A proxy allocates and frees small buffers on every request; mimalloc's thread-local

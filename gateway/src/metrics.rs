@@ -9,11 +9,13 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::breaker::{State, Transition};
+use crate::config::Config;
+use crate::listener::Limit;
 use crate::runtime::Runtime;
 
 pub struct Metrics {
@@ -36,6 +38,24 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: Gauge,
     config_info: IntGaugeVec,
+    connections: IntGaugeVec,
+    limit_rejections: IntCounterVec,
+    certificate_expiry: IntGaugeVec,
+}
+
+/// Handles for one listener, resolved when it starts.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub connections: IntGauge,
+    rejections: Vec<IntCounter>,
+}
+
+impl ListenerMetrics {
+    pub fn rejected(&self, limit: Limit) {
+        if let Some(counter) = self.rejections.get(limit as usize) {
+            counter.inc();
+        }
+    }
 }
 
 /// Handles for one upstream, resolved once when the runtime is built.
@@ -245,6 +265,24 @@ impl Default for Metrics {
                 "1 for the hash of the config being served.",
                 &["hash"],
             ),
+            connections: gauge(
+                r,
+                "gateway_downstream_connections",
+                "Client connections open on the listener now.",
+                &["listener"],
+            ),
+            limit_rejections: counter(
+                r,
+                "gateway_limit_rejections_total",
+                "Clients turned away by a listener or route limit, by limit.",
+                &["listener", "limit"],
+            ),
+            certificate_expiry: gauge(
+                r,
+                "gateway_tls_certificate_expiry_timestamp_seconds",
+                "When each served certificate expires (Unix time).",
+                &["listener", "certificate"],
+            ),
             registry,
         }
     }
@@ -302,9 +340,38 @@ impl Metrics {
     }
 
     /// Marks `hash` as the config in service.
-    pub fn config_applied(&self, hash: &str) {
+    /// Handles for a listener; every limit starts at 0 so increase() sees the first.
+    pub fn for_listener(&self, listener: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            connections: self.connections.with_label_values(&[listener]),
+            rejections: Limit::ALL
+                .iter()
+                .map(|l| {
+                    self.limit_rejections
+                        .with_label_values(&[listener, l.as_str()])
+                })
+                .collect(),
+        }
+    }
+
+    pub fn config_applied(&self, config: &Config) {
+        let hash = config.hash.as_str();
         self.config_info.reset();
         self.config_info.with_label_values(&[hash]).set(1);
+        self.certificate_expiry.reset();
+        for listener in &config.listeners {
+            for certificate in listener.tls.iter().flat_map(|t| &t.certificates) {
+                let name = certificate
+                    .loaded
+                    .names
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| certificate.cert.display().to_string());
+                self.certificate_expiry
+                    .with_label_values(&[listener.label().as_str(), name.as_str()])
+                    .set(certificate.loaded.not_after);
+            }
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());

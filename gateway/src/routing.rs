@@ -190,6 +190,7 @@ mod tests {
                 upstream: "u".into(),
                 strip_prefix: strip,
                 host_rewrite: None,
+                limits: Default::default(),
             },
             upstream,
         }

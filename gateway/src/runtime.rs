@@ -4,17 +4,19 @@
 //! reload never changes the rules under a request in flight.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
 use crate::breaker::{Clock, CoarseClock};
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, ListenerSpec, TlsVersion};
 use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::plugin::PluginSet;
 use crate::routing::{Route, RouteTable};
+use crate::tls::{CertificateStore, SniTable};
 use crate::upstream::Upstream;
 
 #[derive(Debug)]
@@ -87,6 +89,8 @@ pub struct RuntimeHandle {
     generations: AtomicU64,
     pub events: Arc<EventHub>,
     pub metrics: Arc<Metrics>,
+    /// One per TLS listener the process started with; reloads replace their tables.
+    certificates: BTreeMap<SocketAddr, Arc<CertificateStore>>,
 }
 
 impl RuntimeHandle {
@@ -94,14 +98,25 @@ impl RuntimeHandle {
     pub fn new(config: Config) -> Result<Self, ConfigErrors> {
         let metrics = Arc::new(Metrics::default());
         let plugins = Arc::new(PluginSet::load(&config, None, &metrics)?);
-        metrics.config_applied(&config.hash);
+        metrics.config_applied(&config);
         let events = Arc::new(EventHub::new(Arc::clone(&metrics)));
+        let certificates = config
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.address, Arc::new(CertificateStore::new(sni_table(l)?)))))
+            .collect();
         Ok(Self {
             metrics,
+            certificates,
             current: ArcSwap::from_pointee(Runtime::build(config, plugins, 1, &events, None)),
             generations: AtomicU64::new(1),
             events,
         })
+    }
+
+    /// The certificate resolver of a TLS listener the process started with.
+    pub fn certificates(&self, address: &SocketAddr) -> Option<Arc<CertificateStore>> {
+        self.certificates.get(address).cloned()
     }
 
     /// The snapshot a new request should use.
@@ -121,7 +136,6 @@ impl RuntimeHandle {
             &self.metrics,
         )?);
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        let hash = config.hash.clone();
         self.events.set_generation(generation);
         let runtime = Arc::new(Runtime::build(
             config,
@@ -141,8 +155,23 @@ impl RuntimeHandle {
             })
             .map(|(name, _)| name.clone())
             .collect();
+        // New certificates serve the next handshake; open connections keep theirs.
+        for listener in &runtime.config.listeners {
+            if let (Some(store), Some(table)) = (
+                self.certificates.get(&listener.address),
+                sni_table(listener),
+            ) {
+                store.replace(table);
+            }
+        }
         self.current.store(Arc::clone(&runtime));
-        self.metrics.config_applied(&hash);
+        self.metrics.config_applied(&runtime.config);
         Ok((runtime, fresh))
     }
+}
+
+fn sni_table(listener: &ListenerSpec) -> Option<SniTable> {
+    let tls = listener.tls.as_ref()?;
+    let loaded: Vec<_> = tls.certificates.iter().map(|c| c.loaded.clone()).collect();
+    SniTable::new(&loaded, tls.min_version == TlsVersion::Tls13)
 }

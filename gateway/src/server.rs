@@ -5,8 +5,13 @@ use std::sync::Arc;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, Server};
 
-use crate::config::Config;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::services::listening::Service;
+
+use crate::config::{Config, ListenerSpec};
 use crate::drain::InFlight;
+use crate::listener::{LimitReporter, ListenerApp};
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::RuntimeHandle;
@@ -50,11 +55,7 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let listeners: Vec<String> = config
-        .listeners
-        .iter()
-        .map(|l| l.address.to_string())
-        .collect();
+    let listeners: Vec<String> = config.listeners.iter().map(|l| l.label()).collect();
     let admin_address = config.admin.address.to_string();
     let admin_token = config.admin.token.clone();
     let watch = config.server.watch_config;
@@ -71,15 +72,18 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
         }
     }
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(Arc::clone(&runtime), Arc::clone(&in_flight)),
-        "gateway",
-    );
-    for address in &listeners {
-        proxy.add_tcp(address);
+    crate::tls::install_crypto_provider();
+    for listener in &config.listeners {
+        match listener_service(&server, listener, &runtime, &in_flight) {
+            Ok(service) => {
+                server.add_service(service);
+            }
+            Err(e) => {
+                eprintln!("cannot set up listener {}: {e}", listener.label());
+                std::process::exit(2);
+            }
+        }
     }
-    server.add_service(proxy);
     server.add_service(crate::admin::service(
         Arc::clone(&runtime),
         reloader,
@@ -111,4 +115,44 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
 
     tracing::info!(listeners = ?listeners, admin = %admin_address, "gateway starting");
     server.run_forever()
+}
+
+/// One Pingora service per listener, so each has its own connection count, limits and
+/// HTTP/2 setting.
+fn listener_service(
+    server: &Server,
+    listener: &ListenerSpec,
+    runtime: &Arc<RuntimeHandle>,
+    in_flight: &Arc<InFlight>,
+) -> pingora::Result<Service<ListenerApp>> {
+    let label = listener.label();
+    let limits = Arc::new(LimitReporter::new(
+        label.clone(),
+        runtime.metrics.for_listener(&label),
+    ));
+    let gateway = Gateway::new(
+        Arc::clone(runtime),
+        Arc::clone(in_flight),
+        listener.address,
+        Arc::clone(&limits),
+    );
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let mut options = HttpServerOptions::default();
+    options.h2c = listener.http2 && listener.tls.is_none();
+    options.h2_idle_timeout = Some(listener.limits.keepalive_timeout).filter(|d| !d.is_zero());
+    proxy.server_options = Some(options);
+    let app = ListenerApp::new(listener.address, proxy, Arc::clone(runtime), limits);
+    let mut service = Service::new(format!("gateway {label}"), app);
+    match runtime.certificates(&listener.address) {
+        Some(store) => {
+            let mut tls = TlsSettings::intermediate("", "")?;
+            tls.set_cert_resolver(store);
+            if listener.http2 {
+                tls.enable_h2();
+            }
+            service.add_tls_with_settings(&label, None, tls);
+        }
+        None => service.add_tcp(&label),
+    }
+    Ok(service)
 }

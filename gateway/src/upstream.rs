@@ -10,7 +10,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use crate::breaker::{Breaker, Clock, Nanos};
 use crate::bulkhead::Bulkhead;
-use crate::config::{LoadBalancing, OutlierSpec, UpstreamSpec};
+use crate::config::{LoadBalancing, OutlierSpec, Protocol, UpstreamSpec};
 use crate::events::{EventHub, UpstreamEvents};
 use crate::failure_tally::FailureTally;
 use crate::metrics::UpstreamMetrics;
@@ -65,7 +65,30 @@ impl Upstream {
             .endpoints
             .iter()
             .map(|addr| {
-                let mut peer = HttpPeer::new(*addr, false, String::new());
+                let tls = spec.tls.as_ref();
+                // Without a name (only allowed with `verify: false`), the address: rustls
+                // needs a server name, and sends no SNI for an IP.
+                let sni = tls.map_or_else(String::new, |t| {
+                    if t.server_name.is_empty() {
+                        addr.ip().to_string()
+                    } else {
+                        t.server_name.clone()
+                    }
+                });
+                let mut peer = HttpPeer::new(*addr, tls.is_some(), sni);
+                if let Some(tls) = tls {
+                    peer.options.verify_cert = tls.verify;
+                    peer.options.verify_hostname = tls.verify;
+                    peer.options.ca = tls.ca.as_ref().map(|ca| Arc::clone(&ca.certificates));
+                }
+                // Pingora pools connections by address and SNI, not by CA bundle: keep
+                // each upstream's pool its own so a connection verified under one
+                // upstream's trust settings never serves another's.
+                peer.group_key = pool_group(&spec.name);
+                if spec.protocol == Protocol::Http2 {
+                    // Over TLS, ALPN h2 only; in plaintext, h2c with prior knowledge.
+                    peer.options.set_http_version(2, 2);
+                }
                 let t = spec.timeouts;
                 peer.options.connection_timeout = Some(t.connect);
                 peer.options.read_timeout = Some(t.read);
@@ -402,4 +425,12 @@ mod tests {
             assert_ne!(p.lease(Some(1)).index(), 1);
         }
     }
+}
+
+/// A stable key per upstream name for Pingora's connection pool.
+fn pool_group(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    hasher.finish()
 }

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use gateway::demo::http1;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[derive(Debug, Clone)]
@@ -34,9 +34,13 @@ impl Response {
     }
 }
 
+/// A byte stream a connection can run over: plain TCP or TLS.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
 /// One client connection, reused across requests (keep-alive).
 pub struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Transport>,
     buffer: Vec<u8>,
 }
 
@@ -44,10 +48,40 @@ impl Conn {
     pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Self {
-            stream,
+        Ok(Self::over(stream))
+    }
+
+    /// A connection over an already established stream (a TLS session, say).
+    pub fn over(stream: impl Transport + 'static) -> Self {
+        Self {
+            stream: Box::new(stream),
             buffer: Vec::new(),
-        })
+        }
+    }
+
+    /// Writes raw bytes (a request in pieces, a slow client).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Reads the next response (after `send_raw`).
+    pub async fn response(&mut self) -> io::Result<Response> {
+        self.read_response(false).await
+    }
+
+    /// Whether the gateway closed the connection: a read sees end of stream (or a
+    /// reset) before `limit`. Bytes it sent first are kept for `response`.
+    pub async fn closed_within(&mut self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(n)) => self.buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
     }
 
     pub async fn request(

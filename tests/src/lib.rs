@@ -2,6 +2,7 @@
 //! ready, and start scripted origin servers for it to proxy to.
 
 pub mod http;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -134,6 +135,9 @@ pub struct Options<'a> {
     pub admin_keys: Option<&'a str>,
     /// Another gateway binary (the benchmarks pass their release build).
     pub binary: Option<&'a Path>,
+    /// Extra keys for the generated listener, YAML indented four spaces, e.g.
+    /// `"    http2: true\n"`.
+    pub listener_keys: Option<&'a str>,
     /// Lay the config out like a Kubernetes ConfigMap volume:
     /// `gateway.yaml -> ..data/gateway.yaml`, `..data -> ..v1/`.
     pub configmap: bool,
@@ -193,8 +197,9 @@ impl Gateway {
         let admin_extra = options
             .admin_keys
             .map_or(String::new(), |keys| format!("  {keys}\n"));
+        let listener_extra = options.listener_keys.unwrap_or("");
         let head = format!(
-            "listeners:\n  - address: \"{listen}\"\nadmin:\n  address: \"{admin}\"\n{admin_extra}"
+            "listeners:\n  - address: \"{listen}\"\n{listener_extra}admin:\n  address: \"{admin}\"\n{admin_extra}"
         );
         let yaml = format!("{head}{body}");
         let config_path = dir.path().join("gateway.yaml");

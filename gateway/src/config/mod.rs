@@ -6,6 +6,7 @@
 //! serde_yaml is called from this module only, so a fork can replace it in one place.
 
 mod error;
+mod listener;
 mod model;
 mod plugins;
 mod position;
@@ -20,9 +21,13 @@ use serde_yaml::Value;
 use sha2::{Digest, Sha256};
 
 pub use error::{ConfigError, ConfigErrors, KeyPath, Position, Segment};
+pub use listener::{
+    CertificateSpec, ListenerLimits, ListenerSpec, MAX_HEADER_BYTES, MAX_HEADERS, RouteLimits,
+    TlsSpec, TlsVersion,
+};
 pub use model::{
-    AdminSpec, Config, HostMatch, ListenerSpec, LoadBalancing, PathMatch, RouteSpec, ServerSpec,
-    Timeouts, UpstreamSpec,
+    AdminSpec, Config, HostMatch, LoadBalancing, PathMatch, Protocol, RouteSpec, ServerSpec,
+    Timeouts, UpstreamSpec, UpstreamTls,
 };
 pub use plugins::{
     MAX_PLUGIN_MEMORY, OnPluginError, PluginKind, PluginLimits, PluginSpec, WasmFile,
@@ -196,7 +201,7 @@ fn check(
         Value::Null => Vec::new(),
         value => section::<Vec<RawListener>>(value, &listeners_path, problems).unwrap_or_default(),
     };
-    let listeners = model::listener_specs(listeners, &listeners_path, problems);
+    let listeners = listener::listener_specs(listeners, source, &listeners_path, problems);
 
     let admin_path = root.key("admin");
     let admin = match take("admin") {
@@ -239,7 +244,7 @@ fn check(
         let Some(raw) = section::<RawUpstream>(value, &path, problems) else {
             continue;
         };
-        if let Some(spec) = model::upstream_spec(&name, raw, &path, problems) {
+        if let Some(spec) = model::upstream_spec(&name, raw, source, &path, problems) {
             upstreams.insert(name, spec);
         }
     }
@@ -275,7 +280,7 @@ fn check(
 
     Some(Config {
         source: source.to_path_buf(),
-        hash: content_hash(text, &plugins),
+        hash: content_hash(text, &plugins, &listeners, &upstreams),
         server,
         listeners,
         admin,
@@ -285,13 +290,40 @@ fn check(
     })
 }
 
+/// A path in the config, relative to the config file's directory (as written when the
+/// config comes from elsewhere, like the embedded demo).
+pub(crate) fn resolve_relative(source: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    match source.parent() {
+        Some(dir) if path.is_relative() && source.is_file() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// First 12 hex digits of the SHA-256 of the file and the plugins it loads: short
 /// enough for a label, long enough to tell apart. A rebuilt plugin changes the hash.
-fn content_hash(text: &str, plugins: &std::collections::BTreeMap<String, PluginSpec>) -> String {
+fn content_hash(
+    text: &str,
+    plugins: &std::collections::BTreeMap<String, PluginSpec>,
+    listeners: &[ListenerSpec],
+    upstreams: &std::collections::BTreeMap<String, UpstreamSpec>,
+) -> String {
     let mut hasher = Sha256::new();
     hasher.update(text.as_bytes());
+    // Files the config points at: a rebuilt plugin or a rotated certificate is a change.
     for plugin in plugins.values() {
         hasher.update(plugin.wasm.sha256);
+    }
+    for tls in listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        for certificate in &tls.certificates {
+            hasher.update(certificate.loaded.sha256);
+        }
+    }
+    for ca in upstreams
+        .values()
+        .filter_map(|u| u.tls.as_ref()?.ca.as_ref())
+    {
+        hasher.update(ca.sha256);
     }
     let digest = hasher.finalize();
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()

@@ -4,17 +4,21 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Method;
 
 use super::error::{KeyPath, Problems};
+use super::listener::{ListenerSpec, RouteLimits};
 use super::plugins::{OnPluginError, PluginSpec};
-use super::raw::{RawAdmin, RawListener, RawLoadBalancing, RawRoute, RawServer, RawUpstream};
+use super::raw::{
+    RawAdmin, RawLoadBalancing, RawProtocol, RawRoute, RawServer, RawUpstream, RawUpstreamTls,
+};
 use super::resilience::{self, FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec};
 use crate::breaker::BreakerPolicy;
 use crate::classify::FailureWhen;
+use crate::tls::{CaBundle, load_ca_bundle};
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 
@@ -44,11 +48,6 @@ pub struct ServerSpec {
     pub watch_config: bool,
     /// Unix socket over which a new process takes the listening sockets (`run --upgrade`).
     pub upgrade_socket: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerSpec {
-    pub address: SocketAddr,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -85,6 +84,25 @@ pub struct UpstreamSpec {
     pub outlier_detection: Option<OutlierSpec>,
     pub retries: RetrySpec,
     pub health_check: Option<HealthCheckSpec>,
+    pub protocol: Protocol,
+    pub tls: Option<UpstreamTls>,
+}
+
+/// The HTTP version spoken to an upstream. HTTP/2 without TLS is h2c with prior knowledge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// Sent as SNI and checked against the certificate when verifying.
+    pub server_name: String,
+    pub verify: bool,
+    /// Verify against these instead of the system's roots.
+    pub ca: Option<CaBundle>,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -105,6 +123,8 @@ impl UpstreamSpec {
             outlier_detection: None,
             retries: Default::default(),
             health_check: None,
+            protocol: Protocol::Http1,
+            tls: None,
         }
     }
 }
@@ -146,6 +166,7 @@ pub struct RouteSpec {
     pub upstream: String,
     pub strip_prefix: bool,
     pub host_rewrite: Option<String>,
+    pub limits: RouteLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -192,7 +213,11 @@ pub fn server_spec(raw: RawServer, path: &KeyPath, problems: &mut Problems) -> S
 }
 
 /// A listening address: an IP literal and a non-zero port.
-fn listen_address(text: &str, path: KeyPath, problems: &mut Problems) -> Option<SocketAddr> {
+pub(super) fn listen_address(
+    text: &str,
+    path: KeyPath,
+    problems: &mut Problems,
+) -> Option<SocketAddr> {
     match text.parse::<SocketAddr>() {
         Ok(addr) if addr.port() == 0 => {
             problems.push(path, format!("`{text}` has port 0; give a fixed port"));
@@ -207,29 +232,6 @@ fn listen_address(text: &str, path: KeyPath, problems: &mut Problems) -> Option<
             None
         }
     }
-}
-
-pub fn listener_specs(
-    raw: Vec<RawListener>,
-    path: &KeyPath,
-    problems: &mut Problems,
-) -> Vec<ListenerSpec> {
-    if raw.is_empty() {
-        problems.push(path.clone(), "at least one listener is required");
-    }
-    let mut specs: Vec<ListenerSpec> = Vec::new();
-    for (i, listener) in raw.into_iter().enumerate() {
-        let at = path.index(i).key("address");
-        let Some(address) = listen_address(&listener.address, at.clone(), problems) else {
-            continue;
-        };
-        if specs.iter().any(|s| s.address == address) {
-            problems.push(at, format!("`{address}` is listed twice"));
-            continue;
-        }
-        specs.push(ListenerSpec { address });
-    }
-    specs
 }
 
 pub fn admin_spec(raw: Option<RawAdmin>, path: &KeyPath, problems: &mut Problems) -> AdminSpec {
@@ -282,6 +284,7 @@ fn valid_name(name: &str) -> bool {
 pub fn upstream_spec(
     name: &str,
     raw: RawUpstream,
+    source: &Path,
     path: &KeyPath,
     problems: &mut Problems,
 ) -> Option<UpstreamSpec> {
@@ -377,6 +380,19 @@ pub fn upstream_spec(
     let health_check = raw
         .health_check
         .map(|raw| resilience::health_check(raw, &path.key("health_check"), problems));
+    let protocol = match raw.protocol {
+        RawProtocol::Http1 => Protocol::Http1,
+        RawProtocol::Http2 => Protocol::Http2,
+    };
+    let tls = raw
+        .tls
+        .map(|tls| upstream_tls(tls, source, &path.key("tls"), problems));
+    if health_check.is_some() && (tls.is_some() || protocol == Protocol::Http2) {
+        problems.push(
+            path.key("health_check"),
+            "active health checks speak plaintext HTTP/1.1 only; leave them out for TLS or HTTP/2 upstreams (the breaker and outlier detection still guard them)",
+        );
+    }
     (problems.0.len() == before).then(|| UpstreamSpec {
         name: name.to_string(),
         endpoints,
@@ -391,6 +407,8 @@ pub fn upstream_spec(
         outlier_detection,
         retries,
         health_check,
+        protocol,
+        tls,
     })
 }
 
@@ -540,6 +558,7 @@ pub fn route_spec(
             format!("route name `{name}` must be 1-64 characters of a-z, 0-9, '-' or '_'"),
         );
     }
+    let limits = super::listener::route_limits(&raw.limits, &path.key("limits"), problems);
     (problems.0.len() == before).then(|| RouteSpec {
         name: raw.name.unwrap_or_else(|| format!("routes[{index}]")),
         host,
@@ -548,6 +567,7 @@ pub fn route_spec(
         upstream: raw.upstream,
         strip_prefix: raw.strip_prefix,
         host_rewrite: raw.host_rewrite,
+        limits,
     })
 }
 
@@ -600,5 +620,42 @@ pub fn check_admin_apart(
                 || admin.address.ip().is_unspecified())
     }) {
         problems.push(path.key("address"), format!("`{}` collides with a traffic listener; the admin API must not be reachable on the traffic port", admin.address));
+    }
+}
+
+fn upstream_tls(
+    raw: RawUpstreamTls,
+    source: &Path,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> UpstreamTls {
+    let verify = raw.verify.unwrap_or(true);
+    let server_name = raw.server_name.unwrap_or_default();
+    if verify && server_name.is_empty() {
+        problems.push(
+            path.key("server_name"),
+            "is required to verify the upstream's certificate (endpoints are addresses, so the name to check must be given); set `verify: false` only for tests",
+        );
+    } else if !server_name.is_empty()
+        && rustls_pki_types::ServerName::try_from(server_name.as_str()).is_err()
+    {
+        problems.push(
+            path.key("server_name"),
+            format!("`{server_name}` is not a DNS name or IP address"),
+        );
+    }
+    let ca_file = raw
+        .ca_file
+        .map(|file| super::resolve_relative(source, &file));
+    let ca = ca_file.as_ref().and_then(|file| {
+        load_ca_bundle(file)
+            .map_err(|e| problems.push(path.key("ca_file"), e.to_string()))
+            .ok()
+    });
+    UpstreamTls {
+        server_name,
+        verify,
+        ca,
+        ca_file,
     }
 }

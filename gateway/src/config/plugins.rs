@@ -184,7 +184,7 @@ pub fn plugin_spec(
         .into_iter()
         .map(|(key, value)| (key, config_text(&value)))
         .collect();
-    let file = resolve(source, &raw.path);
+    let file = super::resolve_relative(source, &raw.path);
     let wasm = read_component(&file).map_err(|message| problems.push(path.key("path"), message));
     let wasm = wasm.ok()?;
     (problems.0.len() == before).then(|| PluginSpec {
@@ -255,14 +255,6 @@ fn config_text(value: &serde_yaml::Value) -> String {
         serde_yaml::Value::Number(n) => n.to_string(),
         serde_yaml::Value::String(s) => s.clone(),
         other => serde_json::to_string(other).unwrap_or_default(),
-    }
-}
-
-fn resolve(source: &Path, path: &str) -> PathBuf {
-    let path = Path::new(path);
-    match source.parent() {
-        Some(dir) if path.is_relative() && source.is_file() => dir.join(path),
-        _ => path.to_path_buf(),
     }
 }
 
@@ -341,13 +333,16 @@ mod tests {
         let dir = tempfile_dir();
         let config = dir.join("gateway.yaml");
         std::fs::write(&config, "").expect("write");
-        assert_eq!(resolve(&config, "p.wasm"), dir.join("p.wasm"));
         assert_eq!(
-            resolve(&config, "/abs/p.wasm"),
+            crate::config::resolve_relative(&config, "p.wasm"),
+            dir.join("p.wasm")
+        );
+        assert_eq!(
+            crate::config::resolve_relative(&config, "/abs/p.wasm"),
             PathBuf::from("/abs/p.wasm")
         );
         assert_eq!(
-            resolve(Path::new("<embedded demo>"), "p.wasm"),
+            crate::config::resolve_relative(Path::new("<embedded demo>"), "p.wasm"),
             PathBuf::from("p.wasm")
         );
     }

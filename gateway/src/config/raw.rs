@@ -34,6 +34,66 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub address: String,
+    pub tls: Option<RawListenerTls>,
+    /// TLS: offer h2 by ALPN (default on). Plaintext: accept h2c (default off).
+    pub http2: Option<bool>,
+    #[serde(default)]
+    pub limits: RawListenerLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub certificates: Vec<RawCertificate>,
+    /// `1.2` or `1.3` (YAML may read these as numbers, so taken as a value).
+    pub min_version: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM certificate chain, leaf first; relative to the config file.
+    pub cert: String,
+    /// PEM private key; relative to the config file.
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerLimits {
+    pub max_header_bytes: Option<ByteSize>,
+    pub max_headers: Option<u32>,
+    pub max_body_bytes: Option<ByteSize>,
+    pub header_read_timeout: Option<HumanDuration>,
+    pub body_read_timeout: Option<HumanDuration>,
+    pub keepalive_timeout: Option<HumanDuration>,
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteLimits {
+    pub max_body_bytes: Option<ByteSize>,
+    pub body_read_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawProtocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// SNI and the name the certificate must carry.
+    pub server_name: Option<String>,
+    /// Verify the upstream's certificate (default on).
+    pub verify: Option<bool>,
+    /// PEM CA bundle, relative to the config file; default: the system's roots.
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +117,9 @@ pub struct RawUpstream {
     pub outlier_detection: Option<RawOutlierDetection>,
     pub retries: Option<RawRetries>,
     pub health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub protocol: RawProtocol,
+    pub tls: Option<RawUpstreamTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +304,8 @@ pub struct RawRoute {
     #[serde(default)]
     pub strip_prefix: bool,
     pub host_rewrite: Option<String>,
+    #[serde(default)]
+    pub limits: RawRouteLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,32 +2,39 @@
 //!
 //! 1. `new_ctx`: take the current runtime snapshot; it serves this request to the end.
 //! 2. `request_filter`: (when shutting down, end keep-alive with this response) give
-//!    the request an id, find its route (or answer 404), and ask
+//!    the request an id, apply the listener's limits (431 for an oversized header,
+//!    keep-alive and body read timeouts), find its route (or answer 404), refuse a
+//!    declared body over the route's limit (413), and ask
 //!    the upstream's breaker and bulkhead for admission; a rejected request gets the
 //!    fallback (a response, another upstream, or a plugin's answer) and never
 //!    touches the upstream. A fallback plugin answers, reroutes the request to
 //!    another upstream, or declines (then the built-in fallback answers).
-//! 3. `upstream_peer`: pick an endpoint, skipping ejected ones.
-//! 4. `upstream_request_filter`: rewrite path and host, add forwarding headers.
-//! 5. `upstream_response_filter`: note the upstream's status and how long it took;
+//! 3. `request_body_filter`: count the body as it streams; over the limit, stop (413).
+//! 4. `upstream_peer`: pick an endpoint, skipping ejected ones.
+//! 5. `upstream_request_filter`: rewrite path and host, add forwarding headers.
+//! 6. `upstream_response_filter`: note the upstream's status and how long it took;
 //!    a predicate plugin that needs no body judges the exchange now.
-//! 6. `upstream_response_body_filter`: a body-reading predicate gets a copy of the
+//! 7. `upstream_response_body_filter`: a body-reading predicate gets a copy of the
 //!    first bytes; at the end of the body, record the outcome in the breaker and
 //!    outlier detection, before the client sees the end of it.
-//! 7. `response_filter`: tag the response (request id, fallback headers).
-//! 8. `fail_to_connect`: record the failed attempt; retry another endpoint if allowed.
-//! 9. `fail_to_proxy`: judge and record the failure, then answer with the static or
-//!    plugin fallback, or a JSON error with a stable code.
-//! 10. `logging`: judge (a body-reading predicate, now that the body is complete) and
+//! 8. `response_filter`: tag the response (request id, fallback headers).
+//! 9. `fail_to_connect`: record the failed attempt; retry another endpoint if allowed.
+//! 10. `fail_to_proxy`: a client over a limit gets 413 / 408 and costs the upstream
+//!     nothing; otherwise judge and record the failure, then answer with the static or
+//!     plugin fallback, or a JSON error with a stable code.
+//! 11. `logging`: judge (a body-reading predicate, now that the body is complete) and
 //!     record whatever is not yet recorded (a client that went away counts for
-//!     nothing), then one access-log line. Every call is recorded exactly once.
+//!     nothing), then one access-log line; the connection's next request header is
+//!     timed from its first byte. Every call is recorded exactly once.
 
 mod call;
 mod fallback;
 mod headers;
 mod judge;
+mod limits;
 mod respond;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,8 +45,9 @@ use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::classify::{CallResult, TransportError};
-use crate::config::FallbackSpec;
+use crate::config::{FallbackSpec, ListenerLimits};
 use crate::drain::{InFlight, InFlightGuard};
+use crate::listener::{Limit, LimitReporter};
 use crate::routing::Route;
 use crate::runtime::{Runtime, RuntimeHandle};
 
@@ -49,16 +57,30 @@ pub use respond::GatewayError;
 
 use call::Call;
 use fallback::{Admission, FallbackReason, PluginAnswer};
+use limits::BodyBudget;
 
-/// The proxy: shared by all requests, holds nothing that changes on reload itself.
+/// The proxy behind one listener: shared by its requests, holds nothing that changes
+/// on reload itself.
 pub struct Gateway {
     runtime: Arc<RuntimeHandle>,
     in_flight: Arc<InFlight>,
+    listener: SocketAddr,
+    limits: Arc<LimitReporter>,
 }
 
 impl Gateway {
-    pub fn new(runtime: Arc<RuntimeHandle>, in_flight: Arc<InFlight>) -> Self {
-        Self { runtime, in_flight }
+    pub fn new(
+        runtime: Arc<RuntimeHandle>,
+        in_flight: Arc<InFlight>,
+        listener: SocketAddr,
+        limits: Arc<LimitReporter>,
+    ) -> Self {
+        Self {
+            runtime,
+            in_flight,
+            listener,
+            limits,
+        }
     }
 }
 
@@ -71,10 +93,57 @@ pub struct RequestCtx {
     call: Option<Call>,
     /// Set when the gateway answered instead of the upstream.
     answered: Option<&'static str>,
+    /// This listener's limits as of the request's snapshot.
+    limits: ListenerLimits,
+    body: Option<BodyBudget>,
+    /// The limit that ended this request, if one did.
+    limit_hit: Option<Limit>,
     _in_flight: InFlightGuard,
 }
 
 impl RequestCtx {
+    /// Answers a request that broke `limit` before any upstream saw it, and ends the
+    /// connection (its remaining bytes are not read).
+    async fn refuse(
+        &mut self,
+        session: &mut Session,
+        reporter: &LimitReporter,
+        limit: Limit,
+        detail: &str,
+    ) -> Result<bool> {
+        reporter.fired(limit, detail);
+        self.limit_hit = Some(limit);
+        self.answer_limit(session, limit).await;
+        Ok(true)
+    }
+
+    async fn answer_limit(&mut self, session: &mut Session, limit: Limit) -> FailToProxy {
+        let error = match limit {
+            Limit::Headers | Limit::HeaderBytes => GatewayError::HeadersTooLarge,
+            Limit::BodyReadTimeout | Limit::HeaderReadTimeout => GatewayError::RequestTimeout,
+            _ => GatewayError::BodyTooLarge,
+        };
+        session.set_keepalive(None);
+        if self.request_id.is_empty() {
+            self.request_id = headers::request_id(None);
+        }
+        let mut status = 0;
+        if session.response_written().is_none() {
+            self.answered = Some(error.code());
+            if let Err(write_error) = respond::write_error(session, error, &self.request_id).await {
+                tracing::debug!(%write_error, "could not send limit response");
+            }
+            status = error.status();
+        }
+        if let Some(call) = self.call.as_mut() {
+            call.finish(CallResult::Abandoned);
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
     /// Asks the upstream's fallback plugin (if any) about this request.
     async fn ask_fallback_plugin(
         &self,
@@ -100,13 +169,23 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        let runtime = self.runtime.snapshot();
+        let limits = runtime
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.address == self.listener)
+            .map_or_else(ListenerLimits::default, |l| l.limits);
         RequestCtx {
-            runtime: self.runtime.snapshot(),
+            runtime,
             started: Instant::now(),
             request_id: String::new(),
             route: None,
             call: None,
             answered: None,
+            limits,
+            body: None,
+            limit_hit: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -116,9 +195,16 @@ impl ProxyHttp for Gateway {
             // Tell the client this connection ends with this response, so it opens its
             // next one to whichever process still listens instead of racing our close.
             session.set_keepalive(None);
+        } else {
+            let idle = ctx.limits.keepalive_timeout.as_secs();
+            session.set_keepalive((idle > 0).then_some(idle));
         }
         let req = session.req_header();
         ctx.request_id = headers::request_id(req.headers.get(REQUEST_ID).map(|v| v.as_bytes()));
+        if let Some((limit, detail)) = limits::header_limit(req, &ctx.limits) {
+            return ctx.refuse(session, &self.limits, limit, &detail).await;
+        }
+        let req = session.req_header();
         let Some(route) = ctx
             .runtime
             .routes
@@ -128,6 +214,19 @@ impl ProxyHttp for Gateway {
             respond::write_error(session, GatewayError::RouteNotFound, &ctx.request_id).await?;
             return Ok(true);
         };
+        let budget = BodyBudget::new(&ctx.limits, &route.spec.limits);
+        if let Some(length) = budget.declared_over(req) {
+            let detail = format!(
+                "413: content-length {length}, max_body_bytes is {}",
+                budget.max()
+            );
+            return ctx
+                .refuse(session, &self.limits, Limit::BodyBytes, &detail)
+                .await;
+        }
+        ctx.body = Some(budget);
+        let body_timeout = route.spec.limits.body_read_timeout;
+        session.set_read_timeout(Some(body_timeout.unwrap_or(ctx.limits.body_read_timeout)));
         let admission = fallback::admit(&ctx.runtime, &route.upstream);
         ctx.route = Some(route);
         match admission {
@@ -156,6 +255,25 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(budget), Some(chunk)) = (ctx.body.as_mut(), body.as_ref()) else {
+            return Ok(());
+        };
+        if budget.take(chunk.len()) {
+            return Ok(());
+        }
+        let detail = format!("413: request body over max_body_bytes ({})", budget.max());
+        self.limits.fired(Limit::BodyBytes, &detail);
+        ctx.limit_hit = Some(Limit::BodyBytes);
+        Error::e_explain(ErrorType::HTTPStatus(413), detail)
     }
 
     async fn upstream_peer(
@@ -283,6 +401,17 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if e.esource() == &ErrorSource::Downstream && e.etype() == &ErrorType::ReadTimedout {
+            self.limits.fired(
+                Limit::BodyReadTimeout,
+                "408: no request body bytes within body_read_timeout",
+            );
+            ctx.limit_hit = Some(Limit::BodyReadTimeout);
+        }
+        if let Some(limit) = ctx.limit_hit {
+            // The client broke a limit: the upstream did nothing wrong and is not judged.
+            return ctx.answer_limit(session, limit).await;
+        }
         if let Some(call) = ctx.call.as_mut() {
             let result = call_result(Some(e), call.status);
             judge::at_end(call, session, route_name(&ctx.route), result).await;
@@ -337,6 +466,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        crate::listener::request_finished();
         if let Some(call) = ctx.call.as_mut() {
             let result = call_result(e, call.status);
             judge::at_end(call, session, route_name(&ctx.route), result).await;

@@ -13,6 +13,9 @@ pub enum GatewayError {
     UpstreamUnavailable,
     UpstreamTimeout,
     BadRequest,
+    HeadersTooLarge,
+    BodyTooLarge,
+    RequestTimeout,
     Internal,
 }
 
@@ -23,6 +26,9 @@ impl GatewayError {
             Self::UpstreamUnavailable => 502,
             Self::UpstreamTimeout => 504,
             Self::BadRequest => 400,
+            Self::HeadersTooLarge => 431,
+            Self::BodyTooLarge => 413,
+            Self::RequestTimeout => 408,
             Self::Internal => 500,
         }
     }
@@ -33,6 +39,9 @@ impl GatewayError {
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Self::BadRequest => "BAD_REQUEST",
+            Self::HeadersTooLarge => "REQUEST_HEADERS_TOO_LARGE",
+            Self::BodyTooLarge => "REQUEST_BODY_TOO_LARGE",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::Internal => "INTERNAL_ERROR",
         }
     }
@@ -43,6 +52,9 @@ impl GatewayError {
             Self::UpstreamUnavailable => "the upstream could not be reached or failed",
             Self::UpstreamTimeout => "the upstream did not answer in time",
             Self::BadRequest => "the request could not be read",
+            Self::HeadersTooLarge => "the request header is larger than this listener accepts",
+            Self::BodyTooLarge => "the request body is larger than this route accepts",
+            Self::RequestTimeout => "the request body did not arrive in time",
             Self::Internal => "the gateway failed to handle this request",
         }
     }

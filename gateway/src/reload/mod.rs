@@ -70,7 +70,9 @@ pub struct Reloader {
 /// Sections a running process cannot change: they need a restart or graceful upgrade.
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut sections = Vec::new();
-    if old.listeners != new.listeners {
+    // Certificates and limits reload in place; sockets and protocols do not.
+    let shapes = |c: &Config| c.listeners.iter().map(|l| l.shape()).collect::<Vec<_>>();
+    if shapes(old) != shapes(new) {
         sections.push("listeners");
     }
     if old.admin != new.admin {
@@ -94,6 +96,10 @@ impl Reloader {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn runtime(&self) -> &Arc<RuntimeHandle> {
+        &self.runtime
     }
 
     /// The last reload's result, with when and why it ran.

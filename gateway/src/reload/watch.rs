@@ -1,15 +1,16 @@
 //! Reload when the config file changes, however it changes: written in place (possibly
 //! in several chunks), replaced by an editor's write-to-temp-then-rename, swapped by a
 //! Kubernetes ConfigMap (`..data` symlink pointing at a new directory), or deleted and
-//! recreated. The directory is watched, not the file, so replacements are seen; only
+//! recreated. Certificate, key and CA files the config names are watched the same way.
+//! The directory is watched, not the file, so replacements are seen; only
 //! events that name the file or a link on its way (`..data`) count, so a busy
 //! neighbour (a log file next to the config) cannot starve reloads; events are
 //! debounced, and a reload happens only when the content really changed.
 
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
@@ -60,11 +61,49 @@ fn directories(path: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// The config file and every file it points at whose change should reload it:
+/// certificates, keys and CA bundles (plugins are reloaded on demand, see PLUGINS.md).
+fn watched_files(reloader: &Reloader) -> Vec<PathBuf> {
+    let config = reloader.runtime().snapshot().config.clone();
+    let mut files = vec![reloader.path().to_path_buf()];
+    for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        for certificate in &tls.certificates {
+            files.push(certificate.cert.clone());
+            files.push(certificate.key.clone());
+        }
+    }
+    files.extend(
+        config
+            .upstreams
+            .values()
+            .filter_map(|u| u.tls.as_ref()?.ca_file.clone()),
+    );
+    files
+}
+
+/// What to watch for a set of files: their directories and the names that matter.
+fn watch_set(files: &[PathBuf]) -> (Vec<PathBuf>, Vec<OsString>) {
+    let mut dirs = Vec::new();
+    let mut names = Vec::new();
+    for file in files {
+        for dir in directories(file) {
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        names.extend(relevant_names(file));
+    }
+    (dirs, names)
+}
+
 pub fn spawn(reloader: Arc<Reloader>) -> notify::Result<()> {
     let (tx, rx) = mpsc::channel::<()>();
-    let names = relevant_names(reloader.path());
+    let (mut dirs, names) = watch_set(&watched_files(&reloader));
+    let names = Arc::new(Mutex::new(names));
+    let filter = Arc::clone(&names);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
+        let names = filter.lock().unwrap_or_else(|p| p.into_inner());
         let relevant = event.paths.iter().any(|p| {
             p.file_name()
                 .is_some_and(|n| names.iter().any(|name| name == n))
@@ -73,13 +112,12 @@ pub fn spawn(reloader: Arc<Reloader>) -> notify::Result<()> {
             let _ = tx.send(());
         }
     })?;
-    for dir in directories(reloader.path()) {
-        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    for dir in &dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
     }
     std::thread::Builder::new()
         .name("config-watch".into())
         .spawn(move || {
-            let _watcher = watcher; // watching stops when this is dropped
             while rx.recv().is_ok() {
                 // Wait for the writes to settle, but not forever.
                 let first = Instant::now();
@@ -92,6 +130,15 @@ pub fn spawn(reloader: Arc<Reloader>) -> notify::Result<()> {
                 if let ReloadResult::Unchanged { .. } = reloader.reload("file") {
                     tracing::trace!(target: "gateway::reload", "file event without content change");
                 }
+                // The config may now point at other files.
+                let (new_dirs, new_names) = watch_set(&watched_files(&reloader));
+                for dir in new_dirs.iter().filter(|d| !dirs.contains(d)) {
+                    if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                        tracing::warn!(target: "gateway::reload", dir = %dir.display(), error = %e, "cannot watch directory");
+                    }
+                }
+                dirs = new_dirs;
+                *names.lock().unwrap_or_else(|p| p.into_inner()) = new_names;
             }
         })
         .map_err(|e| notify::Error::generic(&e.to_string()))?;

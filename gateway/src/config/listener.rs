@@ -1,0 +1,296 @@
+//! Listeners: where the gateway accepts clients, with TLS (certificates chosen by SNI),
+//! HTTP/2, and the limits that protect it from slow or oversized clients. Route-level
+//! body limits live here too: they override the listener's.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::error::{KeyPath, Problems};
+use super::raw::{RawListener, RawListenerLimits, RawListenerTls, RawRouteLimits};
+use crate::tls::{LoadedCertificate, load_certificate};
+
+/// Pingora reads at most this much request header, whatever the config says.
+pub const MAX_HEADER_BYTES: u64 = 1024 * 1024;
+/// Pingora parses at most this many request headers.
+pub const MAX_HEADERS: u32 = 256;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerSpec {
+    pub address: SocketAddr,
+    pub tls: Option<TlsSpec>,
+    /// TLS: h2 offered by ALPN. Plaintext: h2c accepted.
+    pub http2: bool,
+    pub limits: ListenerLimits,
+}
+
+impl ListenerSpec {
+    /// What a running process cannot change: the socket and how it speaks. Certificates
+    /// and limits reload in place.
+    pub fn shape(&self) -> (SocketAddr, bool, bool) {
+        (self.address, self.tls.is_some(), self.http2)
+    }
+
+    /// A name for metrics and logs.
+    pub fn label(&self) -> String {
+        self.address.to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSpec {
+    /// The first is the default for clients without SNI or with an unknown name.
+    pub certificates: Vec<CertificateSpec>,
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateSpec {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub loaded: LoadedCertificate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Request line plus all header lines; larger requests get 431.
+    pub max_header_bytes: u64,
+    /// More header fields than this get 431.
+    pub max_headers: u32,
+    /// Larger request bodies get 413 (routes may override).
+    pub max_body_bytes: u64,
+    /// From accepting the connection (or the first byte of a later request on it) to the
+    /// end of the request header; a slower client is disconnected.
+    pub header_read_timeout: Duration,
+    /// Longest wait between two reads of a request body (routes may override).
+    pub body_read_timeout: Duration,
+    /// How long an idle keep-alive connection is kept; zero closes after each response.
+    pub keepalive_timeout: Duration,
+    /// Connections beyond this many open at once are closed on accept.
+    pub max_connections: u32,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// A route's overrides of its listener's body limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RouteLimits {
+    pub max_body_bytes: Option<u64>,
+    pub body_read_timeout: Option<Duration>,
+}
+
+pub fn listener_specs(
+    raw: Vec<RawListener>,
+    source: &Path,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> Vec<ListenerSpec> {
+    if raw.is_empty() {
+        problems.push(path.clone(), "at least one listener is required");
+    }
+    let mut specs: Vec<ListenerSpec> = Vec::new();
+    for (i, listener) in raw.into_iter().enumerate() {
+        let at = path.index(i);
+        let tls = listener
+            .tls
+            .and_then(|tls| tls_spec(tls, source, &at.key("tls"), problems));
+        let limits = listener_limits(&listener.limits, &at.key("limits"), problems);
+        let Some(address) =
+            super::model::listen_address(&listener.address, at.key("address"), problems)
+        else {
+            continue;
+        };
+        if specs.iter().any(|s| s.address == address) {
+            problems.push(at.key("address"), format!("`{address}` is listed twice"));
+            continue;
+        }
+        specs.push(ListenerSpec {
+            address,
+            http2: listener.http2.unwrap_or(tls.is_some()),
+            tls,
+            limits,
+        });
+    }
+    specs
+}
+
+fn tls_spec(
+    raw: RawListenerTls,
+    source: &Path,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> Option<TlsSpec> {
+    let min_version = match &raw.min_version {
+        None => TlsVersion::Tls12,
+        Some(value) => match tls_version(value) {
+            Some(version) => version,
+            None => {
+                problems.push(
+                    path.key("min_version"),
+                    "must be \"1.2\" or \"1.3\" (TLS 1.0 and 1.1 are not offered)",
+                );
+                TlsVersion::Tls12
+            }
+        },
+    };
+    if raw.certificates.is_empty() {
+        problems.push(
+            path.key("certificates"),
+            "at least one certificate is required (the first is the default)",
+        );
+        return None;
+    }
+    let count = raw.certificates.len();
+    let mut certificates = Vec::with_capacity(count);
+    for (i, certificate) in raw.certificates.into_iter().enumerate() {
+        let at = path.key("certificates").index(i);
+        let cert = super::resolve_relative(source, &certificate.cert);
+        let key = super::resolve_relative(source, &certificate.key);
+        match load_certificate(&cert, &key) {
+            Ok(loaded) => certificates.push(CertificateSpec { cert, key, loaded }),
+            Err(e) => {
+                // Point at the file the problem is in.
+                let field = match &e {
+                    crate::tls::CertificateError::NoKey { .. }
+                    | crate::tls::CertificateError::BadKey { .. }
+                    | crate::tls::CertificateError::Mismatch { .. } => "key",
+                    crate::tls::CertificateError::Read { path, .. }
+                    | crate::tls::CertificateError::Pem { path, .. }
+                        if *path == key =>
+                    {
+                        "key"
+                    }
+                    _ => "cert",
+                };
+                problems.push(at.key(field), e.to_string());
+            }
+        }
+    }
+    (certificates.len() == count).then_some(TlsSpec {
+        certificates,
+        min_version,
+    })
+}
+
+fn tls_version(value: &serde_yaml::Value) -> Option<TlsVersion> {
+    let text = match value {
+        serde_yaml::Value::Number(n) => n.to_string(),
+        serde_yaml::Value::String(s) => s.trim().to_ascii_lowercase(),
+        _ => return None,
+    };
+    match text.trim_start_matches("tlsv").trim_start_matches("tls") {
+        "1.2" => Some(TlsVersion::Tls12),
+        "1.3" => Some(TlsVersion::Tls13),
+        _ => None,
+    }
+}
+
+fn listener_limits(
+    raw: &RawListenerLimits,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> ListenerLimits {
+    let defaults = ListenerLimits::default();
+    let max_header_bytes = raw
+        .max_header_bytes
+        .map_or(defaults.max_header_bytes, |s| s.0);
+    if !(1024..=MAX_HEADER_BYTES).contains(&max_header_bytes) {
+        problems.push(
+            path.key("max_header_bytes"),
+            format!("must be between 1KiB and 1MiB (Pingora's own ceiling), not {max_header_bytes} bytes"),
+        );
+    }
+    let max_headers = raw.max_headers.unwrap_or(defaults.max_headers);
+    if !(1..=MAX_HEADERS).contains(&max_headers) {
+        problems.push(
+            path.key("max_headers"),
+            format!(
+                "must be between 1 and {MAX_HEADERS} (Pingora's own ceiling), not {max_headers}"
+            ),
+        );
+    }
+    let max_connections = raw.max_connections.unwrap_or(defaults.max_connections);
+    if max_connections == 0 {
+        problems.push(path.key("max_connections"), "must be at least 1");
+    }
+    let keepalive_timeout = raw
+        .keepalive_timeout
+        .map_or(defaults.keepalive_timeout, |d| d.0);
+    if keepalive_timeout.subsec_nanos() != 0 {
+        problems.push(
+            path.key("keepalive_timeout"),
+            "must be whole seconds (0s closes each connection after its response)",
+        );
+    }
+    ListenerLimits {
+        max_header_bytes,
+        max_headers,
+        max_body_bytes: body_bytes(
+            raw.max_body_bytes.map(|s| s.0),
+            &path.key("max_body_bytes"),
+            problems,
+        )
+        .unwrap_or(defaults.max_body_bytes),
+        header_read_timeout: positive(
+            raw.header_read_timeout.map(|d| d.0),
+            &path.key("header_read_timeout"),
+            problems,
+        )
+        .unwrap_or(defaults.header_read_timeout),
+        body_read_timeout: positive(
+            raw.body_read_timeout.map(|d| d.0),
+            &path.key("body_read_timeout"),
+            problems,
+        )
+        .unwrap_or(defaults.body_read_timeout),
+        keepalive_timeout,
+        max_connections,
+    }
+}
+
+pub fn route_limits(raw: &RawRouteLimits, path: &KeyPath, problems: &mut Problems) -> RouteLimits {
+    RouteLimits {
+        max_body_bytes: body_bytes(
+            raw.max_body_bytes.map(|s| s.0),
+            &path.key("max_body_bytes"),
+            problems,
+        ),
+        body_read_timeout: positive(
+            raw.body_read_timeout.map(|d| d.0),
+            &path.key("body_read_timeout"),
+            problems,
+        ),
+    }
+}
+
+fn body_bytes(value: Option<u64>, path: &KeyPath, problems: &mut Problems) -> Option<u64> {
+    if value == Some(0) {
+        problems.push(path.clone(), "must be at least 1 byte");
+    }
+    value
+}
+
+fn positive(value: Option<Duration>, path: &KeyPath, problems: &mut Problems) -> Option<Duration> {
+    if value.is_some_and(|d| d.is_zero()) {
+        problems.push(path.clone(), "must be greater than 0");
+    }
+    value
+}
