@@ -322,6 +322,14 @@ impl Drop for EndpointLease {
     }
 }
 
+/// A stable key per upstream name for Pingora's connection pool.
+fn pool_group(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    hasher.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use std::num::NonZeroU32;
@@ -425,12 +433,4 @@ mod tests {
             assert_ne!(p.lease(Some(1)).index(), 1);
         }
     }
-}
-
-/// A stable key per upstream name for Pingora's connection pool.
-fn pool_group(name: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut hasher);
-    hasher.finish()
 }
