@@ -398,7 +398,25 @@ async fn dashboard_and_alerts_only_use_exported_metrics() {
         .await;
     assert_eq!(forced.status, 200);
     assert_eq!(gw.get("/").await.status, 503);
-    let scrape = gw.scrape().await;
+    // Certificate metrics need a TLS listener: a second gateway serves one.
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key) = gateway_tests::tls::Ca::new("ca")
+        .leaf(&["api.test"])
+        .write(dir.path(), "api");
+    let listener = format!(
+        "    tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}\n",
+        cert.display(),
+        key.display()
+    );
+    let tls = Gateway::start_with(
+        &one_upstream(&[origin.addr()], ""),
+        gateway_tests::Options {
+            listener_keys: Some(&listener),
+            ..Default::default()
+        },
+    )
+    .await;
+    let scrape = gw.scrape().await + &tls.scrape().await;
     let exported: Vec<&str> = scrape
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -61,9 +61,74 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         (
             "unknown listener key",
             format!(
-                "listeners:\n  - address: \"127.0.0.1:8080\"\n    tls: true\n{UPSTREAM}{ROUTE}"
+                "listeners:\n  - address: \"127.0.0.1:8080\"\n    ssl: true\n{UPSTREAM}{ROUTE}"
             ),
-            "3:5: listeners[0].tls: unknown field `tls`",
+            "3:5: listeners[0].ssl: unknown field `ssl`",
+        ),
+        (
+            "too many headers allowed",
+            format!("{HEAD}    limits: {{ max_headers: 300 }}\n{UPSTREAM}{ROUTE}"),
+            "3:15: listeners[0].limits.max_headers: must be between 1 and 256",
+        ),
+        (
+            "header limit above Pingora's",
+            format!("{HEAD}    limits:\n      max_header_bytes: 2MiB\n{UPSTREAM}{ROUTE}"),
+            "4:7: listeners[0].limits.max_header_bytes: must be between 1KiB and 1MiB",
+        ),
+        (
+            "keep-alive in milliseconds",
+            format!("{HEAD}    limits:\n      keepalive_timeout: 1500ms\n{UPSTREAM}{ROUTE}"),
+            "4:7: listeners[0].limits.keepalive_timeout: must be whole seconds",
+        ),
+        (
+            "zero max_connections",
+            format!("{HEAD}    limits:\n      max_connections: 0\n{UPSTREAM}{ROUTE}"),
+            "4:7: listeners[0].limits.max_connections: must be at least 1",
+        ),
+        (
+            "TLS without certificates",
+            format!("{HEAD}    tls:\n      certificates: []\n{UPSTREAM}{ROUTE}"),
+            "4:7: listeners[0].tls.certificates: at least one certificate is required",
+        ),
+        (
+            "TLS 1.1",
+            format!(
+                "{HEAD}    tls:\n      certificates: []\n      min_version: 1.1\n{UPSTREAM}{ROUTE}"
+            ),
+            "5:7: listeners[0].tls.min_version: must be \"1.2\" or \"1.3\"",
+        ),
+        (
+            "route body limit of zero",
+            format!(
+                "{HEAD}{UPSTREAM}routes:\n  - upstream: api\n    limits:\n      max_body_bytes: 0\n"
+            ),
+            "9:7: routes[0].limits.max_body_bytes: must be at least 1 byte",
+        ),
+        (
+            "verified upstream TLS without a name",
+            format!(
+                "{HEAD}{UPSTREAM}    tls:\n      ca_file: /etc/ssl/certs/ca-certificates.crt\n{ROUTE}"
+            ),
+            "6:5: upstreams.api.tls.server_name: is required to verify the upstream's certificate",
+        ),
+        (
+            "missing CA bundle",
+            format!(
+                "{HEAD}{UPSTREAM}    tls:\n      server_name: api.internal\n      ca_file: /nonexistent/ca.pem\n{ROUTE}"
+            ),
+            "8:7: upstreams.api.tls.ca_file: cannot read `/nonexistent/ca.pem`",
+        ),
+        (
+            "health checks on a TLS upstream",
+            format!(
+                "{HEAD}{UPSTREAM}    tls: {{ verify: false }}\n    health_check: {{ path: /health }}\n{ROUTE}"
+            ),
+            "7:5: upstreams.api.health_check: active health checks speak plaintext HTTP/1.1 only",
+        ),
+        (
+            "unknown upstream protocol",
+            format!("{HEAD}{UPSTREAM}    protocol: http3\n{ROUTE}"),
+            "6:5: upstreams.api.protocol: unknown variant `http3`, expected `http1` or `http2`",
         ),
         (
             "admin on the traffic port",

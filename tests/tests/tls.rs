@@ -80,6 +80,7 @@ async fn sni_picks_the_certificate_and_alpn_offers_h2_and_http1() {
     assert_eq!(response.status, 200);
     assert_eq!(response.json()["target"], "/over-tls");
     assert_eq!(response.json()["origin"], "http1-origin");
+    assert_eq!(response.json()["headers"]["x-forwarded-proto"], "https");
 
     // h2 by ALPN, through the gateway to an HTTP/1.1 origin.
     let h2 = Client::new()

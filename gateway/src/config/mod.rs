@@ -198,10 +198,13 @@ fn check(
 
     let listeners_path = root.key("listeners");
     let listeners = match take("listeners") {
-        Value::Null => Vec::new(),
-        value => section::<Vec<RawListener>>(value, &listeners_path, problems).unwrap_or_default(),
+        Value::Null => Some(Vec::new()),
+        // A type error is reported here; "at least one" would only repeat it.
+        value => section::<Vec<RawListener>>(value, &listeners_path, problems),
     };
-    let listeners = listener::listener_specs(listeners, source, &listeners_path, problems);
+    let listeners = listeners
+        .map(|raw| listener::listener_specs(raw, source, &listeners_path, problems))
+        .unwrap_or_default();
 
     let admin_path = root.key("admin");
     let admin = match take("admin") {

@@ -24,8 +24,9 @@ pub fn add_forwarding(
     upstream: &mut RequestHeader,
     client: Option<SocketAddr>,
     original_host: Option<&str>,
+    tls: bool,
 ) -> Result<()> {
-    let proto = "http";
+    let proto = if tls { "https" } else { "http" };
     let Some(client) = client else {
         upstream.insert_header("x-forwarded-proto", proto)?;
         return Ok(());
@@ -82,6 +83,7 @@ mod tests {
             &mut req,
             Some("[::1]:5000".parse().expect("addr")),
             Some("api.example.com"),
+            false,
         )?;
         let get = |name: &str| {
             req.headers

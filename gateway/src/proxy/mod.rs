@@ -311,7 +311,8 @@ impl ProxyHttp for Gateway {
             upstream.insert_header("host", host)?;
         }
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
-        headers::add_forwarding(upstream, client, original_host)?;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        headers::add_forwarding(upstream, client, original_host, tls)?;
         upstream.insert_header(REQUEST_ID, &ctx.request_id)?;
         Ok(())
     }
