@@ -176,6 +176,18 @@ impl Gateway {
         .await
     }
 
+    /// Like `start`, with extra keys for the listener (`Options::listener_keys`).
+    pub async fn start_with_listener(body: &str, listener_keys: &str) -> Gateway {
+        Self::start_with(
+            body,
+            Options {
+                listener_keys: Some(listener_keys),
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
     /// Like `start`, with options.
     pub async fn start_with(body: &str, options: Options<'_>) -> Gateway {
         let mut last_error = String::new();

@@ -408,14 +408,7 @@ async fn dashboard_and_alerts_only_use_exported_metrics() {
         cert.display(),
         key.display()
     );
-    let tls = Gateway::start_with(
-        &one_upstream(&[origin.addr()], ""),
-        gateway_tests::Options {
-            listener_keys: Some(&listener),
-            ..Default::default()
-        },
-    )
-    .await;
+    let tls = Gateway::start_with_listener(&one_upstream(&[origin.addr()], ""), &listener).await;
     let scrape = gw.scrape().await + &tls.scrape().await;
     let exported: Vec<&str> = scrape
         .lines()

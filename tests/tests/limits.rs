@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gateway_tests::http::Conn;
-use gateway_tests::{Gateway, Handler, Options, Reply, Request, start_origin};
+use gateway_tests::{Gateway, Handler, Reply, Request, start_origin};
 
 /// An origin answering `200` with the body length it received; counts requests.
 fn counting() -> (Arc<AtomicU64>, Handler) {
@@ -28,14 +28,7 @@ async fn start(limits: &str, routes: &str) -> (Gateway, Arc<AtomicU64>) {
         origin.addr()
     );
     let listener = format!("    limits: {{ {limits} }}\n");
-    let gw = Gateway::start_with(
-        &body,
-        Options {
-            listener_keys: Some(&listener),
-            ..Options::default()
-        },
-    )
-    .await;
+    let gw = Gateway::start_with_listener(&body, &listener).await;
     std::mem::forget(origin); // lives for the test process
     (gw, hits)
 }

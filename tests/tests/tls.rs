@@ -7,7 +7,7 @@ use gateway_tests::http::Conn;
 use gateway_tests::tls::{
     Ca, Client, H2Origin, h2_get, negotiated_alpn, served_certificate, start_tls_origin,
 };
-use gateway_tests::{Gateway, Options, check_config_file, echo, one_upstream, start_origin};
+use gateway_tests::{Gateway, check_config_file, echo, one_upstream, start_origin};
 
 /// A TLS listener section serving `certs` (cert, key path pairs), plus `extra` keys.
 fn tls_listener(certs: &[(std::path::PathBuf, std::path::PathBuf)], extra: &str) -> String {
@@ -38,14 +38,7 @@ async fn sni_picks_the_certificate_and_alpn_offers_h2_and_http1() {
     ];
     let origin = start_origin(echo("http1-origin")).await;
     let listener = tls_listener(&files, "");
-    let gw = Gateway::start_with(
-        &one_upstream(&[origin.addr()], ""),
-        Options {
-            listener_keys: Some(&listener),
-            ..Options::default()
-        },
-    )
-    .await;
+    let gw = Gateway::start_with_listener(&one_upstream(&[origin.addr()], ""), &listener).await;
 
     let client = Client::new();
     for (sni, expected) in [
@@ -103,14 +96,7 @@ async fn min_version_1_3_turns_tls_1_2_clients_away() {
     let files = [ca.leaf(&["api.test"]).write(dir.path(), "api")];
     let origin = start_origin(echo("o")).await;
     let listener = tls_listener(&files, "      min_version: \"1.3\"\n");
-    let gw = Gateway::start_with(
-        &one_upstream(&[origin.addr()], ""),
-        Options {
-            listener_keys: Some(&listener),
-            ..Options::default()
-        },
-    )
-    .await;
+    let gw = Gateway::start_with_listener(&one_upstream(&[origin.addr()], ""), &listener).await;
     // Pingora's rustls listener always enables TLS 1.2 (see docs/OPERATIONS.md): a
     // 1.2-only client is disconnected right after the handshake, before any request.
     match Client::new()
@@ -149,14 +135,7 @@ async fn min_version_1_3_turns_tls_1_2_clients_away() {
 
     // Without the setting, TLS 1.2 is served.
     let listener = tls_listener(&files, "");
-    let gw12 = Gateway::start_with(
-        &one_upstream(&[origin.addr()], ""),
-        Options {
-            listener_keys: Some(&listener),
-            ..Options::default()
-        },
-    )
-    .await;
+    let gw12 = Gateway::start_with_listener(&one_upstream(&[origin.addr()], ""), &listener).await;
     let tls12 = Client::new()
         .only_tls12()
         .connect(gw12.listen, Some("api.test"))
@@ -175,14 +154,7 @@ async fn http2_to_an_h2_upstream_and_h2c_from_clients() {
         "upstreams:\n  h2:\n    endpoints: [\"{}\"]\n    protocol: http2\nroutes:\n  - {{ upstream: h2 }}\n",
         h2_origin.addr
     );
-    let gw = Gateway::start_with(
-        &body,
-        Options {
-            listener_keys: Some("    http2: true\n"),
-            ..Options::default()
-        },
-    )
-    .await;
+    let gw = Gateway::start_with_listener(&body, "    http2: true\n").await;
 
     // HTTP/1.1 client -> gateway -> h2 upstream.
     let response = gateway_tests::http::get(gw.listen, "/from-h1")
@@ -213,14 +185,7 @@ async fn h2_over_tls_to_an_h2_upstream() {
         h2_origin.addr
     );
     let listener = tls_listener(&files, "");
-    let gw = Gateway::start_with(
-        &body,
-        Options {
-            listener_keys: Some(&listener),
-            ..Options::default()
-        },
-    )
-    .await;
+    let gw = Gateway::start_with_listener(&body, &listener).await;
     let stream = Client::new()
         .alpn(&[b"h2"])
         .connect(gw.listen, Some("api.test"))
@@ -326,14 +291,7 @@ async fn rotated_certificates_serve_new_connections_and_keep_open_ones() {
     let files = [first.write(dir.path(), "api")];
     let origin = start_origin(echo("o")).await;
     let listener = tls_listener(&files, "");
-    let gw = Gateway::start_with(
-        &one_upstream(&[origin.addr()], ""),
-        Options {
-            listener_keys: Some(&listener),
-            ..Options::default()
-        },
-    )
-    .await;
+    let gw = Gateway::start_with_listener(&one_upstream(&[origin.addr()], ""), &listener).await;
     let open = Client::new()
         .connect(gw.listen, Some("api.test"))
         .await
