@@ -255,6 +255,16 @@ pub struct H2Origin {
 
 impl H2Origin {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Over TLS with `leaf`'s certificate, offering only h2 by ALPN.
+    pub async fn start_tls(leaf: &Leaf) -> Self {
+        let config = server_config(leaf, &[b"h2"]);
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicU64::new(0));
@@ -262,8 +272,16 @@ impl H2Origin {
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let counter = Arc::clone(&counter);
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                    let stream: Box<dyn crate::http::Transport> = match tls {
+                        Some(acceptor) => match acceptor.accept(tcp).await {
+                            Ok(stream) => Box::new(stream),
+                            Err(_) => return,
+                        },
+                        None => Box::new(tcp),
+                    };
+                    let Ok(mut connection) = h2::server::handshake(stream).await else {
                         return;
                     };
                     while let Some(Ok((request, mut respond))) = connection.accept().await {
@@ -288,19 +306,7 @@ impl H2Origin {
 /// An HTTP/1.1 origin behind TLS with `leaf`'s certificate, answering every request
 /// `200 tls-origin`.
 pub async fn start_tls_origin(leaf: &Leaf) -> SocketAddr {
-    use rustls::pki_types::pem::PemObject;
-    let certs = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .expect("certs");
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(leaf, &[])));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -332,4 +338,22 @@ pub async fn start_tls_origin(leaf: &Leaf) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A TLS server config with `leaf`'s certificate, offering `alpn`.
+fn server_config(leaf: &Leaf, alpn: &[&[u8]]) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
 }

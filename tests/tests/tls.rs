@@ -262,6 +262,29 @@ async fn upstream_tls_is_verified_unless_told_otherwise() {
     }
 }
 
+#[tokio::test]
+async fn h2_over_tls_to_a_verified_upstream() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new("origin ca");
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("ca");
+    let origin = H2Origin::start_tls(&ca.leaf(&["origin.test"])).await;
+    let body = format!(
+        "upstreams:\n  secure:\n    endpoints: [\"{}\"]\n    protocol: http2\n    tls: {{ server_name: origin.test, ca_file: \"{}\" }}\nroutes:\n  - {{ upstream: secure }}\n",
+        origin.addr,
+        dir.path().join("ca.pem").display()
+    );
+    let gw = Gateway::start(&body).await;
+    for path in ["/one", "/two"] {
+        let response = gateway_tests::http::get(gw.listen, path)
+            .await
+            .expect("request");
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.text(), format!("h2 {path}"));
+        assert_eq!(response.header("x-origin-protocol"), Some("HTTP/2.0"));
+    }
+    assert_eq!(origin.hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 /// New connections until one is served `expected`, or panic after 10 s.
 async fn wait_for_certificate(gw: &Gateway, expected: &[u8]) -> Duration {
     let start = Instant::now();
