@@ -91,7 +91,11 @@ pub struct HeaderDeadline {
     inner: Stream,
     timeout: Duration,
     phase: Phase,
-    deadline: Pin<Box<Sleep>>,
+    /// When the header being read must be complete.
+    deadline: Instant,
+    /// Armed only when a header read has to wait: most headers arrive in one read, and
+    /// then no timer is touched at all.
+    timer: Option<Pin<Box<Sleep>>>,
     boundary: Arc<RequestBoundary>,
     limits: Arc<LimitReporter>,
 }
@@ -119,7 +123,8 @@ impl HeaderDeadline {
                 scan: HeaderEnd::default(),
                 preface: Some(0),
             },
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: Instant::now() + timeout,
+            timer: None,
             boundary,
             limits,
         }
@@ -137,7 +142,7 @@ impl HeaderDeadline {
                 scan: HeaderEnd::default(),
                 preface: None,
             };
-            self.deadline.as_mut().reset(Instant::now() + self.timeout);
+            self.deadline = Instant::now() + self.timeout;
         }
         let Phase::Header { scan, preface } = &mut self.phase else {
             return;
@@ -161,6 +166,20 @@ impl HeaderDeadline {
     }
 }
 
+impl HeaderDeadline {
+    /// Whether the header deadline has passed; if not, wakes the task when it does.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
 impl AsyncRead for HeaderDeadline {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -176,9 +195,7 @@ impl AsyncRead for HeaderDeadline {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if matches!(this.phase, Phase::Header { .. })
-                    && this.deadline.as_mut().poll(cx).is_ready()
-                {
+                if matches!(this.phase, Phase::Header { .. }) && this.expired(cx) {
                     this.limits.fired(
                         Limit::HeaderReadTimeout,
                         "connection closed: request header not complete within header_read_timeout",
