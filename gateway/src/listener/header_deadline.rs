@@ -24,7 +24,7 @@ use pingora::protocols::{
     ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
     Stream, TimingDigest, UniqueID, UniqueIDType,
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::{Limit, LimitReporter};
@@ -96,6 +96,8 @@ pub struct HeaderDeadline {
     /// Armed only when a header read has to wait: most headers arrive in one read, and
     /// then no timer is touched at all.
     timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes read before the proxy took the connection (`first_bytes`), handed out first.
+    prefetched: Vec<u8>,
     boundary: Arc<RequestBoundary>,
     limits: Arc<LimitReporter>,
 }
@@ -125,6 +127,7 @@ impl HeaderDeadline {
             },
             deadline: Instant::now() + timeout,
             timer: None,
+            prefetched: Vec::new(),
             boundary,
             limits,
         }
@@ -167,6 +170,31 @@ impl HeaderDeadline {
 }
 
 impl HeaderDeadline {
+    /// Waits, within the header deadline, for the client's first bytes, and keeps them
+    /// for the proxy. Pingora drops a fresh connection whose request it has not read
+    /// yet when shutdown begins (a graceful upgrade, SIGTERM); with the bytes already
+    /// here it reads the request first and answers it. False: the client closed, sent
+    /// nothing in time (counted), or failed.
+    pub async fn first_bytes(&mut self) -> bool {
+        let mut chunk = vec![0u8; 4096];
+        let read = tokio::time::timeout_at(self.deadline, self.inner.read(&mut chunk)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => {
+                chunk.truncate(n);
+                self.prefetched = chunk;
+                true
+            }
+            Ok(_) => false,
+            Err(_) => {
+                self.limits.fired(
+                    Limit::HeaderReadTimeout,
+                    "connection closed: no request within header_read_timeout",
+                );
+                false
+            }
+        }
+    }
+
     /// Whether the header deadline has passed; if not, wakes the task when it does.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let deadline = self.deadline;
@@ -187,6 +215,13 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.prefetched.is_empty() {
+            let n = this.prefetched.len().min(buf.remaining());
+            let bytes: Vec<u8> = this.prefetched.drain(..n).collect();
+            this.observe(&bytes);
+            buf.put_slice(&bytes);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -305,7 +340,20 @@ impl GetSocketDigest for HeaderDeadline {
 #[async_trait]
 impl Peek for HeaderDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        if self.prefetched.is_empty() {
+            return self.inner.try_peek(buf).await;
+        }
+        // Peek through what was read ahead, reading on until there is enough.
+        while self.prefetched.len() < buf.len() {
+            let mut chunk = [0u8; 512];
+            match self.inner.read(&mut chunk).await? {
+                0 => break,
+                n => self.prefetched.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let n = buf.len().min(self.prefetched.len());
+        buf[..n].copy_from_slice(&self.prefetched[..n]);
+        Ok(true)
     }
 }
 

@@ -182,12 +182,16 @@ impl ServerApp for ListenerApp {
             return self.proxy.process_new(stream, shutdown).await;
         }
         let boundary = Arc::new(RequestBoundary::default());
-        let stream: Stream = Box::new(HeaderDeadline::new(
+        let mut stream = HeaderDeadline::new(
             stream,
             limits.header_read_timeout,
             Arc::clone(&boundary),
             Arc::clone(&self.limits),
-        ));
+        );
+        if !stream.first_bytes().await {
+            return None;
+        }
+        let stream: Stream = Box::new(stream);
         header_deadline::scope(boundary, self.proxy.process_new(stream, shutdown)).await
     }
 
