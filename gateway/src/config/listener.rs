@@ -167,19 +167,8 @@ fn tls_spec(
         match load_certificate(&cert, &key) {
             Ok(loaded) => certificates.push(CertificateSpec { cert, key, loaded }),
             Err(e) => {
-                // Point at the file the problem is in.
-                let field = match &e {
-                    crate::tls::CertificateError::NoKey { .. }
-                    | crate::tls::CertificateError::BadKey { .. }
-                    | crate::tls::CertificateError::Mismatch { .. } => "key",
-                    crate::tls::CertificateError::Read { path, .. }
-                    | crate::tls::CertificateError::Pem { path, .. }
-                        if *path == key =>
-                    {
-                        "key"
-                    }
-                    _ => "cert",
-                };
+                // Point at the entry's key for the file the problem is in.
+                let field = if e.file() == key { "key" } else { "cert" };
                 problems.push(at.key(field), e.to_string());
             }
         }

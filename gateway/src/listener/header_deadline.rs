@@ -217,9 +217,12 @@ impl AsyncRead for HeaderDeadline {
         let this = self.get_mut();
         if !this.prefetched.is_empty() {
             let n = this.prefetched.len().min(buf.remaining());
-            let bytes: Vec<u8> = this.prefetched.drain(..n).collect();
+            let mut bytes = std::mem::take(&mut this.prefetched);
+            // Usually all of it fits: the split is then empty and allocates nothing.
+            let rest = bytes.split_off(n);
             this.observe(&bytes);
             buf.put_slice(&bytes);
+            this.prefetched = rest;
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();

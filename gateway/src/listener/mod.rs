@@ -5,7 +5,6 @@
 //! server takes it: HTTP/1.1, h2 by ALPN, or h2c.
 
 mod header_deadline;
-mod throttled_log;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,10 +21,10 @@ use crate::config::{ListenerLimits, TlsVersion};
 use crate::metrics::ListenerMetrics;
 use crate::proxy::Gateway;
 use crate::runtime::RuntimeHandle;
+use crate::throttled_log::ThrottledLog;
 
 pub use header_deadline::request_finished;
 use header_deadline::{HeaderDeadline, RequestBoundary};
-pub use throttled_log::ThrottledLog;
 
 /// Which limit turned a client away; the `limit` label of
 /// `gateway_limit_rejections_total`.

@@ -3,7 +3,6 @@
 //! memory (the store's limiter). An instance that failed in any way is dropped; the
 //! next call gets a fresh one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use super::engine::{EPOCH_TICK, PluginEngine, ticks};
 use super::host::HostState;
 use crate::config::{PluginKind, PluginSpec};
 use crate::metrics::PluginMetrics;
+use crate::throttled_log::ThrottledLog;
 
 /// The epoch deadline stops a plugin that computes too long; this stops one that
 /// waits too long inside a host call (a WASI sleep or poll), where no epoch check
@@ -61,9 +61,8 @@ pub struct Plugin {
     pre: Pre,
     idle: Mutex<Vec<Instance>>,
     metrics: PluginMetrics,
-    /// Unix second of the last error logged: errors are counted always, logged at most
-    /// once a second so a plugin failing on every request cannot flood the log.
-    last_logged: AtomicU64,
+    /// Errors are counted always, logged at most once a second.
+    errors_logged: ThrottledLog,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -108,7 +107,7 @@ impl Plugin {
             pre,
             idle: Mutex::new(Vec::new()),
             metrics,
-            last_logged: AtomicU64::new(0),
+            errors_logged: ThrottledLog::default(),
         };
         let first = plugin.instantiate().await.map_err(|e| e.to_string())?;
         plugin.check_in(first);
@@ -164,9 +163,8 @@ impl Plugin {
     pub fn count(&self, error: PluginError) -> PluginError {
         self.metrics.calls_error.inc();
         self.metrics.error(error.kind());
-        let now = crate::events::unix_ms(std::time::SystemTime::now()) / 1000;
-        if self.last_logged.swap(now, Ordering::Relaxed) != now {
-            tracing::warn!(target: "gateway::plugin", plugin = %self.name, kind = error.kind(), %error, "plugin call failed");
+        if let Some(suppressed) = self.errors_logged.admit() {
+            tracing::warn!(target: "gateway::plugin", plugin = %self.name, kind = error.kind(), suppressed, %error, "plugin call failed");
         }
         error
     }

@@ -32,6 +32,21 @@ pub enum CertificateError {
     Mismatch { cert: PathBuf, key: PathBuf },
 }
 
+impl CertificateError {
+    /// The file the problem is in (for a mismatch: the key, which does not belong).
+    pub fn file(&self) -> &Path {
+        match self {
+            Self::Read { path, .. }
+            | Self::NoCertificate { path }
+            | Self::Pem { path, .. }
+            | Self::BadCertificate { path, .. }
+            | Self::NoKey { path }
+            | Self::BadKey { path, .. } => path,
+            Self::Mismatch { key, .. } => key,
+        }
+    }
+}
+
 /// A usable certificate with what the gateway needs to know about it.
 #[derive(Clone)]
 pub struct LoadedCertificate {
