@@ -8,18 +8,6 @@ use super::types;
 use crate::breaker::State;
 use crate::classify::{Judgement, TransportError};
 
-/// Headers as the WIT `headers` type: names lowercase, values lossily UTF-8.
-pub fn headers(map: &http::HeaderMap) -> types::Headers {
-    map.iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
-}
-
 pub fn request(req: &RequestHeader, route: &str, upstream: &str) -> types::RequestInfo {
     let authority = req
         .headers
@@ -34,7 +22,6 @@ pub fn request(req: &RequestHeader, route: &str, upstream: &str) -> types::Reque
             .path_and_query()
             .map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string()),
         authority,
-        headers: headers(&req.headers),
         route: route.to_string(),
         upstream: upstream.to_string(),
     }
@@ -43,7 +30,6 @@ pub fn request(req: &RequestHeader, route: &str, upstream: &str) -> types::Reque
 pub fn response(head: &ResponseHeader) -> types::ResponseInfo {
     types::ResponseInfo {
         status: head.status.as_u16(),
-        headers: headers(&head.headers),
         body_prefix: None,
     }
 }

@@ -1,6 +1,7 @@
 //! What a plugin instance may touch: a WASI context that grants nothing (no files,
 //! no environment, no sockets; stdout and stderr go to the log), the `host` interface
-//! (logging), and a memory limiter that remembers when it said no.
+//! (logging, and the headers of the exchange the current call is about), and a memory
+//! limiter that remembers when it said no.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::host::{self, LogLevel};
+use super::bindings::host::{self, LogLevel, Message};
+use super::bindings::types;
 
 /// Longest log line kept from a plugin; the rest is cut.
 const MAX_LOG_LINE: usize = 4096;
@@ -24,6 +26,30 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
+    /// Set for the length of one call, empty otherwise.
+    pub exchange: ExchangeHeaders,
+}
+
+/// The headers a plugin may read during one call. Handing over the maps (their
+/// values are shared buffers, not copies) costs less than lowering every header
+/// into every call; the plugin pays only for the headers it asks for.
+#[derive(Debug, Default, Clone)]
+pub struct ExchangeHeaders {
+    pub request: http::HeaderMap,
+    pub response: http::HeaderMap,
+}
+
+impl ExchangeHeaders {
+    fn of(&self, message: Message) -> &http::HeaderMap {
+        match message {
+            Message::Request => &self.request,
+            Message::Response => &self.response,
+        }
+    }
+}
+
+fn lossy(value: &http::HeaderValue) -> String {
+    String::from_utf8_lossy(value.as_bytes()).into_owned()
 }
 
 impl HostState {
@@ -46,6 +72,7 @@ impl HostState {
                 memory: usize::try_from(memory).unwrap_or(usize::MAX),
                 exceeded: false,
             },
+            exchange: ExchangeHeaders::default(),
         }
     }
 }
@@ -62,6 +89,24 @@ impl WasiView for HostState {
 impl host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {
         emit(&self.plugin, level, "log", message.as_bytes());
+    }
+
+    fn header(&mut self, message: Message, name: String) -> Vec<String> {
+        // An invalid name finds nothing: `get_all` parses it and matches no entry.
+        self.exchange
+            .of(message)
+            .get_all(name.as_str())
+            .iter()
+            .map(lossy)
+            .collect()
+    }
+
+    fn all_headers(&mut self, message: Message) -> types::Headers {
+        self.exchange
+            .of(message)
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), lossy(value)))
+            .collect()
     }
 }
 
@@ -204,5 +249,70 @@ impl tokio::io::AsyncWrite for LineLogger {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use host::Host;
+
+    fn state() -> HostState {
+        let mut state = HostState::new("test".into(), 1 << 20);
+        let mut request = http::HeaderMap::new();
+        request.append("x-tenant", http::HeaderValue::from_static("acme"));
+        request.append("accept", http::HeaderValue::from_static("text/html"));
+        request.append("accept", http::HeaderValue::from_static("application/json"));
+        let mut response = http::HeaderMap::new();
+        let not_utf8 = http::HeaderValue::from_bytes(b"caf\xe9").expect("opaque bytes are valid");
+        response.append("x-degraded", not_utf8);
+        state.exchange = ExchangeHeaders { request, response };
+        state
+    }
+
+    #[test]
+    fn a_header_is_found_in_any_case_with_every_value_in_order() {
+        let mut state = state();
+        assert_eq!(
+            state.header(Message::Request, "Accept".into()),
+            ["text/html", "application/json"]
+        );
+        assert_eq!(state.header(Message::Request, "x-tenant".into()), ["acme"]);
+        // Asked of the other message, or absent, or not a header name at all: nothing.
+        assert!(
+            state
+                .header(Message::Response, "x-tenant".into())
+                .is_empty()
+        );
+        assert!(
+            state
+                .header(Message::Request, "x-missing".into())
+                .is_empty()
+        );
+        assert!(
+            state
+                .header(Message::Request, "bad name\n".into())
+                .is_empty()
+        );
+        assert_eq!(
+            state.header(Message::Response, "x-degraded".into()),
+            ["caf\u{fffd}"]
+        );
+    }
+
+    #[test]
+    fn all_headers_are_listed_grouped_by_name() {
+        let mut state = state();
+        assert_eq!(
+            state.all_headers(Message::Request),
+            [
+                ("x-tenant".to_string(), "acme".to_string()),
+                ("accept".to_string(), "text/html".to_string()),
+                ("accept".to_string(), "application/json".to_string()),
+            ]
+        );
+        // Outside a call the maps are empty: a plugin's `init` sees no headers.
+        let mut idle = HostState::new("test".into(), 1 << 20);
+        assert!(idle.all_headers(Message::Request).is_empty());
     }
 }

@@ -14,7 +14,7 @@ use super::bindings::fallback::{Fallback, FallbackPre};
 use super::bindings::predicate::{FailurePredicate, FailurePredicatePre};
 use super::bindings::types::{FallbackAction, FallbackContext, Outcome, Verdict};
 use super::engine::{EPOCH_TICK, PluginEngine, ticks};
-use super::host::HostState;
+use super::host::{ExchangeHeaders, HostState};
 use crate::config::{PluginKind, PluginSpec};
 use crate::metrics::PluginMetrics;
 use crate::throttled_log::ThrottledLog;
@@ -32,6 +32,10 @@ async fn within<T>(
         Err(_) => Err(wasmtime::Error::new(Elapsed)),
     }
 }
+
+/// The WIT package plugins are built against, named in errors about a plugin that does
+/// not fit it.
+const CONTRACT: &str = "edge-gateway:plugin@0.2.0";
 
 #[derive(Debug, thiserror::Error)]
 #[error("the call waited past its deadline")]
@@ -84,9 +88,8 @@ impl Plugin {
             PluginKind::Predicate => "failure-predicate",
             PluginKind::Fallback => "fallback",
         };
-        let mismatch = |e: wasmtime::Error| {
-            format!("does not fit the `{world}` world of edge-gateway:plugin@0.1.0: {e:#}")
-        };
+        let mismatch =
+            |e: wasmtime::Error| format!("does not fit the `{world}` world of {CONTRACT}: {e:#}");
         let instance_pre = engine
             .linker
             .instantiate_pre(&component)
@@ -114,11 +117,16 @@ impl Plugin {
         Ok(plugin)
     }
 
-    /// Asks a predicate what an exchange counts as.
-    pub async fn classify(&self, outcome: &Outcome) -> Result<Verdict, PluginError> {
+    /// Asks a predicate what an exchange counts as; `headers` are what `host.header`
+    /// reads during the call.
+    pub async fn classify(
+        &self,
+        outcome: &Outcome,
+        headers: ExchangeHeaders,
+    ) -> Result<Verdict, PluginError> {
         let started = Instant::now();
         let mut instance = self.check_out().await?;
-        self.arm(&mut instance, self.spec.limits.timeout);
+        self.arm(&mut instance, self.spec.limits.timeout, headers);
         let result = match &instance.exports {
             Exports::Predicate(exports) => {
                 within(
@@ -132,11 +140,16 @@ impl Plugin {
         self.settle(instance, result, started)
     }
 
-    /// Asks a fallback what to answer. The response is checked against `max_response`.
-    pub async fn respond(&self, context: &FallbackContext) -> Result<FallbackAction, PluginError> {
+    /// Asks a fallback what to answer (`headers`: the request's). The response is
+    /// checked against `max_response`.
+    pub async fn respond(
+        &self,
+        context: &FallbackContext,
+        headers: ExchangeHeaders,
+    ) -> Result<FallbackAction, PluginError> {
         let started = Instant::now();
         let mut instance = self.check_out().await?;
-        self.arm(&mut instance, self.spec.limits.timeout);
+        self.arm(&mut instance, self.spec.limits.timeout, headers);
         let result = match &instance.exports {
             Exports::Fallback(exports) => {
                 within(
@@ -185,20 +198,24 @@ impl Plugin {
         }
     }
 
-    fn arm(&self, instance: &mut Instance, limit: Duration) {
-        instance.store.data_mut().limiter.exceeded = false;
+    fn arm(&self, instance: &mut Instance, limit: Duration, headers: ExchangeHeaders) {
+        let state = instance.store.data_mut();
+        state.limiter.exceeded = false;
+        state.exchange = headers;
         instance.store.set_epoch_deadline(ticks(limit));
     }
 
     fn settle<R>(
         &self,
-        instance: Instance,
+        mut instance: Instance,
         result: wasmtime::Result<R>,
         started: Instant,
     ) -> Result<R, PluginError> {
         self.metrics
             .duration
             .observe(started.elapsed().as_secs_f64());
+        // An idle instance holds no request's buffers.
+        instance.store.data_mut().exchange = ExchangeHeaders::default();
         match result {
             Ok(value) => {
                 self.metrics.calls_ok.inc();

@@ -25,6 +25,7 @@ use crate::config::{Config, ConfigError, ConfigErrors, KeyPath};
 use crate::metrics::Metrics;
 
 pub use bindings::types;
+pub use host::ExchangeHeaders;
 pub use instance::Plugin;
 
 /// Why a plugin call (or its instance's start) failed.

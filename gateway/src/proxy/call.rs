@@ -42,8 +42,9 @@ pub struct Call {
     pub predicate: Option<Arc<Plugin>>,
     /// The predicate's answer (or its error policy's), used instead of `failure_when`.
     pub judgement: Option<Judgement>,
-    /// A body-reading predicate's view of the response, filled as the body streams by.
-    pub inspected: Option<types::ResponseInfo>,
+    /// A body-reading predicate's view of the response (and its headers), filled as
+    /// the body streams by.
+    pub inspected: Option<(types::ResponseInfo, http::HeaderMap)>,
 }
 
 impl Call {

@@ -10,7 +10,7 @@ use pingora::prelude::*;
 
 use crate::breaker::State;
 use crate::config::{FallbackSpec, StaticResponse};
-use crate::plugin::{PluginError, convert, types};
+use crate::plugin::{ExchangeHeaders, PluginError, convert, types};
 use crate::runtime::Runtime;
 use crate::upstream::Upstream;
 
@@ -157,7 +157,11 @@ pub async fn ask_plugin(
         retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
     };
     let metrics = &upstream.events.metrics;
-    match plugin.respond(&context).await {
+    let headers = ExchangeHeaders {
+        request: session.req_header().headers.clone(),
+        ..ExchangeHeaders::default()
+    };
+    match plugin.respond(&context, headers).await {
         Ok(types::FallbackAction::Respond(response)) => match synthetic(response) {
             Ok(response) => {
                 metrics.fallback(upstream.name(), reason.as_str(), "plugin");

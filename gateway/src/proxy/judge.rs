@@ -14,7 +14,7 @@ use pingora::prelude::*;
 use super::call::Call;
 use crate::classify::{CallResult, Judgement};
 use crate::config::OnPluginError;
-use crate::plugin::{convert, types};
+use crate::plugin::{ExchangeHeaders, convert, types};
 
 /// The response head arrived.
 pub async fn at_head(call: &mut Call, session: &Session, route: &str, head: &ResponseHeader) {
@@ -22,13 +22,15 @@ pub async fn at_head(call: &mut Call, session: &Session, route: &str, head: &Res
         return;
     };
     let mut response = convert::response(head);
+    let headers = head.headers.clone();
     if plugin.spec.inspect_body_bytes.is_some() {
         response.body_prefix = Some(Vec::new());
-        call.inspected = Some(response);
+        call.inspected = Some((response, headers));
         return;
     }
     let status = CallResult::Response(response.status);
-    call.judgement = Some(ask(call, session, route, Some(response), None, status).await);
+    let response = Some((response, headers));
+    call.judgement = Some(ask(call, session, route, response, None, status).await);
 }
 
 /// A body chunk streams past: keep a copy of it up to the inspection limit.
@@ -38,7 +40,11 @@ pub fn body_chunk(call: &mut Call, chunk: &Bytes) {
         .as_ref()
         .and_then(|p| p.spec.inspect_body_bytes)
         .unwrap_or(0);
-    if let Some(prefix) = call.inspected.as_mut().and_then(|r| r.body_prefix.as_mut()) {
+    if let Some(prefix) = call
+        .inspected
+        .as_mut()
+        .and_then(|(r, _)| r.body_prefix.as_mut())
+    {
         let room = limit.saturating_sub(prefix.len());
         prefix.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
@@ -72,7 +78,7 @@ async fn ask(
     call: &Call,
     session: &Session,
     route: &str,
-    response: Option<types::ResponseInfo>,
+    response: Option<(types::ResponseInfo, http::HeaderMap)>,
     error: Option<crate::classify::TransportError>,
     result: CallResult,
 ) -> Judgement {
@@ -80,8 +86,13 @@ async fn ask(
         return call.upstream.spec.failure_when.judge(result);
     };
     let request = convert::request(session.req_header(), route, call.upstream.name());
+    let (response, response_headers) = response.unzip();
+    let headers = ExchangeHeaders {
+        request: session.req_header().headers.clone(),
+        response: response_headers.unwrap_or_default(),
+    };
     let outcome = convert::outcome(request, response, error, call.latency());
-    match plugin.classify(&outcome).await {
+    match plugin.classify(&outcome, headers).await {
         Ok(verdict) => convert::judgement(verdict),
         Err(_) => match call.upstream.spec.on_plugin_error {
             OnPluginError::FailureWhen => call.upstream.spec.failure_when.judge(result),

@@ -36,7 +36,10 @@ struct Plugin;
 
 impl Guest for Plugin {
     fn init(config: Vec<(String, String)>) -> Result<(), String> {
-        let mut settings = Settings { document: Map::new(), status: 200 };
+        let mut settings = Settings {
+            document: Map::new(),
+            status: 200,
+        };
         for (key, value) in config {
             match key.as_str() {
                 "document" => match serde_json::from_str(&value) {
@@ -48,7 +51,9 @@ impl Guest for Plugin {
                         .parse()
                         .ok()
                         .filter(|s| (200..=599).contains(s))
-                        .ok_or_else(|| format!("status: `{value}` is not a status between 200 and 599"))?
+                        .ok_or_else(|| {
+                            format!("status: `{value}` is not a status between 200 and 599")
+                        })?
                 }
                 other => return Err(format!("unknown config key `{other}`")),
             }

@@ -64,7 +64,8 @@ impl Guest for Plugin {
                 "error_field" => settings.error_field = value,
                 "status_field" => settings.status_field = value,
                 "failure_values" => {
-                    settings.failure_values = value.split(',').map(|v| v.trim().to_string()).collect()
+                    settings.failure_values =
+                        value.split(',').map(|v| v.trim().to_string()).collect()
                 }
                 other => return Err(format!("unknown config key `{other}`")),
             }

@@ -49,7 +49,8 @@ impl Guest for Plugin {
     fn init(config: Vec<(String, String)>) -> Result<(), String> {
         let mut settings = Settings::default();
         for (key, value) in config {
-            let parsed = || serde_json::from_str::<Value>(&value).map_err(|e| format!("{key}: {e}"));
+            let parsed =
+                || serde_json::from_str::<Value>(&value).map_err(|e| format!("{key}: {e}"));
             match key.as_str() {
                 "routes" => match parsed()? {
                     Value::Object(routes) => settings.routes = routes.into_iter().collect(),
@@ -86,10 +87,15 @@ impl Guest for Plugin {
         }
         SETTINGS.with(|s| {
             let s = s.borrow();
-            match (s.routes.get(&request.route).or(s.default.as_ref()), &s.reroute_reads_to) {
-                (Some(document), _) => {
-                    json_response(200, vec![("x-fallback".into(), "route-content".into())], document)
-                }
+            match (
+                s.routes.get(&request.route).or(s.default.as_ref()),
+                &s.reroute_reads_to,
+            ) {
+                (Some(document), _) => json_response(
+                    200,
+                    vec![("x-fallback".into(), "route-content".into())],
+                    document,
+                ),
                 (None, Some(upstream)) => FallbackAction::Reroute(upstream.clone()),
                 (None, None) => FallbackAction::Decline,
             }

@@ -13,7 +13,7 @@ use std::cell::RefCell;
 
 wit_bindgen::generate!({ world: "failure-predicate", path: "../../wit" });
 
-use edge_gateway::plugin::host::{LogLevel, log};
+use edge_gateway::plugin::host::{LogLevel, Message, header, log};
 use edge_gateway::plugin::types::Classification;
 
 #[derive(Default)]
@@ -40,7 +40,9 @@ fn status_ranges(key: &str, text: &str) -> Result<Vec<(u16, u16)>, String> {
                     .parse::<u16>()
                     .ok()
                     .filter(|n| (100..=599).contains(n))
-                    .ok_or_else(|| format!("{key}: `{part}` is not a status or a range like 500-599"))
+                    .ok_or_else(|| {
+                        format!("{key}: `{part}` is not a status or a range like 500-599")
+                    })
             };
             Ok((parse(lo)?, parse(hi)?))
         })
@@ -65,9 +67,9 @@ impl Guest for Plugin {
                 "ignore_statuses" => settings.ignore_statuses = status_ranges(&key, &value)?,
                 "failure_header" => settings.failure_header = Some(value.to_ascii_lowercase()),
                 "slow_ms" => {
-                    let ms: u64 = value
-                        .parse()
-                        .map_err(|_| format!("slow_ms: `{value}` is not a whole number of milliseconds"))?;
+                    let ms: u64 = value.parse().map_err(|_| {
+                        format!("slow_ms: `{value}` is not a whole number of milliseconds")
+                    })?;
                     settings.slow_us = Some(ms * 1000);
                 }
                 other => return Err(format!("unknown config key `{other}`")),
@@ -91,9 +93,11 @@ impl Guest for Plugin {
                     Classification::Ignore
                 }
                 (None, Some(response)) => {
-                    let flagged = s.failure_header.as_ref().is_some_and(|name| {
-                        response.headers.iter().any(|(n, _)| n == name)
-                    });
+                    // Only this one header crosses into the plugin, and only when configured.
+                    let flagged = s
+                        .failure_header
+                        .as_ref()
+                        .is_some_and(|name| !header(Message::Response, name).is_empty());
                     if flagged || within(&s.failure_statuses, response.status) {
                         Classification::Failure
                     } else {
