@@ -426,6 +426,10 @@ fn plugins_that_cannot_load_are_config_errors_at_their_declaration() {
             plugin_entry("wrong", "degraded-fallback", "predicate", ""),
             "plugins.wrong: does not fit the `failure-predicate` world",
         ),
+        (
+            plugin_entry("old", "old-contract", "predicate", ""),
+            "plugins.old: was built against edge-gateway:plugin@0.1.0, but this gateway speaks edge-gateway:plugin@0.2.0: rebuild it",
+        ),
     ];
     for (entry, expected) in cases {
         let yaml = format!("plugins:\n{entry}{upstreams}");

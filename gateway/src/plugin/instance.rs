@@ -37,6 +37,21 @@ async fn within<T>(
 /// not fit it.
 const CONTRACT: &str = "edge-gateway:plugin@0.2.0";
 
+/// The contract version a component imports, when it is not this gateway's.
+fn built_for(component: &Component, engine: &wasmtime::Engine) -> Option<String> {
+    let (package, _) = CONTRACT.split_once('@')?;
+    component
+        .component_type()
+        .imports(engine)
+        .filter_map(|(name, _)| {
+            let (interface, version) = name.split_once('@')?;
+            interface
+                .starts_with(&format!("{package}/"))
+                .then(|| format!("{package}@{version}"))
+        })
+        .find(|imported| imported != CONTRACT)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("the call waited past its deadline")]
 struct Elapsed;
@@ -88,8 +103,13 @@ impl Plugin {
             PluginKind::Predicate => "failure-predicate",
             PluginKind::Fallback => "fallback",
         };
-        let mismatch =
-            |e: wasmtime::Error| format!("does not fit the `{world}` world of {CONTRACT}: {e:#}");
+        let built_for = built_for(&component, &engine.engine);
+        let mismatch = |e: wasmtime::Error| match &built_for {
+            Some(version) => format!(
+                "was built against {version}, but this gateway speaks {CONTRACT}: rebuild it against this gateway's wit/"
+            ),
+            None => format!("does not fit the `{world}` world of {CONTRACT}: {e:#}"),
+        };
         let instance_pre = engine
             .linker
             .instantiate_pre(&component)
