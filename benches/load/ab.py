@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""A/B of builds under the same load, in one run: what a change did to throughput.
+
+    python3 benches/load/ab.py NAME=KIND:BINARY[:VARIANT[:WASM_DIR]] ...
+
+KIND is `pingora` (a plain-pingora binary) or `gateway`; VARIANT one of run.py's gateway
+rows (`gateway`, `gw+predicate`, `gw+fallback`); WASM_DIR the plugins to load with that
+binary (default plugins/target/wasm32-wasip2/release), for builds of another contract.
+Every variant gets the same wrk load as run.py's throughput section (proxy on CPU 1,
+wrk and the upstream on CPU 0), interleaved over AB_ROUNDS rounds (default 3) of
+BENCH_DURATION seconds; prints each run and the medians.
+
+Example (the LTO figures in docs/PERFORMANCE.md):
+    python3 benches/load/ab.py old=gateway:/tmp/gateway-cgu4 new=gateway:target/release/gateway
+"""
+import importlib.util
+import os
+import statistics
+import sys
+
+spec = importlib.util.spec_from_file_location("run", os.path.join(os.path.dirname(__file__), "run.py"))
+run = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run)
+
+
+def main():
+    variants = [arg.split("=", 1) for arg in sys.argv[1:]]
+    if not variants or any(len(v) != 2 for v in variants):
+        raise SystemExit(__doc__)
+    rounds = int(os.environ.get("AB_ROUNDS", "3"))
+    plugins = run.PLUGINS
+    upstream = run.start(run.pinned(0, ["nginx", "-c", run.nginx_conf("upstream", run.P["upstream"], "")]), "upstream")
+    run.wait_port(run.P["upstream"])
+    results = {name: [] for name, _ in variants}
+    try:
+        for round_ in range(rounds):
+            for name, desc in variants:
+                kind, binary, *rest = desc.split(":")
+                variant = rest[0] if rest else "gateway"
+                if kind == "pingora":
+                    run.PLAIN = binary
+                else:
+                    run.GATEWAY = binary
+                    run.PLUGINS = plugins.replace(run.WASM, rest[1]) if len(rest) > 1 else plugins
+                proxy = run.start_proxy(kind, [run.P["upstream"]], run.GATEWAY_VARIANTS.get(variant, ""))
+                if variant == "gw+fallback":
+                    run.force_open()
+                cpu0 = run.cpu_seconds(run.tree(proxy.pid))
+                r = run.wrk(run.P.get(kind, run.P["gateway"]))
+                r["cpu_per_100k"] = (run.cpu_seconds(run.tree(proxy.pid)) - cpu0) / max(r["requests"], 1) * 100_000
+                run.stop(proxy)
+                results[name].append(r)
+                print(f"round {round_ + 1} {name:20} {r['rps']:>9.0f} req/s  p99 {r['p99_ms']:.2f} ms  "
+                      f"CPU s/100k {r['cpu_per_100k']:.2f}", flush=True)
+    finally:
+        for p in run.PROCS:
+            run.stop(p)
+    print()
+    for name, runs in results.items():
+        print(f"{name:20} median {statistics.median(r['rps'] for r in runs):>9.0f} req/s  "
+              f"CPU s/100k {statistics.median(r['cpu_per_100k'] for r in runs):.2f}")
+
+
+if __name__ == "__main__":
+    main()
