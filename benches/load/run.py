@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Side-by-side load benchmark on loopback: direct, nginx, HAProxy, the gateway.
 
-1. Throughput: wrk -t1 -c32 against each, interleaved over rounds (A/B/A/B), medians.
+1. Throughput: wrk -t1 -c32 against each, interleaved over rounds (A/B/A/B), medians;
+   then nginx, HAProxy and the gateway again, terminating TLS.
    Proxies pinned to CPU 1, wrk and the upstream (an nginx returning a fixed body) to
    CPU 0. Reports requests/s, p50, p99, CPU seconds per 100k requests, peak RSS, and
    each as a ratio to nginx.
@@ -134,8 +135,9 @@ def unit(value):
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
 
-def wrk(port):
-    out = subprocess.run(pinned(0, ["wrk", "-t1", "-c32", f"-d{DURATION}s", "--latency", f"http://127.0.0.1:{port}/"]),
+def wrk(port, tls=False):
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
+    out = subprocess.run(pinned(0, ["wrk", "-t1", "-c32", f"-d{DURATION}s", "--latency", url]),
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -150,7 +152,27 @@ def wrk(port):
 
 # ---------------------------------------------------------------- configs
 
-def nginx_conf(name, listen, body):
+def certificate():
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1 (made once per run): cert, key,
+    and both in one file for HAProxy."""
+    d = os.path.join(TMP, "tls")
+    cert, key, both = (os.path.join(d, n) for n in ["cert.pem", "key.pem", "both.pem"])
+    if not os.path.exists(both):
+        os.makedirs(d, exist_ok=True)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=bench.test",
+                        "-addext", "subjectAltName=DNS:bench.test,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        with open(both, "w") as f:
+            f.write(open(cert).read() + open(key).read())
+    return cert, key, both
+
+
+def nginx_conf(name, listen, body, tls=False):
+    ssl = ""
+    if tls:
+        cert, key, _ = certificate()
+        ssl = f" ssl; ssl_certificate {cert}; ssl_certificate_key {key}"
     d = os.path.join(TMP, name)
     os.makedirs(d, exist_ok=True)
     conf = os.path.join(d, "nginx.conf")
@@ -166,7 +188,7 @@ http {{
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   {body}
-  server {{ listen 127.0.0.1:{listen}; location / {{ {"return 200 'hello from upstream';" if name == "upstream" else "proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ''; proxy_connect_timeout 1s; proxy_read_timeout 1s; proxy_next_upstream error timeout;"} }} }}
+  server {{ listen 127.0.0.1:{listen}{ssl}; location / {{ {"return 200 'hello from upstream';" if name == "upstream" else "proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ''; proxy_connect_timeout 1s; proxy_read_timeout 1s; proxy_next_upstream error timeout;"} }} }}
 }}
 """)
     return conf
@@ -177,7 +199,8 @@ def nginx_upstream_block(servers):
     return f"upstream up {{ {lines} keepalive 64; }}"
 
 
-def haproxy_conf(servers, name="haproxy"):
+def haproxy_conf(servers, name="haproxy", tls=False):
+    ssl = f" ssl crt {certificate()[2]}" if tls else ""
     path = os.path.join(TMP, name + ".cfg")
     lines = "\n".join(
         f"  server s{i} 127.0.0.1:{s} check inter 500ms fall 3 rise 2 observe layer7 error-limit 3 on-error mark-down"
@@ -195,7 +218,7 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{P['haproxy']}
+  bind 127.0.0.1:{P['haproxy']}{ssl}
   default_backend be
 backend be
   option httpchk GET /health
@@ -217,12 +240,16 @@ GATEWAY_VARIANTS = {
 }
 
 
-def gateway_conf(servers, extra="", name="gateway"):
+def gateway_conf(servers, extra="", name="gateway", tls=False):
+    listener = f'address: "127.0.0.1:{P["gateway"]}"'
+    if tls:
+        cert, key, _ = certificate()
+        listener += f', tls: {{ certificates: [{{ cert: "{cert}", key: "{key}" }}] }}'
     path = os.path.join(TMP, name + ".yaml")
     endpoints = ", ".join(f'"127.0.0.1:{s}"' for s in servers)
     with open(path, "w") as f:
         f.write(f"""server: {{ threads: 1, access_log: false, watch_config: false, upgrade_socket: "{TMP}/upgrade.sock" }}
-listeners: [{{ address: "127.0.0.1:{P['gateway']}" }}]
+listeners: [{{ {listener} }}]
 admin: {{ address: "127.0.0.1:{P['admin']}" }}
 {PLUGINS if "rules" in extra or "degraded" in extra else ""}upstreams:
   up:
@@ -234,16 +261,16 @@ admin: {{ address: "127.0.0.1:{P['admin']}" }}
     return path
 
 
-def start_proxy(kind, servers, gateway_extra=""):
+def start_proxy(kind, servers, gateway_extra="", tls=False):
     if kind == "nginx":
-        conf = nginx_conf("nginx", P["nginx"], nginx_upstream_block(servers))
+        conf = nginx_conf("nginx", P["nginx"], nginx_upstream_block(servers), tls)
         p = start(pinned(1, ["nginx", "-c", conf]), "nginx")
     elif kind == "haproxy":
-        p = start(pinned(1, ["haproxy", "-W", "-db", "-f", haproxy_conf(servers)]), "haproxy")
+        p = start(pinned(1, ["haproxy", "-W", "-db", "-f", haproxy_conf(servers, tls=tls)]), "haproxy")
     elif kind == "pingora":
         p = start(pinned(1, [PLAIN, f"127.0.0.1:{P['pingora']}", f"127.0.0.1:{servers[0]}"]), "pingora")
     else:
-        p = start(pinned(1, [GATEWAY, "run", "--config", gateway_conf(servers, gateway_extra)]), "gateway")
+        p = start(pinned(1, [GATEWAY, "run", "--config", gateway_conf(servers, gateway_extra, tls=tls)]), "gateway")
         kind = "gateway"
     wait_port(P[kind])
     return p
@@ -366,18 +393,22 @@ def throughput():
     upstream = start(pinned(0, ["nginx", "-c", nginx_conf("upstream", P["upstream"], "")]), "upstream")
     wait_port(P["upstream"])
     # "pingora": the smallest Pingora proxy, to separate Pingora's cost from the gateway's.
-    results = {k: [] for k in ["direct", "nginx", "haproxy", "pingora", *GATEWAY_VARIANTS]}
+    # "+tls": the same proxy terminating TLS (TLS 1.3, ECDSA P-256; 32 keep-alive
+    # connections, so this is record encryption, not handshakes).
+    results = {k: [] for k in ["direct", "nginx", "haproxy", "pingora", *GATEWAY_VARIANTS,
+                               "nginx+tls", "haproxy+tls", "gateway+tls"]}
     for round_ in range(ROUNDS):
         for kind in results:
             if kind == "direct":
                 results[kind].append(dict(wrk(P["upstream"]), cpu_per_100k=0.0, rss_mb=0.0))
                 continue
-            proxy = start_proxy(kind, [P["upstream"]], GATEWAY_VARIANTS.get(kind, ""))
+            proxy_kind, tls = kind.removesuffix("+tls"), kind.endswith("+tls")
+            proxy = start_proxy(proxy_kind, [P["upstream"]], GATEWAY_VARIANTS.get(kind, ""), tls)
             if kind == "gw+fallback":
                 force_open()
             pids = tree(proxy.pid)
             cpu0 = cpu_seconds(pids)
-            r = wrk(P.get(kind, P["gateway"]))
+            r = wrk(P.get(proxy_kind, P["gateway"]), tls)
             pids = tree(proxy.pid)
             r["cpu_per_100k"] = (cpu_seconds(pids) - cpu0) / max(r["requests"], 1) * 100_000
             r["rss_mb"] = peak_rss_mb(pids)
@@ -397,6 +428,9 @@ def throughput():
     cost = 1 - table["gw+predicate"]["rps"] / table["gateway"]["rps"]
     print(f"\nA WASM predicate on every response costs {cost * 100:.1f} % of the gateway's requests/s (target: at most 10 %)")
     print("gw+fallback: every request answered by the WASM fallback (breaker forced open); wrk counts its 200s")
+    for kind in ["nginx", "haproxy", "gateway"]:
+        tls_cost = 1 - table[f"{kind}+tls"]["rps"] / table[kind]["rps"]
+        print(f"TLS termination costs {kind} {tls_cost * 100:.1f} % of its requests/s")
     return table
 
 
