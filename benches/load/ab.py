@@ -42,13 +42,7 @@ def main():
                 else:
                     run.GATEWAY = binary
                     run.PLUGINS = plugins.replace(run.WASM, rest[1]) if len(rest) > 1 else plugins
-                proxy = run.start_proxy(kind, [run.P["upstream"]], run.GATEWAY_VARIANTS.get(variant, ""))
-                if variant == "gw+fallback":
-                    run.force_open()
-                cpu0 = run.cpu_seconds(run.tree(proxy.pid))
-                r = run.wrk(run.P.get(kind, run.P["gateway"]))
-                r["cpu_per_100k"] = (run.cpu_seconds(run.tree(proxy.pid)) - cpu0) / max(r["requests"], 1) * 100_000
-                run.stop(proxy)
+                r = run.measure(kind, variant)
                 results[name].append(r)
                 print(f"round {round_ + 1} {name:20} {r['rps']:>9.0f} req/s  p99 {r['p99_ms']:.2f} ms  "
                       f"CPU s/100k {r['cpu_per_100k']:.2f}", flush=True)

@@ -389,6 +389,23 @@ def origin_fault(port, query, method="POST"):
 
 # ---------------------------------------------------------------- sections
 
+def measure(proxy_kind, variant, tls=False):
+    """Starts one proxy in front of the upstream (a gateway with `variant`'s settings),
+    drives it with wrk and stops it: wrk's figures plus CPU seconds per 100k requests
+    and peak RSS."""
+    proxy = start_proxy(proxy_kind, [P["upstream"]], GATEWAY_VARIANTS.get(variant, ""), tls)
+    if variant == "gw+fallback":
+        force_open()
+    pids = tree(proxy.pid)
+    cpu0 = cpu_seconds(pids)
+    r = wrk(P.get(proxy_kind, P["gateway"]), tls)
+    pids = tree(proxy.pid)
+    r["cpu_per_100k"] = (cpu_seconds(pids) - cpu0) / max(r["requests"], 1) * 100_000
+    r["rss_mb"] = peak_rss_mb(pids)
+    stop(proxy)
+    return r
+
+
 def throughput():
     upstream = start(pinned(0, ["nginx", "-c", nginx_conf("upstream", P["upstream"], "")]), "upstream")
     wait_port(P["upstream"])
@@ -402,18 +419,8 @@ def throughput():
             if kind == "direct":
                 results[kind].append(dict(wrk(P["upstream"]), cpu_per_100k=0.0, rss_mb=0.0))
                 continue
-            proxy_kind, tls = kind.removesuffix("+tls"), kind.endswith("+tls")
-            proxy = start_proxy(proxy_kind, [P["upstream"]], GATEWAY_VARIANTS.get(kind, ""), tls)
-            if kind == "gw+fallback":
-                force_open()
-            pids = tree(proxy.pid)
-            cpu0 = cpu_seconds(pids)
-            r = wrk(P.get(proxy_kind, P["gateway"]), tls)
-            pids = tree(proxy.pid)
-            r["cpu_per_100k"] = (cpu_seconds(pids) - cpu0) / max(r["requests"], 1) * 100_000
-            r["rss_mb"] = peak_rss_mb(pids)
+            r = measure(kind.removesuffix("+tls"), kind, kind.endswith("+tls"))
             results[kind].append(r)
-            stop(proxy)
             print(f"  round {round_ + 1} {kind:12} {r['rps']:>10.0f} req/s  p99 {r['p99_ms']:.2f} ms", flush=True)
     stop(upstream)
     table = {}
