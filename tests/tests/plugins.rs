@@ -321,7 +321,8 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
         ("loop", "timeout"),
         ("memory", "memory"),
         ("panic", "trap"),
-        ("sleep", "timeout"),
+        // A wait would stall the proxy's thread: it traps at once instead.
+        ("sleep", "trap"),
     ] {
         let (response, took) = provoke(&mut conn, mode).await;
         assert_eq!(
@@ -352,6 +353,43 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
         503,
         "three failed plugin calls in a row count as three failures"
     );
+}
+
+#[tokio::test]
+async fn a_plugin_may_print_but_not_wait() {
+    let origin = start_origin(Arc::new(|_: &Request| Reply::text(200, "fine"))).await;
+    let config = format!(
+        "plugins:\n{}upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker: {{ predicate: hostile }}\nroutes:\n  - {{ upstream: api }}\n",
+        plugin_entry("hostile", "hostile-predicate", "predicate", HOSTILE_LIMITS),
+        origin.addr()
+    );
+    let gw = Gateway::start(&config).await;
+    let mut conn = gw.conn().await;
+    let response = conn
+        .request("GET", "/printed", &[("x-hostile", "print")], b"")
+        .await
+        .expect("request");
+    assert_eq!(response.status, 200);
+    // Writing is one of the WASI calls that complete at once: it works, and the call
+    // succeeds.
+    gw.wait_for_log(&["INFO", "to stdout from /printed", "hostile", "stdout"])
+        .await;
+    gw.wait_for_log(&["WARN", "to stderr from /printed", "hostile", "stderr"])
+        .await;
+    let ok = "gateway_plugin_calls_total{plugin=\"hostile\",result=\"ok\"}";
+    assert_eq!(gw.metric(ok).await, 1.0);
+
+    // A sleep would stall a thread that serves other requests: the call traps at once,
+    // saying why, and the request is still answered.
+    let (response, _) = provoke(&mut conn, "sleep").await;
+    assert_eq!(response.status, 200);
+    gw.wait_for_log(&[
+        "plugin call failed",
+        "tried to wait (block)",
+        "may not block",
+    ])
+    .await;
+    assert_eq!(plugin_errors(&gw, "trap").await, 1.0);
 }
 
 #[tokio::test]

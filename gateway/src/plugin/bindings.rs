@@ -6,7 +6,6 @@ pub mod predicate {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "failure-predicate",
-        exports: { default: async },
     });
 }
 
@@ -14,7 +13,6 @@ pub mod fallback {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "fallback",
-        exports: { default: async },
         with: {
             "edge-gateway:plugin/types": super::predicate::edge_gateway::plugin::types,
             "edge-gateway:plugin/host": super::predicate::edge_gateway::plugin::host,

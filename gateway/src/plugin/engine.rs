@@ -1,6 +1,7 @@
-//! The one wasmtime engine: component model, async calls on fibers, the pooling
-//! allocator, and an epoch clock that ticks every millisecond so that every call can
-//! be given a deadline. Built on first use and kept for the life of the process, so
+//! The one wasmtime engine: component model, the pooling allocator, and an epoch
+//! clock that ticks every millisecond so that every call can be given a deadline.
+//! Calls are synchronous, on the calling thread's stack: no fiber to switch to and no
+//! timer to arm per call (`wasi.rs` makes sure that nothing a plugin calls waits). Built on first use and kept for the life of the process, so
 //! components compiled for one config stay valid for the next.
 
 use std::sync::OnceLock;
@@ -11,12 +12,13 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings::host;
 use super::host::HostState;
+use super::wasi;
 use crate::config::MAX_PLUGIN_MEMORY;
 
 /// How often the epoch advances: the granularity of every plugin deadline.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Instances (and their memories and fiber stacks) the pool holds, across all plugins.
+/// Instances (and their memories) the pool holds, across all plugins.
 const POOL_SLOTS: u32 = 512;
 
 pub struct PluginEngine {
@@ -40,7 +42,6 @@ impl PluginEngine {
             .total_core_instances(POOL_SLOTS)
             .total_memories(POOL_SLOTS)
             .total_tables(POOL_SLOTS)
-            .total_stacks(POOL_SLOTS)
             .max_memory_size(usize::try_from(MAX_PLUGIN_MEMORY).unwrap_or(usize::MAX));
         let mut config = Config::new();
         config
@@ -50,7 +51,7 @@ impl PluginEngine {
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasi::add_to_linker(&mut linker)?;
         host::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
 
         let weak = engine.weak();

@@ -1,8 +1,10 @@
 //! One loaded plugin: its pre-linked component, a pool of initialised instances, and
 //! the two calls (`classify`, `respond`), each bounded in time (epoch deadline) and
-//! memory (the store's limiter). An instance that failed in any way is dropped; the
-//! next call gets a fresh one.
+//! memory (the store's limiter). Calls run to the end on the caller's thread: a plugin
+//! cannot wait (`wasi.rs`), so the epoch deadline bounds all of a call's time. An
+//! instance that failed in any way is dropped; the next call gets a fresh one.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,25 +15,11 @@ use super::PluginError;
 use super::bindings::fallback::{Fallback, FallbackPre};
 use super::bindings::predicate::{FailurePredicate, FailurePredicatePre};
 use super::bindings::types::{FallbackAction, FallbackContext, Outcome, Verdict};
-use super::engine::{EPOCH_TICK, PluginEngine, ticks};
+use super::engine::{PluginEngine, ticks};
 use super::host::{ExchangeHeaders, HostState};
 use crate::config::{PluginKind, PluginSpec};
 use crate::metrics::PluginMetrics;
 use crate::throttled_log::ThrottledLog;
-
-/// The epoch deadline stops a plugin that computes too long; this stops one that
-/// waits too long inside a host call (a WASI sleep or poll), where no epoch check
-/// runs. A call dropped mid-way leaves its instance unusable, and it is dropped.
-async fn within<T>(
-    limit: Duration,
-    call: impl std::future::Future<Output = wasmtime::Result<T>>,
-) -> wasmtime::Result<T> {
-    // Two ticks past the epoch deadline, so a computing plugin is stopped by the epoch.
-    match tokio::time::timeout(limit + 2 * EPOCH_TICK, call).await {
-        Ok(result) => result,
-        Err(_) => Err(wasmtime::Error::new(Elapsed)),
-    }
-}
 
 /// The WIT package plugins are built against, named in errors about a plugin that does
 /// not fit it.
@@ -51,10 +39,6 @@ fn built_for(component: &Component, engine: &wasmtime::Engine) -> Option<String>
         })
         .find(|imported| imported != CONTRACT)
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("the call waited past its deadline")]
-struct Elapsed;
 
 enum Pre {
     Predicate(FailurePredicatePre<HostState>),
@@ -93,7 +77,7 @@ impl std::fmt::Debug for Plugin {
 impl Plugin {
     /// Links the component against the host and runs one instance's `init`, which is
     /// kept for the first call: a plugin that cannot start is refused here, not later.
-    pub async fn load(
+    pub fn load(
         spec: PluginSpec,
         component: Component,
         engine: &'static PluginEngine,
@@ -132,55 +116,35 @@ impl Plugin {
             metrics,
             errors_logged: ThrottledLog::default(),
         };
-        let first = plugin.instantiate().await.map_err(|e| e.to_string())?;
+        let first = plugin.instantiate().map_err(|e| e.to_string())?;
         plugin.check_in(first);
         Ok(plugin)
     }
 
     /// Asks a predicate what an exchange counts as; `headers` are what `host.header`
     /// reads during the call.
-    pub async fn classify(
+    pub fn classify(
         &self,
         outcome: &Outcome,
         headers: ExchangeHeaders,
     ) -> Result<Verdict, PluginError> {
-        let started = Instant::now();
-        let mut instance = self.check_out().await?;
-        self.arm(&mut instance, self.spec.limits.timeout, headers);
-        let result = match &instance.exports {
-            Exports::Predicate(exports) => {
-                within(
-                    self.spec.limits.timeout,
-                    exports.call_classify(&mut instance.store, outcome),
-                )
-                .await
-            }
+        self.call(headers, |exports, store| match exports {
+            Exports::Predicate(exports) => exports.call_classify(store, outcome),
             Exports::Fallback(_) => Err(wasmtime::Error::msg("not a predicate")),
-        };
-        self.settle(instance, result, started)
+        })
     }
 
     /// Asks a fallback what to answer (`headers`: the request's). The response is
     /// checked against `max_response`.
-    pub async fn respond(
+    pub fn respond(
         &self,
         context: &FallbackContext,
         headers: ExchangeHeaders,
     ) -> Result<FallbackAction, PluginError> {
-        let started = Instant::now();
-        let mut instance = self.check_out().await?;
-        self.arm(&mut instance, self.spec.limits.timeout, headers);
-        let result = match &instance.exports {
-            Exports::Fallback(exports) => {
-                within(
-                    self.spec.limits.timeout,
-                    exports.call_respond(&mut instance.store, context),
-                )
-                .await
-            }
+        let action = self.call(headers, |exports, store| match exports {
+            Exports::Fallback(exports) => exports.call_respond(store, context),
             Exports::Predicate(_) => Err(wasmtime::Error::msg("not a fallback")),
-        };
-        let action = self.settle(instance, result, started)?;
+        })?;
         if let FallbackAction::Respond(response) = &action
             && response.body.len() > self.spec.limits.max_response
         {
@@ -190,6 +154,23 @@ impl Plugin {
             }));
         }
         Ok(action)
+    }
+
+    /// One call on a pooled instance, within the plugin's limits.
+    fn call<R>(
+        &self,
+        headers: ExchangeHeaders,
+        call: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let started = Instant::now();
+        let mut instance = self.check_out()?;
+        self.arm(&mut instance, self.spec.limits.timeout, headers);
+        let Instance { store, exports } = &mut instance;
+        // A panic in host code (a bug, not the plugin's doing) fails this call, not
+        // the request; the instance is dropped with it.
+        let result = catch_unwind(AssertUnwindSafe(|| call(exports, store)))
+            .unwrap_or_else(|_| Err(wasmtime::Error::msg("the host panicked during the call")));
+        self.settle(instance, result, started)
     }
 
     /// Counts and (rate-limited) logs an error found by the caller, e.g. an invalid response.
@@ -202,11 +183,11 @@ impl Plugin {
         error
     }
 
-    async fn check_out(&self) -> Result<Instance, PluginError> {
+    fn check_out(&self) -> Result<Instance, PluginError> {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         match idle {
             Some(instance) => Ok(instance),
-            None => self.instantiate().await.map_err(|e| self.count(e)),
+            None => self.instantiate().map_err(|e| self.count(e)),
         }
     }
 
@@ -247,7 +228,7 @@ impl Plugin {
     }
 
     /// A new instance with `init` done, within `init_timeout`.
-    async fn instantiate(&self) -> Result<Instance, PluginError> {
+    fn instantiate(&self) -> Result<Instance, PluginError> {
         let limits = self.spec.limits;
         let mut store = Store::new(
             &self.engine.engine,
@@ -255,30 +236,15 @@ impl Plugin {
         );
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(ticks(limits.init_timeout));
+        let exports = match &self.pre {
+            Pre::Predicate(pre) => pre.instantiate(&mut store).map(Exports::Predicate),
+            Pre::Fallback(pre) => pre.instantiate(&mut store).map(Exports::Fallback),
+        }
+        .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
         let config = &self.spec.config;
-        let (exports, init) = match &self.pre {
-            Pre::Predicate(pre) => {
-                match within(limits.init_timeout, pre.instantiate_async(&mut store)).await {
-                    Ok(exports) => {
-                        let init =
-                            within(limits.init_timeout, exports.call_init(&mut store, config))
-                                .await;
-                        (Exports::Predicate(exports), init)
-                    }
-                    Err(e) => return Err(PluginError::Instantiate(format!("{e:#}"))),
-                }
-            }
-            Pre::Fallback(pre) => {
-                match within(limits.init_timeout, pre.instantiate_async(&mut store)).await {
-                    Ok(exports) => {
-                        let init =
-                            within(limits.init_timeout, exports.call_init(&mut store, config))
-                                .await;
-                        (Exports::Fallback(exports), init)
-                    }
-                    Err(e) => return Err(PluginError::Instantiate(format!("{e:#}"))),
-                }
-            }
+        let init = match &exports {
+            Exports::Predicate(exports) => exports.call_init(&mut store, config),
+            Exports::Fallback(exports) => exports.call_init(&mut store, config),
         };
         let instance = Instance { store, exports };
         match init {
@@ -296,12 +262,10 @@ impl Plugin {
     fn explain(&self, instance: &Instance, e: wasmtime::Error, limit: Duration) -> PluginError {
         if instance.store.data().limiter.exceeded {
             PluginError::Memory(self.spec.limits.memory)
-        } else if e.is::<Elapsed>()
-            || matches!(
-                e.downcast_ref::<wasmtime::Trap>(),
-                Some(wasmtime::Trap::Interrupt)
-            )
-        {
+        } else if matches!(
+            e.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        ) {
             PluginError::Timeout(limit)
         } else {
             // The trap itself, without the multi-line wasm backtrace.

@@ -2,8 +2,9 @@
 //! package in `wit/`, run by wasmtime.
 //!
 //! - `bindings.rs`: the only `bindgen!`.
-//! - `engine.rs`: the one engine (pooling allocator, async, epoch clock) and linker.
+//! - `engine.rs`: the one engine (pooling allocator, epoch clock) and linker.
 //! - `host.rs`: what an instance may touch (a WASI context granting nothing, logging).
+//! - `wasi.rs`: WASI in which nothing waits, since calls run on the proxy's threads.
 //! - `instance.rs`: one plugin: instance pool, bounded calls, error accounting.
 //! - `convert.rs`: gateway types to and from WIT types.
 //!
@@ -16,6 +17,7 @@ pub mod convert;
 mod engine;
 mod host;
 mod instance;
+mod wasi;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -93,7 +95,8 @@ impl PluginSet {
     /// Compiles, links and starts every plugin of `config`, carrying over what
     /// `previous` already has. Every plugin that cannot load is reported, at its
     /// declaration. Runs on a thread of its own, so it may be called from anywhere,
-    /// including from inside an async runtime.
+    /// including from inside an async runtime; that thread enters a runtime of its
+    /// own because WASI's clocks are Tokio timers.
     pub fn load(
         config: &Config,
         previous: Option<&PluginSet>,
@@ -109,7 +112,10 @@ impl PluginSet {
                         .enable_all()
                         .build()
                         .map_err(|e| vec![(String::new(), format!("cannot start: {e}"))])
-                        .and_then(|rt| rt.block_on(load_all(config, previous, metrics)))
+                        .and_then(|rt| {
+                            let _entered = rt.enter();
+                            load_all(config, previous, metrics)
+                        })
                 })
                 .join()
                 .unwrap_or_else(|_| Err(vec![(String::new(), "plugin loading panicked".into())]))
@@ -133,7 +139,7 @@ impl PluginSet {
     }
 }
 
-async fn load_all(
+fn load_all(
     config: &Config,
     previous: Option<&PluginSet>,
     metrics: &Metrics,
@@ -180,7 +186,7 @@ async fn load_all(
             },
         };
         let handles = metrics.for_plugin(&spec.name);
-        match Plugin::load(spec.clone(), component, engine, handles).await {
+        match Plugin::load(spec.clone(), component, engine, handles) {
             Ok(plugin) => {
                 plugins.insert(spec.name.clone(), Arc::new(plugin));
             }

@@ -161,7 +161,7 @@ pub async fn ask_plugin(
         request: session.req_header().headers.clone(),
         ..ExchangeHeaders::default()
     };
-    match plugin.respond(&context, headers).await {
+    match plugin.respond(&context, headers) {
         Ok(types::FallbackAction::Respond(response)) => match synthetic(response) {
             Ok(response) => {
                 metrics.fallback(upstream.name(), reason.as_str(), "plugin");

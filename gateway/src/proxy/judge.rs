@@ -17,7 +17,7 @@ use crate::config::OnPluginError;
 use crate::plugin::{ExchangeHeaders, convert, types};
 
 /// The response head arrived.
-pub async fn at_head(call: &mut Call, session: &Session, route: &str, head: &ResponseHeader) {
+pub fn at_head(call: &mut Call, session: &Session, route: &str, head: &ResponseHeader) {
     let Some(plugin) = &call.predicate else {
         return;
     };
@@ -30,7 +30,7 @@ pub async fn at_head(call: &mut Call, session: &Session, route: &str, head: &Res
     }
     let status = CallResult::Response(response.status);
     let response = Some((response, headers));
-    call.judgement = Some(ask(call, session, route, response, None, status).await);
+    call.judgement = Some(ask(call, session, route, response, None, status));
 }
 
 /// A body chunk streams past: keep a copy of it up to the inspection limit.
@@ -56,16 +56,14 @@ pub fn awaits_body(call: &Call) -> bool {
 }
 
 /// The exchange ended with `result`: ask the predicate if it has not answered yet.
-pub async fn at_end(call: &mut Call, session: &Session, route: &str, result: CallResult) {
+pub fn at_end(call: &mut Call, session: &Session, route: &str, result: CallResult) {
     if call.predicate.is_none() || !call.is_open() {
         return;
     }
     let judgement = match result {
-        CallResult::Transport(error) => {
-            Some(ask(call, session, route, None, Some(error), result).await)
-        }
+        CallResult::Transport(error) => Some(ask(call, session, route, None, Some(error), result)),
         CallResult::Response(_) => match call.inspected.take() {
-            Some(response) => Some(ask(call, session, route, Some(response), None, result).await),
+            Some(response) => Some(ask(call, session, route, Some(response), None, result)),
             None => call.judgement,
         },
         // The client went away: nothing to judge.
@@ -74,7 +72,7 @@ pub async fn at_end(call: &mut Call, session: &Session, route: &str, result: Cal
     call.judgement = judgement;
 }
 
-async fn ask(
+fn ask(
     call: &Call,
     session: &Session,
     route: &str,
@@ -92,7 +90,7 @@ async fn ask(
         response: response_headers.unwrap_or_default(),
     };
     let outcome = convert::outcome(request, response, error, call.latency());
-    match plugin.classify(&outcome, headers).await {
+    match plugin.classify(&outcome, headers) {
         Ok(verdict) => convert::judgement(verdict),
         Err(_) => match call.upstream.spec.on_plugin_error {
             OnPluginError::FailureWhen => call.upstream.spec.failure_when.judge(result),

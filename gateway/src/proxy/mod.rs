@@ -329,7 +329,7 @@ impl ProxyHttp for Gateway {
             .filter(|_| !response.status.is_informational())
         {
             call.on_response(response.status.as_u16());
-            judge::at_head(call, session, route_name(&ctx.route), response).await;
+            judge::at_head(call, session, route_name(&ctx.route), response);
         }
         Ok(())
     }
@@ -415,7 +415,7 @@ impl ProxyHttp for Gateway {
         }
         if let Some(call) = ctx.call.as_mut() {
             let result = call_result(Some(e), call.status);
-            judge::at_end(call, session, route_name(&ctx.route), result).await;
+            judge::at_end(call, session, route_name(&ctx.route), result);
             call.finish(result);
         }
         let error = GatewayError::from_proxy_error(e);
@@ -470,7 +470,7 @@ impl ProxyHttp for Gateway {
         crate::listener::request_finished();
         if let Some(call) = ctx.call.as_mut() {
             let result = call_result(e, call.status);
-            judge::at_end(call, session, route_name(&ctx.route), result).await;
+            judge::at_end(call, session, route_name(&ctx.route), result);
             call.finish(result);
         }
         if !ctx.runtime.config.server.access_log {
