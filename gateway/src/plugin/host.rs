@@ -1,7 +1,7 @@
 //! What a plugin instance may touch: a WASI context that grants nothing (no files,
 //! no environment, no sockets; stdout and stderr go to the log), the `host` interface
-//! (logging, and the headers of the exchange the current call is about), and a memory
-//! limiter that remembers when it said no.
+//! (logging, and the headers of the exchange the current call is about, lent for the
+//! length of the call), and a memory limiter that remembers when it said no.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,26 +26,40 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
-    /// Set for the length of one call, empty otherwise.
-    pub exchange: ExchangeHeaders,
 }
 
-/// The headers a plugin may read during one call. Handing over the maps (their
-/// values are shared buffers, not copies) costs less than lowering every header
-/// into every call; the plugin pays only for the headers it asks for.
-#[derive(Debug, Default, Clone)]
-pub struct ExchangeHeaders {
-    pub request: http::HeaderMap,
-    pub response: http::HeaderMap,
+/// The headers a plugin may read during one call: the proxy's own maps, lent, not
+/// copied, and not lowered into the call; the plugin pays only for the headers it
+/// asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeHeaders<'a> {
+    pub request: &'a http::HeaderMap,
+    /// None before there is a response (a fallback's call, a transport error).
+    pub response: Option<&'a http::HeaderMap>,
 }
 
-impl ExchangeHeaders {
-    fn of(&self, message: Message) -> &http::HeaderMap {
-        match message {
-            Message::Request => &self.request,
-            Message::Response => &self.response,
-        }
+// Where the host functions find the lent maps: calls run to the end on the thread
+// that lends them (`instance.rs`), so a thread-local scoped to the call is enough.
+scoped_tls::scoped_thread_local!(static REQUEST_HEADERS: http::HeaderMap);
+scoped_tls::scoped_thread_local!(static RESPONSE_HEADERS: http::HeaderMap);
+
+impl ExchangeHeaders<'_> {
+    /// Runs `call` with these headers readable by `host.header` and `host.all-headers`.
+    pub fn lend<R>(self, call: impl FnOnce() -> R) -> R {
+        REQUEST_HEADERS.set(self.request, || match self.response {
+            Some(response) => RESPONSE_HEADERS.set(response, call),
+            None => call(),
+        })
     }
+}
+
+/// What `read` makes of the lent headers of `message`; `None` when none are lent.
+fn lent<R>(message: Message, read: impl FnOnce(&http::HeaderMap) -> R) -> Option<R> {
+    let key = match message {
+        Message::Request => &REQUEST_HEADERS,
+        Message::Response => &RESPONSE_HEADERS,
+    };
+    key.is_set().then(|| key.with(read))
 }
 
 fn lossy(value: &http::HeaderValue) -> String {
@@ -72,7 +86,6 @@ impl HostState {
                 memory: usize::try_from(memory).unwrap_or(usize::MAX),
                 exceeded: false,
             },
-            exchange: ExchangeHeaders::default(),
         }
     }
 }
@@ -93,20 +106,20 @@ impl host::Host for HostState {
 
     fn header(&mut self, message: Message, name: String) -> Vec<String> {
         // An invalid name finds nothing: `get_all` parses it and matches no entry.
-        self.exchange
-            .of(message)
-            .get_all(name.as_str())
-            .iter()
-            .map(lossy)
-            .collect()
+        lent(message, |headers| {
+            headers.get_all(name.as_str()).iter().map(lossy).collect()
+        })
+        .unwrap_or_default()
     }
 
     fn all_headers(&mut self, message: Message) -> types::Headers {
-        self.exchange
-            .of(message)
-            .iter()
-            .map(|(name, value)| (name.as_str().to_owned(), lossy(value)))
-            .collect()
+        lent(message, |headers| {
+            headers
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), lossy(value)))
+                .collect()
+        })
+        .unwrap_or_default()
     }
 }
 
@@ -257,8 +270,8 @@ mod tests {
     use super::*;
     use host::Host;
 
-    fn state() -> HostState {
-        let mut state = HostState::new("test".into(), 1 << 20);
+    /// Runs `read` on a fresh state with an exchange's headers lent.
+    fn with_exchange<R>(read: impl FnOnce(&mut HostState) -> R) -> R {
         let mut request = http::HeaderMap::new();
         request.append("x-tenant", http::HeaderValue::from_static("acme"));
         request.append("accept", http::HeaderValue::from_static("text/html"));
@@ -266,53 +279,77 @@ mod tests {
         let mut response = http::HeaderMap::new();
         let not_utf8 = http::HeaderValue::from_bytes(b"caf\xe9").expect("opaque bytes are valid");
         response.append("x-degraded", not_utf8);
-        state.exchange = ExchangeHeaders { request, response };
-        state
+        let mut state = HostState::new("test".into(), 1 << 20);
+        let exchange = ExchangeHeaders {
+            request: &request,
+            response: Some(&response),
+        };
+        exchange.lend(|| read(&mut state))
     }
 
     #[test]
     fn a_header_is_found_in_any_case_with_every_value_in_order() {
-        let mut state = state();
-        assert_eq!(
-            state.header(Message::Request, "Accept".into()),
-            ["text/html", "application/json"]
-        );
-        assert_eq!(state.header(Message::Request, "x-tenant".into()), ["acme"]);
-        // Asked of the other message, or absent, or not a header name at all: nothing.
-        assert!(
-            state
-                .header(Message::Response, "x-tenant".into())
-                .is_empty()
-        );
-        assert!(
-            state
-                .header(Message::Request, "x-missing".into())
-                .is_empty()
-        );
-        assert!(
-            state
-                .header(Message::Request, "bad name\n".into())
-                .is_empty()
-        );
-        assert_eq!(
-            state.header(Message::Response, "x-degraded".into()),
-            ["caf\u{fffd}"]
-        );
+        with_exchange(|state| {
+            assert_eq!(
+                state.header(Message::Request, "Accept".into()),
+                ["text/html", "application/json"]
+            );
+            assert_eq!(state.header(Message::Request, "x-tenant".into()), ["acme"]);
+            // Asked of the other message, or absent, or not a header name at all: nothing.
+            assert!(
+                state
+                    .header(Message::Response, "x-tenant".into())
+                    .is_empty()
+            );
+            assert!(
+                state
+                    .header(Message::Request, "x-missing".into())
+                    .is_empty()
+            );
+            assert!(
+                state
+                    .header(Message::Request, "bad name\n".into())
+                    .is_empty()
+            );
+            assert_eq!(
+                state.header(Message::Response, "x-degraded".into()),
+                ["caf\u{fffd}"]
+            );
+        });
     }
 
     #[test]
     fn all_headers_are_listed_grouped_by_name() {
-        let mut state = state();
-        assert_eq!(
-            state.all_headers(Message::Request),
-            [
-                ("x-tenant".to_string(), "acme".to_string()),
-                ("accept".to_string(), "text/html".to_string()),
-                ("accept".to_string(), "application/json".to_string()),
-            ]
-        );
-        // Outside a call the maps are empty: a plugin's `init` sees no headers.
+        with_exchange(|state| {
+            assert_eq!(
+                state.all_headers(Message::Request),
+                [
+                    ("x-tenant".to_string(), "acme".to_string()),
+                    ("accept".to_string(), "text/html".to_string()),
+                    ("accept".to_string(), "application/json".to_string()),
+                ]
+            );
+        });
+    }
+
+    #[test]
+    fn nothing_is_readable_outside_a_call_or_without_a_response() {
+        // Outside a call (a plugin's `init`): no headers.
         let mut idle = HostState::new("test".into(), 1 << 20);
         assert!(idle.all_headers(Message::Request).is_empty());
+        assert!(idle.header(Message::Request, "host".into()).is_empty());
+        // A fallback's call lends the request only.
+        let mut request = http::HeaderMap::new();
+        request.append("host", http::HeaderValue::from_static("api.test"));
+        let lent = ExchangeHeaders {
+            request: &request,
+            response: None,
+        };
+        lent.lend(|| {
+            assert_eq!(idle.header(Message::Request, "host".into()), ["api.test"]);
+            assert!(idle.all_headers(Message::Response).is_empty());
+        });
+        // And nothing once the call is over.
+        assert!(idle.header(Message::Request, "host".into()).is_empty());
     }
 }

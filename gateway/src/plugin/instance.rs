@@ -126,7 +126,7 @@ impl Plugin {
     pub fn classify(
         &self,
         outcome: &Outcome,
-        headers: ExchangeHeaders,
+        headers: ExchangeHeaders<'_>,
     ) -> Result<Verdict, PluginError> {
         self.call(headers, |exports, store| match exports {
             Exports::Predicate(exports) => exports.call_classify(store, outcome),
@@ -139,7 +139,7 @@ impl Plugin {
     pub fn respond(
         &self,
         context: &FallbackContext,
-        headers: ExchangeHeaders,
+        headers: ExchangeHeaders<'_>,
     ) -> Result<FallbackAction, PluginError> {
         let action = self.call(headers, |exports, store| match exports {
             Exports::Fallback(exports) => exports.call_respond(store, context),
@@ -159,16 +159,16 @@ impl Plugin {
     /// One call on a pooled instance, within the plugin's limits.
     fn call<R>(
         &self,
-        headers: ExchangeHeaders,
+        headers: ExchangeHeaders<'_>,
         call: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let started = Instant::now();
         let mut instance = self.check_out()?;
-        self.arm(&mut instance, self.spec.limits.timeout, headers);
+        self.arm(&mut instance, self.spec.limits.timeout);
         let Instance { store, exports } = &mut instance;
         // A panic in host code (a bug, not the plugin's doing) fails this call, not
         // the request; the instance is dropped with it.
-        let result = catch_unwind(AssertUnwindSafe(|| call(exports, store)))
+        let result = catch_unwind(AssertUnwindSafe(|| headers.lend(|| call(exports, store))))
             .unwrap_or_else(|_| Err(wasmtime::Error::msg("the host panicked during the call")));
         self.settle(instance, result, started)
     }
@@ -199,24 +199,20 @@ impl Plugin {
         }
     }
 
-    fn arm(&self, instance: &mut Instance, limit: Duration, headers: ExchangeHeaders) {
-        let state = instance.store.data_mut();
-        state.limiter.exceeded = false;
-        state.exchange = headers;
+    fn arm(&self, instance: &mut Instance, limit: Duration) {
+        instance.store.data_mut().limiter.exceeded = false;
         instance.store.set_epoch_deadline(ticks(limit));
     }
 
     fn settle<R>(
         &self,
-        mut instance: Instance,
+        instance: Instance,
         result: wasmtime::Result<R>,
         started: Instant,
     ) -> Result<R, PluginError> {
         self.metrics
             .duration
             .observe(started.elapsed().as_secs_f64());
-        // An idle instance holds no request's buffers.
-        instance.store.data_mut().exchange = ExchangeHeaders::default();
         match result {
             Ok(value) => {
                 self.metrics.calls_ok.inc();

@@ -158,8 +158,8 @@ pub async fn ask_plugin(
     };
     let metrics = &upstream.events.metrics;
     let headers = ExchangeHeaders {
-        request: session.req_header().headers.clone(),
-        ..ExchangeHeaders::default()
+        request: &session.req_header().headers,
+        response: None,
     };
     match plugin.respond(&context, headers) {
         Ok(types::FallbackAction::Respond(response)) => match synthetic(response) {

@@ -22,14 +22,14 @@ pub fn at_head(call: &mut Call, session: &Session, route: &str, head: &ResponseH
         return;
     };
     let mut response = convert::response(head);
-    let headers = head.headers.clone();
     if plugin.spec.inspect_body_bytes.is_some() {
+        // Asked once the body is complete, when the head is no longer at hand.
         response.body_prefix = Some(Vec::new());
-        call.inspected = Some((response, headers));
+        call.inspected = Some((response, head.headers.clone()));
         return;
     }
     let status = CallResult::Response(response.status);
-    let response = Some((response, headers));
+    let response = Some((response, &head.headers));
     call.judgement = Some(ask(call, session, route, response, None, status));
 }
 
@@ -63,7 +63,10 @@ pub fn at_end(call: &mut Call, session: &Session, route: &str, result: CallResul
     let judgement = match result {
         CallResult::Transport(error) => Some(ask(call, session, route, None, Some(error), result)),
         CallResult::Response(_) => match call.inspected.take() {
-            Some(response) => Some(ask(call, session, route, Some(response), None, result)),
+            Some((response, headers)) => {
+                let response = Some((response, &headers));
+                Some(ask(call, session, route, response, None, result))
+            }
             None => call.judgement,
         },
         // The client went away: nothing to judge.
@@ -76,7 +79,7 @@ fn ask(
     call: &Call,
     session: &Session,
     route: &str,
-    response: Option<(types::ResponseInfo, http::HeaderMap)>,
+    response: Option<(types::ResponseInfo, &http::HeaderMap)>,
     error: Option<crate::classify::TransportError>,
     result: CallResult,
 ) -> Judgement {
@@ -86,8 +89,8 @@ fn ask(
     let request = convert::request(session.req_header(), route, call.upstream.name());
     let (response, response_headers) = response.unzip();
     let headers = ExchangeHeaders {
-        request: session.req_header().headers.clone(),
-        response: response_headers.unwrap_or_default(),
+        request: &session.req_header().headers,
+        response: response_headers,
     };
     let outcome = convert::outcome(request, response, error, call.latency());
     match plugin.classify(&outcome, headers) {
