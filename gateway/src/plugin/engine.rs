@@ -16,7 +16,7 @@ use super::wasi;
 use crate::config::MAX_PLUGIN_MEMORY;
 
 /// How often the epoch advances: the granularity of every plugin deadline.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Instances (and their memories) the pool holds, across all plugins.
 const POOL_SLOTS: u32 = 512;
