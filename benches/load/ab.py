@@ -12,11 +12,8 @@ BENCH_DURATION seconds; prints each run, the medians, and the median over rounds
 each variant's requests/s as a ratio to the first variant's in the same round, which
 holds up better than the plain medians when the machine's speed drifts during a run.
 
-AB_STEADY=1 keeps only runs made at the machine's full speed: a fixed CPU loop is
-timed on the proxy's core just before and after each run, and a run is repeated (up to
-AB_ATTEMPTS times, default 8) unless both timings are within 10 % of the fastest seen.
-For VMs whose speed swings between full and about half for seconds at a time (the one
-docs/PERFORMANCE.md was measured on does); use short runs (BENCH_DURATION=3) with it.
+BENCH_STEADY=1 keeps only runs made at the machine's full speed (see run.py); use short
+runs (BENCH_DURATION=3) with it.
 
 Example (the LTO figures in docs/PERFORMANCE.md):
     python3 benches/load/ab.py old=gateway:/tmp/gateway-cgu4 new=gateway:target/release/gateway
@@ -25,37 +22,10 @@ import importlib.util
 import os
 import statistics
 import sys
-import time
 
 spec = importlib.util.spec_from_file_location("run", os.path.join(os.path.dirname(__file__), "run.py"))
 run = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run)
-
-
-def speed_probe():
-    """Seconds a fixed CPU loop takes on the proxy's core (CPU 1) while nothing else runs."""
-    everywhere = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {1})
-    started = time.perf_counter()
-    total = 0
-    for i in range(300_000):
-        total += i
-    elapsed = time.perf_counter() - started
-    os.sched_setaffinity(0, everywhere)
-    return elapsed
-
-
-def steady(measure, fastest, attempts):
-    """`measure()`'s result from a run at full speed, how many runs it took, and the
-    fastest probe so far."""
-    for attempt in range(1, attempts + 1):
-        before = speed_probe()
-        result = measure()
-        after = speed_probe()
-        fastest = min(fastest, before, after)
-        if max(before, after) <= 1.10 * fastest:
-            return result, attempt, fastest
-    return result, attempts, fastest
 
 
 def main():
@@ -63,9 +33,6 @@ def main():
     if not variants or any(len(v) != 2 for v in variants):
         raise SystemExit(__doc__)
     rounds = int(os.environ.get("AB_ROUNDS", "3"))
-    steady_only = os.environ.get("AB_STEADY") == "1"
-    attempts = int(os.environ.get("AB_ATTEMPTS", "8"))
-    fastest = min(speed_probe() for _ in range(20)) if steady_only else 0.0
     plugins = run.PLUGINS
     upstream = run.start(run.pinned(0, ["nginx", "-c", run.nginx_conf("upstream", run.P["upstream"], "")]), "upstream")
     run.wait_port(run.P["upstream"])
@@ -80,10 +47,7 @@ def main():
                 else:
                     run.GATEWAY = binary
                     run.PLUGINS = plugins.replace(run.WASM, rest[1]) if len(rest) > 1 else plugins
-                if steady_only:
-                    r, tries, fastest = steady(lambda: run.measure(kind, variant), fastest, attempts)
-                else:
-                    r, tries = run.measure(kind, variant), 1
+                r, tries = run.steady(lambda: run.measure(kind, variant))
                 results[name].append(r)
                 print(f"round {round_ + 1} {name:20} {r['rps']:>9.0f} req/s  p99 {r['p99_ms']:.2f} ms  "
                       f"CPU s/100k {r['cpu_per_100k']:.2f}  (run {tries})", flush=True)
