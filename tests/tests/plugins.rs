@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway_tests::{
-    Gateway, Reply, Request, check_config, dead_address, echo, plugin_entry, plugin_path,
+    Gateway, Origin, Reply, Request, check_config, dead_address, echo, plugin_entry, plugin_path,
     start_origin,
 };
 
@@ -293,15 +293,23 @@ async fn plugin_errors(gw: &Gateway, kind: &str) -> f64 {
 
 const HOSTILE_LIMITS: &str = "limits: { timeout: 50ms, memory: 8MiB }";
 
-#[tokio::test]
-async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
+/// A gateway whose one upstream (an origin answering 200) is judged by the hostile
+/// predicate; `breaker`: the rest of that upstream's breaker settings.
+async fn behind_hostile_predicate(breaker: &str) -> (Origin, Gateway) {
     let origin = start_origin(Arc::new(|_: &Request| Reply::text(200, "fine"))).await;
     let config = format!(
-        "plugins:\n{}upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 3, predicate: hostile, on_plugin_error: count_as_failure }}\nroutes:\n  - {{ upstream: api }}\n",
+        "plugins:\n{}upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker: {{ predicate: hostile{breaker} }}\nroutes:\n  - {{ upstream: api }}\n",
         plugin_entry("hostile", "hostile-predicate", "predicate", HOSTILE_LIMITS),
         origin.addr()
     );
-    let gw = Gateway::start(&config).await;
+    (origin, Gateway::start(&config).await)
+}
+
+#[tokio::test]
+async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
+    let (_origin, gw) =
+        behind_hostile_predicate(", consecutive_failures: 3, on_plugin_error: count_as_failure")
+            .await;
 
     // Other traffic keeps flowing on another connection the whole time.
     let listen = gw.listen;
@@ -362,13 +370,7 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
 
 #[tokio::test]
 async fn a_plugin_may_print_but_not_wait() {
-    let origin = start_origin(Arc::new(|_: &Request| Reply::text(200, "fine"))).await;
-    let config = format!(
-        "plugins:\n{}upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker: {{ predicate: hostile }}\nroutes:\n  - {{ upstream: api }}\n",
-        plugin_entry("hostile", "hostile-predicate", "predicate", HOSTILE_LIMITS),
-        origin.addr()
-    );
-    let gw = Gateway::start(&config).await;
+    let (_origin, gw) = behind_hostile_predicate("").await;
     let mut conn = gw.conn().await;
     let response = conn
         .request("GET", "/printed", &[("x-hostile", "print")], b"")

@@ -82,8 +82,12 @@ fn at_once<T>(what: &'static str, operation: impl Future<Output = T>) -> Result<
     }
 }
 
-fn trap(e: WouldBlock) -> StreamError {
-    StreamError::Trap(wasmtime::Error::new(e))
+/// A stream operation's result if it completes without waiting, else a trap.
+fn stream_at_once<T>(
+    what: &'static str,
+    operation: impl Future<Output = StreamResult<T>>,
+) -> StreamResult<T> {
+    at_once(what, operation).unwrap_or_else(|e| Err(StreamError::Trap(wasmtime::Error::new(e))))
 }
 
 /// wasmtime-wasi's implementations, asked not to wait.
@@ -142,7 +146,7 @@ impl streams::HostInputStream for NoWait<&mut ResourceTable> {
 
     fn blocking_read(&mut self, stream: Resource<InputStream>, len: u64) -> StreamResult<Vec<u8>> {
         let read = async_streams::HostInputStream::blocking_read(self.0, stream, len);
-        at_once("blocking-read", read).unwrap_or_else(|e| Err(trap(e)))
+        stream_at_once("blocking-read", read)
     }
 
     fn skip(&mut self, stream: Resource<InputStream>, len: u64) -> StreamResult<u64> {
@@ -151,7 +155,7 @@ impl streams::HostInputStream for NoWait<&mut ResourceTable> {
 
     fn blocking_skip(&mut self, stream: Resource<InputStream>, len: u64) -> StreamResult<u64> {
         let skip = async_streams::HostInputStream::blocking_skip(self.0, stream, len);
-        at_once("blocking-skip", skip).unwrap_or_else(|e| Err(trap(e)))
+        stream_at_once("blocking-skip", skip)
     }
 
     fn subscribe(&mut self, stream: Resource<InputStream>) -> wasmtime::Result<Resource<Pollable>> {
@@ -183,7 +187,7 @@ impl streams::HostOutputStream for NoWait<&mut ResourceTable> {
     ) -> StreamResult<()> {
         let write =
             async_streams::HostOutputStream::blocking_write_and_flush(self.0, stream, bytes);
-        at_once("blocking-write-and-flush", write).unwrap_or_else(|e| Err(trap(e)))
+        stream_at_once("blocking-write-and-flush", write)
     }
 
     fn blocking_write_zeroes_and_flush(
@@ -193,7 +197,7 @@ impl streams::HostOutputStream for NoWait<&mut ResourceTable> {
     ) -> StreamResult<()> {
         let write =
             async_streams::HostOutputStream::blocking_write_zeroes_and_flush(self.0, stream, len);
-        at_once("blocking-write-zeroes-and-flush", write).unwrap_or_else(|e| Err(trap(e)))
+        stream_at_once("blocking-write-zeroes-and-flush", write)
     }
 
     fn subscribe(
@@ -213,7 +217,7 @@ impl streams::HostOutputStream for NoWait<&mut ResourceTable> {
 
     fn blocking_flush(&mut self, stream: Resource<OutputStream>) -> StreamResult<()> {
         let flush = async_streams::HostOutputStream::blocking_flush(self.0, stream);
-        at_once("blocking-flush", flush).unwrap_or_else(|e| Err(trap(e)))
+        stream_at_once("blocking-flush", flush)
     }
 
     fn splice(
@@ -232,7 +236,7 @@ impl streams::HostOutputStream for NoWait<&mut ResourceTable> {
         len: u64,
     ) -> StreamResult<u64> {
         let splice = async_streams::HostOutputStream::blocking_splice(self.0, dst, src, len);
-        at_once("blocking-splice", splice).unwrap_or_else(|e| Err(trap(e)))
+        stream_at_once("blocking-splice", splice)
     }
 }
 
