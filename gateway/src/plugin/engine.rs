@@ -1,8 +1,9 @@
 //! The one wasmtime engine: component model, the pooling allocator, and an epoch
 //! clock that ticks every millisecond so that every call can be given a deadline.
 //! Calls are synchronous, on the calling thread's stack: no fiber to switch to and no
-//! timer to arm per call (`wasi.rs` makes sure that nothing a plugin calls waits). Built on first use and kept for the life of the process, so
-//! components compiled for one config stay valid for the next.
+//! timer to arm per call (`wasi.rs` makes sure that nothing a plugin calls waits).
+//! Built on first use and kept for the life of the process, so components compiled
+//! for one config stay valid for the next.
 
 use std::sync::OnceLock;
 use std::time::Duration;
