@@ -77,6 +77,10 @@ impl HostState {
                 plugin: Arc::clone(&plugin),
                 stream: "stderr",
             })
+            // wasmtime-wasi's defaults, stated because `wasi.rs` relies on them: with no
+            // socket, no socket operation that could wait can be reached.
+            .allow_tcp(false)
+            .allow_udp(false)
             .build();
         Self {
             plugin,

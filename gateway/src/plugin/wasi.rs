@@ -72,7 +72,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 /// Why a plugin call trapped: it asked to wait.
 #[derive(Debug, thiserror::Error)]
 #[error("tried to wait ({0}): plugins run on the proxy's threads and may not block")]
-pub struct WouldBlock(&'static str);
+struct WouldBlock(&'static str);
 
 /// The value of `operation` if it completes without waiting.
 fn at_once<T>(what: &'static str, operation: impl Future<Output = T>) -> Result<T, WouldBlock> {
