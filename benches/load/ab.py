@@ -47,10 +47,10 @@ def main():
                 else:
                     run.GATEWAY = binary
                     run.PLUGINS = plugins.replace(run.WASM, rest[1]) if len(rest) > 1 else plugins
-                r, tries = run.steady(lambda: run.measure(kind, variant))
+                r, which = run.steady(lambda: run.measure(kind, variant))
                 results[name].append(r)
                 print(f"round {round_ + 1} {name:20} {r['rps']:>9.0f} req/s  p99 {r['p99_ms']:.2f} ms  "
-                      f"CPU s/100k {r['cpu_per_100k']:.2f}  (run {tries})", flush=True)
+                      f"CPU s/100k {r['cpu_per_100k']:.2f}  ({which})", flush=True)
     finally:
         for p in run.PROCS:
             run.stop(p)

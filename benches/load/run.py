@@ -25,7 +25,9 @@ BENCH_SECTIONS (comma list of throughput,incidents,reload; default all), BENCH_S
 proxy's core just before and after each run, and a run is repeated, up to
 BENCH_ATTEMPTS times (default 8), unless both timings are within 10 % of the fastest
 seen; for VMs whose speed swings between full and about half for seconds at a time, as
-the one docs/PERFORMANCE.md was measured on does; use it with BENCH_DURATION=3).
+the one docs/PERFORMANCE.md was measured on does; use it with BENCH_DURATION=3. "Fastest
+seen" is within this run: a machine slow for all of it is not detected, so compare
+absolute figures with earlier runs).
 """
 import csv
 import json
@@ -431,10 +433,11 @@ FASTEST_PROBE = []
 
 
 def steady(run_once):
-    """`run_once()`'s result and how many runs it took: with BENCH_STEADY=1, the first
-    run bracketed by two probes within 10 % of the fastest probe seen."""
+    """`run_once()`'s result and which run it was: with BENCH_STEADY=1, the first run
+    bracketed by two probes within 10 % of the fastest probe seen, else the last one,
+    said so."""
     if not STEADY:
-        return run_once(), 1
+        return run_once(), "run 1"
     if not FASTEST_PROBE:
         FASTEST_PROBE.append(min(speed_probe() for _ in range(20)))
     for attempt in range(1, ATTEMPTS + 1):
@@ -443,8 +446,8 @@ def steady(run_once):
         after = speed_probe()
         FASTEST_PROBE[0] = min(FASTEST_PROBE[0], before, after)
         if max(before, after) <= 1.10 * FASTEST_PROBE[0]:
-            break
-    return result, attempt
+            return result, f"run {attempt}"
+    return result, f"{ATTEMPTS} runs, none at full speed"
 
 
 def throughput():
@@ -458,11 +461,11 @@ def throughput():
     for round_ in range(ROUNDS):
         for kind in results:
             if kind == "direct":
-                r, tries = steady(lambda: dict(wrk(P["upstream"]), cpu_per_100k=0.0, rss_mb=0.0))
+                r, which = steady(lambda: dict(wrk(P["upstream"]), cpu_per_100k=0.0, rss_mb=0.0))
             else:
-                r, tries = steady(lambda: measure(kind.removesuffix("+tls"), kind, kind.endswith("+tls")))
+                r, which = steady(lambda: measure(kind.removesuffix("+tls"), kind, kind.endswith("+tls")))
             results[kind].append(r)
-            print(f"  round {round_ + 1} {kind:12} {r['rps']:>10.0f} req/s  p99 {r['p99_ms']:.2f} ms  (run {tries})",
+            print(f"  round {round_ + 1} {kind:12} {r['rps']:>10.0f} req/s  p99 {r['p99_ms']:.2f} ms  ({which})",
                   flush=True)
     stop(upstream)
     table = {}
