@@ -246,6 +246,7 @@ async fn route_fallback_answers_reads_and_writes_differently_and_reroutes() {
         .expect("Retry-After");
     assert!(retry_after >= 1);
     assert_eq!(write.json()["code"], "WRITES_UNAVAILABLE");
+    assert_eq!(write.json()["route"], "orders");
     // The unread request body ends that connection.
     let mut conn = gw.conn().await;
 
@@ -473,7 +474,7 @@ fn plugins_that_cannot_load_are_config_errors_at_their_declaration() {
         ),
         (
             plugin_entry("old", "old-contract", "predicate", ""),
-            "plugins.old: was built against edge-gateway:plugin@0.1.0, but this gateway speaks edge-gateway:plugin@0.2.0: rebuild it",
+            "plugins.old: was built against edge-gateway:plugin@0.1.0, but this gateway speaks edge-gateway:plugin@0.3.0: rebuild it",
         ),
     ];
     for (entry, expected) in cases {

@@ -2,30 +2,11 @@
 
 use std::time::Duration;
 
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 
 use super::types;
 use crate::breaker::State;
 use crate::classify::{Judgement, TransportError};
-
-pub fn request(req: &RequestHeader, route: &str, upstream: &str) -> types::RequestInfo {
-    let authority = req
-        .headers
-        .get(http::header::HOST)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .or_else(|| req.uri.authority().map(|a| a.to_string()))
-        .unwrap_or_default();
-    types::RequestInfo {
-        method: req.method.as_str().to_string(),
-        path: req
-            .uri
-            .path_and_query()
-            .map_or_else(|| req.uri.path().to_string(), |pq| pq.as_str().to_string()),
-        authority,
-        route: route.to_string(),
-        upstream: upstream.to_string(),
-    }
-}
 
 pub fn response(head: &ResponseHeader) -> types::ResponseInfo {
     types::ResponseInfo {
@@ -35,13 +16,11 @@ pub fn response(head: &ResponseHeader) -> types::ResponseInfo {
 }
 
 pub fn outcome(
-    request: types::RequestInfo,
     response: Option<types::ResponseInfo>,
     error: Option<TransportError>,
     latency: Duration,
 ) -> types::Outcome {
     types::Outcome {
-        request,
         response,
         error: error.map(transport_error),
         latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),

@@ -1,20 +1,22 @@
 //! What a plugin instance may touch: a WASI context that grants nothing (no files,
 //! no environment, no sockets; stdout and stderr go to the log), the `host` interface
-//! (logging, and the headers of the exchange the current call is about, lent for the
-//! length of the call), and a memory limiter that remembers when it said no.
+//! (logging, and the request and headers of the exchange the current call is about,
+//! lent for the length of the call), and a memory limiter that remembers when it said no.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use pingora::http::RequestHeader;
+use scoped_tls::ScopedKey;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::host::{self, LogLevel, Message};
+use super::bindings::host::{self, LogLevel, Message, RequestField};
 use super::bindings::types;
 
 /// Longest log line kept from a plugin; the rest is cut.
@@ -28,38 +30,71 @@ pub struct HostState {
     pub limiter: MemoryLimiter,
 }
 
-/// The headers a plugin may read during one call: the proxy's own maps, lent, not
-/// copied, and not lowered into the call; the plugin pays only for the headers it
-/// asks for.
+/// The exchange a call is about, as the proxy holds it: lent to the call, not copied,
+/// and not lowered into it, so a plugin pays only for what it reads (`host.request`,
+/// `host.header`).
 #[derive(Debug, Clone, Copy)]
-pub struct ExchangeHeaders<'a> {
-    pub request: &'a http::HeaderMap,
-    /// None before there is a response (a fallback's call, a transport error).
+pub struct Exchange<'a> {
+    /// The client's request, before any rewriting for the upstream.
+    pub request: &'a RequestHeader,
+    // `String`, not `str`: a lent value must be sized.
+    pub route: &'a String,
+    pub upstream: &'a String,
+    /// The response head's headers; none before there is a response (a fallback's
+    /// call, a transport error).
     pub response: Option<&'a http::HeaderMap>,
 }
 
-// Where the host functions find the lent maps: calls run to the end on the thread
-// that lends them (`instance.rs`), so a thread-local scoped to the call is enough.
-scoped_tls::scoped_thread_local!(static REQUEST_HEADERS: http::HeaderMap);
+// Where the host functions find the lent exchange: calls run to the end on the
+// thread that lends it (`instance.rs`), so thread-locals scoped to the call are enough.
+scoped_tls::scoped_thread_local!(static REQUEST: RequestHeader);
+scoped_tls::scoped_thread_local!(static ROUTE: String);
+scoped_tls::scoped_thread_local!(static UPSTREAM: String);
 scoped_tls::scoped_thread_local!(static RESPONSE_HEADERS: http::HeaderMap);
 
-impl ExchangeHeaders<'_> {
-    /// Runs `call` with these headers readable by `host.header` and `host.all-headers`.
+impl Exchange<'_> {
+    /// Runs `call` with this exchange readable by the `host` functions.
     pub fn lend<R>(self, call: impl FnOnce() -> R) -> R {
-        REQUEST_HEADERS.set(self.request, || match self.response {
-            Some(response) => RESPONSE_HEADERS.set(response, call),
-            None => call(),
+        REQUEST.set(self.request, || {
+            ROUTE.set(self.route, || {
+                UPSTREAM.set(self.upstream, || match self.response {
+                    Some(response) => RESPONSE_HEADERS.set(response, call),
+                    None => call(),
+                })
+            })
         })
     }
 }
 
-/// What `read` makes of the lent headers of `message`; `None` when none are lent.
-fn lent<R>(message: Message, read: impl FnOnce(&http::HeaderMap) -> R) -> Option<R> {
-    let key = match message {
-        Message::Request => &REQUEST_HEADERS,
-        Message::Response => &RESPONSE_HEADERS,
-    };
+/// What `read` makes of the value lent through `key`; `None` outside a call.
+fn lent<T, R>(key: &'static ScopedKey<T>, read: impl FnOnce(&T) -> R) -> Option<R> {
     key.is_set().then(|| key.with(read))
+}
+
+/// What `read` makes of the lent headers of `message`; `None` when none are lent.
+fn lent_headers<R>(message: Message, read: impl FnOnce(&http::HeaderMap) -> R) -> Option<R> {
+    match message {
+        Message::Request => lent(&REQUEST, |request| read(&request.headers)),
+        Message::Response => lent(&RESPONSE_HEADERS, read),
+    }
+}
+
+fn path_and_query(request: &RequestHeader) -> String {
+    request
+        .uri
+        .path_and_query()
+        .map_or_else(|| request.uri.path(), |pq| pq.as_str())
+        .to_owned()
+}
+
+/// The Host header, else the URI's authority (an absolute-form request line).
+fn authority(request: &RequestHeader) -> String {
+    request
+        .headers
+        .get(http::header::HOST)
+        .map(lossy)
+        .or_else(|| request.uri.authority().map(ToString::to_string))
+        .unwrap_or_default()
 }
 
 fn lossy(value: &http::HeaderValue) -> String {
@@ -108,16 +143,27 @@ impl host::Host for HostState {
         emit(&self.plugin, level, "log", message.as_bytes());
     }
 
+    fn request(&mut self, field: RequestField) -> String {
+        let value = match field {
+            RequestField::Method => lent(&REQUEST, |request| request.method.as_str().to_owned()),
+            RequestField::Path => lent(&REQUEST, path_and_query),
+            RequestField::Authority => lent(&REQUEST, authority),
+            RequestField::Route => lent(&ROUTE, String::clone),
+            RequestField::Upstream => lent(&UPSTREAM, String::clone),
+        };
+        value.unwrap_or_default()
+    }
+
     fn header(&mut self, message: Message, name: String) -> Vec<String> {
         // An invalid name finds nothing: `get_all` parses it and matches no entry.
-        lent(message, |headers| {
+        lent_headers(message, |headers| {
             headers.get_all(name.as_str()).iter().map(lossy).collect()
         })
         .unwrap_or_default()
     }
 
     fn all_headers(&mut self, message: Message) -> types::Headers {
-        lent(message, |headers| {
+        lent_headers(message, |headers| {
             headers
                 .iter()
                 .map(|(name, value)| (name.as_str().to_owned(), lossy(value)))
@@ -274,21 +320,63 @@ mod tests {
     use super::*;
     use host::Host;
 
-    /// Runs `read` on a fresh state with an exchange's headers lent.
+    fn request(path: &[u8], headers: &[(&'static str, &'static [u8])]) -> RequestHeader {
+        let mut request = RequestHeader::build("POST", path, None).expect("a valid request line");
+        for (name, value) in headers {
+            request
+                .append_header(*name, *value)
+                .expect("a valid header");
+        }
+        request
+    }
+
+    /// Runs `read` on a fresh state with an exchange lent.
     fn with_exchange<R>(read: impl FnOnce(&mut HostState) -> R) -> R {
-        let mut request = http::HeaderMap::new();
-        request.append("x-tenant", http::HeaderValue::from_static("acme"));
-        request.append("accept", http::HeaderValue::from_static("text/html"));
-        request.append("accept", http::HeaderValue::from_static("application/json"));
+        let request = request(
+            b"/api/v1/orders?limit=5",
+            &[
+                ("host", b"shop.test:8080"),
+                ("x-tenant", b"acme"),
+                ("accept", b"text/html"),
+                ("accept", b"application/json"),
+            ],
+        );
         let mut response = http::HeaderMap::new();
         let not_utf8 = http::HeaderValue::from_bytes(b"caf\xe9").expect("opaque bytes are valid");
         response.append("x-degraded", not_utf8);
         let mut state = HostState::new("test".into(), 1 << 20);
-        let exchange = ExchangeHeaders {
+        let exchange = Exchange {
             request: &request,
+            route: &"orders".to_string(),
+            upstream: &"orders-v2".to_string(),
             response: Some(&response),
         };
         exchange.lend(|| read(&mut state))
+    }
+
+    #[test]
+    fn the_request_is_read_field_by_field() {
+        with_exchange(|state| {
+            assert_eq!(state.request(RequestField::Method), "POST");
+            assert_eq!(state.request(RequestField::Path), "/api/v1/orders?limit=5");
+            assert_eq!(state.request(RequestField::Authority), "shop.test:8080");
+            assert_eq!(state.request(RequestField::Route), "orders");
+            assert_eq!(state.request(RequestField::Upstream), "orders-v2");
+        });
+        // No Host header: the authority of an absolute-form request line, else nothing.
+        let mut absolute = request(b"/x", &[]);
+        absolute.set_uri(http::Uri::from_static("http://origin.test/x"));
+        let bare = request(b"/x", &[]);
+        for (request, authority) in [(&absolute, "origin.test"), (&bare, "")] {
+            let exchange = Exchange {
+                request,
+                route: &String::new(),
+                upstream: &String::new(),
+                response: None,
+            };
+            let mut state = HostState::new("test".into(), 1 << 20);
+            exchange.lend(|| assert_eq!(state.request(RequestField::Authority), authority));
+        }
     }
 
     #[test]
@@ -328,6 +416,7 @@ mod tests {
             assert_eq!(
                 state.all_headers(Message::Request),
                 [
+                    ("host".to_string(), "shop.test:8080".to_string()),
                     ("x-tenant".to_string(), "acme".to_string()),
                     ("accept".to_string(), "text/html".to_string()),
                     ("accept".to_string(), "application/json".to_string()),
@@ -338,15 +427,18 @@ mod tests {
 
     #[test]
     fn nothing_is_readable_outside_a_call_or_without_a_response() {
-        // Outside a call (a plugin's `init`): no headers.
+        // Outside a call (a plugin's `init`): nothing.
         let mut idle = HostState::new("test".into(), 1 << 20);
         assert!(idle.all_headers(Message::Request).is_empty());
         assert!(idle.header(Message::Request, "host".into()).is_empty());
-        // A fallback's call lends the request only.
-        let mut request = http::HeaderMap::new();
-        request.append("host", http::HeaderValue::from_static("api.test"));
-        let lent = ExchangeHeaders {
+        assert!(idle.request(RequestField::Method).is_empty());
+        assert!(idle.request(RequestField::Route).is_empty());
+        // A fallback's call lends no response.
+        let request = request(b"/", &[("host", b"api.test")]);
+        let lent = Exchange {
             request: &request,
+            route: &"api".to_string(),
+            upstream: &"api".to_string(),
             response: None,
         };
         lent.lend(|| {
@@ -355,5 +447,6 @@ mod tests {
         });
         // And nothing once the call is over.
         assert!(idle.header(Message::Request, "host".into()).is_empty());
+        assert!(idle.request(RequestField::Path).is_empty());
     }
 }

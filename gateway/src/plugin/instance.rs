@@ -16,14 +16,14 @@ use super::bindings::fallback::{Fallback, FallbackPre};
 use super::bindings::predicate::{FailurePredicate, FailurePredicatePre};
 use super::bindings::types::{FallbackAction, FallbackContext, Outcome, Verdict};
 use super::engine::{PluginEngine, ticks};
-use super::host::{ExchangeHeaders, HostState};
+use super::host::{Exchange, HostState};
 use crate::config::{PluginKind, PluginSpec};
 use crate::metrics::PluginMetrics;
 use crate::throttled_log::ThrottledLog;
 
 /// The WIT package plugins are built against, named in errors about a plugin that does
 /// not fit it.
-const CONTRACT: &str = "edge-gateway:plugin@0.2.0";
+const CONTRACT: &str = "edge-gateway:plugin@0.3.0";
 
 /// The contract version a component imports, when it is not this gateway's.
 fn built_for(component: &Component, engine: &wasmtime::Engine) -> Option<String> {
@@ -121,27 +121,26 @@ impl Plugin {
         Ok(plugin)
     }
 
-    /// Asks a predicate what an exchange counts as; `headers` are what `host.header`
-    /// reads during the call.
+    /// Asks a predicate what `exchange`, which ended with `outcome`, counts as.
     pub fn classify(
         &self,
         outcome: &Outcome,
-        headers: ExchangeHeaders<'_>,
+        exchange: Exchange<'_>,
     ) -> Result<Verdict, PluginError> {
-        self.call(headers, |exports, store| match exports {
+        self.call(exchange, |exports, store| match exports {
             Exports::Predicate(exports) => exports.call_classify(store, outcome),
             Exports::Fallback(_) => Err(wasmtime::Error::msg("not a predicate")),
         })
     }
 
-    /// Asks a fallback what to answer (`headers`: the request's). The response is
-    /// checked against `max_response`.
+    /// Asks a fallback what to answer for `exchange` (which has no response). The
+    /// response is checked against `max_response`.
     pub fn respond(
         &self,
-        context: &FallbackContext,
-        headers: ExchangeHeaders<'_>,
+        context: FallbackContext,
+        exchange: Exchange<'_>,
     ) -> Result<FallbackAction, PluginError> {
-        let action = self.call(headers, |exports, store| match exports {
+        let action = self.call(exchange, |exports, store| match exports {
             Exports::Fallback(exports) => exports.call_respond(store, context),
             Exports::Predicate(_) => Err(wasmtime::Error::msg("not a fallback")),
         })?;
@@ -156,10 +155,10 @@ impl Plugin {
         Ok(action)
     }
 
-    /// One call on a pooled instance, within the plugin's limits.
+    /// One call on a pooled instance, within the plugin's limits, with `exchange` lent.
     fn call<R>(
         &self,
-        headers: ExchangeHeaders<'_>,
+        exchange: Exchange<'_>,
         call: impl FnOnce(&Exports, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let started = Instant::now();
@@ -168,7 +167,7 @@ impl Plugin {
         let Instance { store, exports } = &mut instance;
         // A panic in host code (a bug, not the plugin's doing) fails this call, not
         // the request; the instance is dropped with it.
-        let result = catch_unwind(AssertUnwindSafe(|| headers.lend(|| call(exports, store))))
+        let result = catch_unwind(AssertUnwindSafe(|| exchange.lend(|| call(exports, store))))
             .unwrap_or_else(|_| Err(wasmtime::Error::msg("the host panicked during the call")));
         self.settle(instance, result, started)
     }

@@ -3,7 +3,8 @@
 //!
 //! - `bindings.rs`: the only `bindgen!`.
 //! - `engine.rs`: the one engine (pooling allocator, epoch clock) and linker.
-//! - `host.rs`: what an instance may touch (a WASI context granting nothing, logging).
+//! - `host.rs`: what an instance may touch (a WASI context granting nothing, logging,
+//!   the exchange the current call is about).
 //! - `wasi.rs`: WASI in which nothing waits, since calls run on the proxy's threads.
 //! - `instance.rs`: one plugin: instance pool, bounded calls, error accounting.
 //! - `convert.rs`: gateway types to and from WIT types.
@@ -27,7 +28,7 @@ use crate::config::{Config, ConfigError, ConfigErrors, KeyPath};
 use crate::metrics::Metrics;
 
 pub use bindings::types;
-pub use host::ExchangeHeaders;
+pub use host::Exchange;
 pub use instance::Plugin;
 
 /// Why a plugin call (or its instance's start) failed.

@@ -10,7 +10,7 @@ use pingora::prelude::*;
 
 use crate::breaker::State;
 use crate::config::{FallbackSpec, StaticResponse};
-use crate::plugin::{ExchangeHeaders, PluginError, convert, types};
+use crate::plugin::{Exchange, PluginError, convert, types};
 use crate::runtime::Runtime;
 use crate::upstream::Upstream;
 
@@ -135,7 +135,7 @@ pub enum PluginAnswer {
 pub async fn ask_plugin(
     session: &mut Session,
     runtime: &Runtime,
-    route: &str,
+    route: &String,
     upstream: &Arc<Upstream>,
     reason: FallbackReason,
     request_id: &str,
@@ -151,17 +151,18 @@ pub async fn ask_plugin(
         _ => (upstream.breaker.state(), Duration::ZERO),
     };
     let context = types::FallbackContext {
-        request: convert::request(session.req_header(), route, upstream.name()),
         reason: reason.to_wit(),
         state: convert::breaker_state(state),
         retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
     };
     let metrics = &upstream.events.metrics;
-    let headers = ExchangeHeaders {
-        request: &session.req_header().headers,
+    let exchange = Exchange {
+        request: session.req_header(),
+        route,
+        upstream: &upstream.spec.name,
         response: None,
     };
-    match plugin.respond(&context, headers) {
+    match plugin.respond(context, exchange) {
         Ok(types::FallbackAction::Respond(response)) => match synthetic(response) {
             Ok(response) => {
                 metrics.fallback(upstream.name(), reason.as_str(), "plugin");

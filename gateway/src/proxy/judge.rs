@@ -14,10 +14,10 @@ use pingora::prelude::*;
 use super::call::Call;
 use crate::classify::{CallResult, Judgement};
 use crate::config::OnPluginError;
-use crate::plugin::{ExchangeHeaders, convert, types};
+use crate::plugin::{Exchange, convert, types};
 
 /// The response head arrived.
-pub fn at_head(call: &mut Call, session: &Session, route: &str, head: &ResponseHeader) {
+pub fn at_head(call: &mut Call, session: &Session, route: &String, head: &ResponseHeader) {
     let Some(plugin) = &call.predicate else {
         return;
     };
@@ -56,7 +56,7 @@ pub fn awaits_body(call: &Call) -> bool {
 }
 
 /// The exchange ended with `result`: ask the predicate if it has not answered yet.
-pub fn at_end(call: &mut Call, session: &Session, route: &str, result: CallResult) {
+pub fn at_end(call: &mut Call, session: &Session, route: &String, result: CallResult) {
     if call.predicate.is_none() || !call.is_open() {
         return;
     }
@@ -78,7 +78,7 @@ pub fn at_end(call: &mut Call, session: &Session, route: &str, result: CallResul
 fn ask(
     call: &Call,
     session: &Session,
-    route: &str,
+    route: &String,
     response: Option<(types::ResponseInfo, &http::HeaderMap)>,
     error: Option<crate::classify::TransportError>,
     result: CallResult,
@@ -86,14 +86,15 @@ fn ask(
     let Some(plugin) = &call.predicate else {
         return call.upstream.spec.failure_when.judge(result);
     };
-    let request = convert::request(session.req_header(), route, call.upstream.name());
     let (response, response_headers) = response.unzip();
-    let headers = ExchangeHeaders {
-        request: &session.req_header().headers,
+    let exchange = Exchange {
+        request: session.req_header(),
+        route,
+        upstream: &call.upstream.spec.name,
         response: response_headers,
     };
-    let outcome = convert::outcome(request, response, error, call.latency());
-    match plugin.classify(&outcome, headers) {
+    let outcome = convert::outcome(response, error, call.latency());
+    match plugin.classify(&outcome, exchange) {
         Ok(verdict) => convert::judgement(verdict),
         Err(_) => match call.upstream.spec.on_plugin_error {
             OnPluginError::FailureWhen => call.upstream.spec.failure_when.judge(result),

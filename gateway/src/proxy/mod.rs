@@ -511,8 +511,10 @@ fn call_result(e: Option<&Error>, status: Option<u16>) -> CallResult {
     }
 }
 
-fn route_name(route: &Option<Arc<Route>>) -> &str {
-    route.as_ref().map_or("", |r| r.spec.name.as_str())
+/// The matched route's name; empty before one matched.
+fn route_name(route: &Option<Arc<Route>>) -> &String {
+    static NO_ROUTE: String = String::new();
+    route.as_ref().map_or(&NO_ROUTE, |r| &r.spec.name)
 }
 
 /// The host a client asked for: the Host header, or the authority of an absolute URI.

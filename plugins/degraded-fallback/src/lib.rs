@@ -12,6 +12,7 @@ use std::cell::RefCell;
 
 wit_bindgen::generate!({ world: "fallback", path: "../../wit" });
 
+use edge_gateway::plugin::host::{RequestField, request};
 use edge_gateway::plugin::types::{FallbackReason, SyntheticResponse};
 use serde_json::{Map, Value, json};
 
@@ -68,7 +69,7 @@ impl Guest for Plugin {
             let mut document = s.document.clone();
             document.insert("degraded".into(), json!(true));
             document.insert("reason".into(), json!(reason(context.reason)));
-            document.insert("upstream".into(), json!(context.request.upstream));
+            document.insert("upstream".into(), json!(request(RequestField::Upstream)));
             document.insert("retry_after_ms".into(), json!(context.retry_after_ms));
             FallbackAction::Respond(SyntheticResponse {
                 status: s.status,

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 wit_bindgen::generate!({ world: "fallback", path: "../../wit" });
 
+use edge_gateway::plugin::host::{RequestField, request};
 use edge_gateway::plugin::types::SyntheticResponse;
 use serde_json::{Value, json};
 
@@ -66,14 +67,14 @@ impl Guest for Plugin {
     }
 
     fn respond(context: FallbackContext) -> FallbackAction {
-        let request = &context.request;
-        let read = matches!(request.method.as_str(), "GET" | "HEAD");
+        let route = request(RequestField::Route);
+        let read = matches!(request(RequestField::Method).as_str(), "GET" | "HEAD");
         if !read {
             let seconds = context.retry_after_ms.div_ceil(1000).max(1);
             let body = json!({
                 "code": "WRITES_UNAVAILABLE",
                 "message": "writes are paused while the upstream recovers; retry later",
-                "route": request.route,
+                "route": route,
                 "retry_after_ms": context.retry_after_ms,
             });
             return json_response(
@@ -88,7 +89,7 @@ impl Guest for Plugin {
         SETTINGS.with(|s| {
             let s = s.borrow();
             match (
-                s.routes.get(&request.route).or(s.default.as_ref()),
+                s.routes.get(&route).or(s.default.as_ref()),
                 &s.reroute_reads_to,
             ) {
                 (Some(document), _) => json_response(
