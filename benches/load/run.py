@@ -5,7 +5,9 @@
    then nginx, HAProxy and the gateway again, terminating TLS.
    Proxies pinned to CPU 1, wrk and the upstream (an nginx returning a fixed body) to
    CPU 0. Reports requests/s, p50, p99, CPU seconds per 100k requests, peak RSS, and
-   each as a ratio to nginx.
+   each as a ratio to nginx. Then the WASM predicate's cost once more, side by side:
+   the gateway with and without it running at the same time on CPU 1, each driven by
+   its own wrk (PAIRED_ROUNDS rounds, default 5; see `side_by_side`).
 2. Incidents (fixed-rate load, ~200 req/s): upstream dead for 10 s, upstream slow (2 s)
    for 10 s, one of two endpoints dead for 10 s. Each proxy with its closest equivalent
    settings. Reports client-visible errors, p99 latency during the incident (all of it,
@@ -250,17 +252,17 @@ GATEWAY_VARIANTS = {
 }
 
 
-def gateway_conf(servers, extra="", name="gateway", tls=False):
-    listener = f'address: "127.0.0.1:{P["gateway"]}"'
+def gateway_conf(servers, extra="", name="gateway", tls=False, port=P["gateway"], admin=P["admin"]):
+    listener = f'address: "127.0.0.1:{port}"'
     if tls:
         cert, key, _ = certificate()
         listener += f', tls: {{ certificates: [{{ cert: "{cert}", key: "{key}" }}] }}'
     path = os.path.join(TMP, name + ".yaml")
     endpoints = ", ".join(f'"127.0.0.1:{s}"' for s in servers)
     with open(path, "w") as f:
-        f.write(f"""server: {{ threads: 1, access_log: false, watch_config: false, upgrade_socket: "{TMP}/upgrade.sock" }}
+        f.write(f"""server: {{ threads: 1, access_log: false, watch_config: false, upgrade_socket: "{TMP}/{name}-upgrade.sock" }}
 listeners: [{{ {listener} }}]
-admin: {{ address: "127.0.0.1:{P['admin']}" }}
+admin: {{ address: "127.0.0.1:{admin}" }}
 {PLUGINS if "rules" in extra or "degraded" in extra else ""}upstreams:
   up:
     endpoints: [{endpoints}]
@@ -416,6 +418,61 @@ def measure(proxy_kind, variant, tls=False):
     return r
 
 
+def start_gateway(binary, variant, name, port, admin, wasm=WASM):
+    """A gateway with `variant`'s settings on `port`, its plugins loaded from `wasm`."""
+    global PLUGINS
+    plugins = PLUGINS
+    PLUGINS = plugins.replace(WASM, wasm)
+    try:
+        conf = gateway_conf([P["upstream"]], GATEWAY_VARIANTS[variant], name, port=port, admin=admin)
+    finally:
+        PLUGINS = plugins
+    proxy = start(pinned(1, [binary, "run", "--config", conf]), name)
+    wait_port(port)
+    return proxy
+
+
+def side_by_side(sides):
+    """Two gateways at the same time on CPU 1, each driven by its own wrk on CPU 0.
+
+    sides: two (name, binary, variant, wasm_dir). Both are CPU-bound, so the kernel
+    gives each half the core and the ratio of their requests/s is the inverse ratio of
+    their CPU per request; a phase of this VM running slow hits both alike, where runs
+    one after the other would see it in one of them only. Ports swap every round.
+    Returns the second's requests/s and CPU per request as ratios to the first's, a
+    list per round."""
+    ports = [(P["gateway"], P["admin"]), (P["gateway"] + 10, P["admin"] + 10)]
+    rps, cpu = [], []
+    for round_ in range(int(os.environ.get("PAIRED_ROUNDS", "5"))):
+        placed = list(zip(sides, ports if round_ % 2 == 0 else ports[::-1]))
+        proxies = [start_gateway(binary, variant, name, port, admin, wasm)
+                   for (name, binary, variant, wasm), (port, admin) in placed]
+        cpu0 = [cpu_seconds(tree(p.pid)) for p in proxies]
+        results = [None, None]
+
+        def drive(i, port):
+            results[i] = wrk(port)
+
+        threads = [threading.Thread(target=drive, args=(i, port)) for i, (_, (port, _)) in enumerate(placed)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for r, p, c0 in zip(results, proxies, cpu0):
+            if r is None:
+                raise SystemExit(f"a wrk run failed; logs in {TMP}")
+            r["cpu_per_100k"] = (cpu_seconds(tree(p.pid)) - c0) / max(r["requests"], 1) * 100_000
+            stop(p)
+        (a, *_), (b, *_) = sides
+        first, second = results
+        rps.append(second["rps"] / first["rps"])
+        cpu.append(second["cpu_per_100k"] / first["cpu_per_100k"])
+        print(f"  round {round_ + 1} side by side: {a} {first['rps']:.0f} req/s ({first['cpu_per_100k']:.2f} CPU-s/100k), "
+              f"{b} {second['rps']:.0f} req/s ({second['cpu_per_100k']:.2f} CPU-s/100k): {b}/{a} {rps[-1]:.3f}",
+              flush=True)
+    return rps, cpu
+
+
 def speed_probe():
     """Seconds a fixed CPU loop takes on the proxies' core (CPU 1)."""
     everywhere = os.sched_getaffinity(0)
@@ -467,6 +524,7 @@ def throughput():
             results[kind].append(r)
             print(f"  round {round_ + 1} {kind:12} {r['rps']:>10.0f} req/s  p99 {r['p99_ms']:.2f} ms  ({which})",
                   flush=True)
+    paired, _ = side_by_side([("gateway", GATEWAY, "gateway", WASM), ("gw+predicate", GATEWAY, "gw+predicate", WASM)])
     stop(upstream)
     table = {}
     for kind, runs in results.items():
@@ -478,7 +536,12 @@ def throughput():
         print(f"{kind:13}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['cpu_per_100k']:>12.2f}{r['rss_mb']:>8.1f}"
               f"{r['rps'] / base['rps']:>16.2f}{r['p99_ms'] / base['p99_ms']:>14.2f}")
     cost = 1 - table["gw+predicate"]["rps"] / table["gateway"]["rps"]
-    print(f"\nA WASM predicate on every response costs {cost * 100:.1f} % of the gateway's requests/s (target: at most 10 %)")
+    table["predicate_cost_side_by_side"] = {"median": 1 - statistics.median(paired),
+                                            "lowest": 1 - max(paired), "highest": 1 - min(paired)}
+    side = table["predicate_cost_side_by_side"]
+    print(f"\nA WASM predicate on every response costs {cost * 100:.1f} % of the gateway's requests/s (target: at most 10 %);"
+          f" side by side on one core: {side['median'] * 100:.1f} % (median of {len(paired)} rounds,"
+          f" {side['lowest'] * 100:.1f}-{side['highest'] * 100:.1f} %)")
     print("gw+fallback: every request answered by the WASM fallback (breaker forced open); wrk counts its 200s")
     for kind in ["nginx", "haproxy", "gateway"]:
         tls_cost = 1 - table[f"{kind}+tls"]["rps"] / table[kind]["rps"]
