@@ -252,7 +252,7 @@ GATEWAY_VARIANTS = {
 }
 
 
-def gateway_conf(servers, extra="", name="gateway", tls=False, port=P["gateway"], admin=P["admin"]):
+def gateway_conf(servers, extra="", name="gateway", tls=False, port=P["gateway"], admin=P["admin"], wasm=WASM):
     listener = f'address: "127.0.0.1:{port}"'
     if tls:
         cert, key, _ = certificate()
@@ -263,7 +263,7 @@ def gateway_conf(servers, extra="", name="gateway", tls=False, port=P["gateway"]
         f.write(f"""server: {{ threads: 1, access_log: false, watch_config: false, upgrade_socket: "{TMP}/{name}-upgrade.sock" }}
 listeners: [{{ {listener} }}]
 admin: {{ address: "127.0.0.1:{admin}" }}
-{PLUGINS if "rules" in extra or "degraded" in extra else ""}upstreams:
+{PLUGINS.replace(WASM, wasm) if "rules" in extra or "degraded" in extra else ""}upstreams:
   up:
     endpoints: [{endpoints}]
     timeouts: {{ connect: 1s, read: 1s }}
@@ -420,13 +420,7 @@ def measure(proxy_kind, variant, tls=False):
 
 def start_gateway(binary, variant, name, port, admin, wasm=WASM):
     """A gateway with `variant`'s settings on `port`, its plugins loaded from `wasm`."""
-    global PLUGINS
-    plugins = PLUGINS
-    PLUGINS = plugins.replace(WASM, wasm)
-    try:
-        conf = gateway_conf([P["upstream"]], GATEWAY_VARIANTS[variant], name, port=port, admin=admin)
-    finally:
-        PLUGINS = plugins
+    conf = gateway_conf([P["upstream"]], GATEWAY_VARIANTS[variant], name, port=port, admin=admin, wasm=wasm)
     proxy = start(pinned(1, [binary, "run", "--config", conf]), name)
     wait_port(port)
     return proxy
@@ -442,6 +436,7 @@ def side_by_side(sides):
     Returns the second's requests/s and CPU per request as ratios to the first's, a
     list per round."""
     ports = [(P["gateway"], P["admin"]), (P["gateway"] + 10, P["admin"] + 10)]
+    (a, *_), (b, *_) = sides
     rps, cpu = [], []
     for round_ in range(int(os.environ.get("PAIRED_ROUNDS", "5"))):
         placed = list(zip(sides, ports if round_ % 2 == 0 else ports[::-1]))
@@ -463,7 +458,6 @@ def side_by_side(sides):
                 raise SystemExit(f"a wrk run failed; logs in {TMP}")
             r["cpu_per_100k"] = (cpu_seconds(tree(p.pid)) - c0) / max(r["requests"], 1) * 100_000
             stop(p)
-        (a, *_), (b, *_) = sides
         first, second = results
         rps.append(second["rps"] / first["rps"])
         cpu.append(second["cpu_per_100k"] / first["cpu_per_100k"])
