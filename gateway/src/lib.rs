@@ -27,6 +27,7 @@ pub mod retry_budget;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod syntax;
 pub mod throttled_log;
 pub mod tls;
 pub mod upstream;

@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::error::{KeyPath, Problems};
-use super::raw::{RawListener, RawListenerLimits, RawListenerTls, RawRouteLimits};
+use super::raw::{
+    RawEncodedSlashes, RawListener, RawListenerLimits, RawListenerTls, RawPathPolicy,
+    RawRouteLimits,
+};
+use crate::syntax::cidr::Cidr;
+use crate::syntax::path::{EncodedSlashes, PathPolicy};
 use crate::tls::{LoadedCertificate, load_certificate};
 
 /// Pingora reads at most this much request header, whatever the config says.
@@ -22,6 +27,12 @@ pub struct ListenerSpec {
     /// TLS: h2 offered by ALPN. Plaintext: h2c accepted.
     pub http2: bool,
     pub limits: ListenerLimits,
+    /// Peers whose X-Forwarded-* and Forwarded headers are appended to; from anyone
+    /// else they are dropped and replaced by the gateway's own.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Connections start with a PROXY protocol header naming the real client.
+    pub proxy_protocol: bool,
+    pub paths: PathPolicy,
 }
 
 impl ListenerSpec {
@@ -34,6 +45,13 @@ impl ListenerSpec {
     /// A name for metrics and logs.
     pub fn label(&self) -> String {
         self.address.to_string()
+    }
+
+    /// Whether forwarding headers from `peer` are believed.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies
+            .iter()
+            .any(|range| range.contains(peer))
     }
 }
 
@@ -113,6 +131,7 @@ pub fn listener_specs(
             .tls
             .and_then(|tls| tls_spec(tls, source, &at.key("tls"), problems));
         let limits = listener_limits(&listener.limits, &at.key("limits"), problems);
+        let trusted_proxies = trusted_proxies(&listener.trusted_proxies, &at, problems);
         let Some(address) =
             super::model::listen_address(&listener.address, at.key("address"), problems)
         else {
@@ -127,9 +146,33 @@ pub fn listener_specs(
             http2: listener.http2.unwrap_or(tls.is_some()),
             tls,
             limits,
+            trusted_proxies,
+            proxy_protocol: listener.proxy_protocol.unwrap_or(false),
+            paths: path_policy(&listener.paths),
         });
     }
     specs
+}
+
+fn trusted_proxies(raw: &[String], at: &KeyPath, problems: &mut Problems) -> Vec<Cidr> {
+    let mut ranges = Vec::with_capacity(raw.len());
+    for (i, text) in raw.iter().enumerate() {
+        match text.trim().parse::<Cidr>() {
+            Ok(range) => ranges.push(range),
+            Err(e) => problems.push(at.key("trusted_proxies").index(i), e.to_string()),
+        }
+    }
+    ranges
+}
+
+fn path_policy(raw: &RawPathPolicy) -> PathPolicy {
+    PathPolicy {
+        merge_slashes: raw.merge_slashes.unwrap_or(false),
+        encoded_slashes: match raw.encoded_slashes {
+            None | Some(RawEncodedSlashes::Refuse) => EncodedSlashes::Refuse,
+            Some(RawEncodedSlashes::Keep) => EncodedSlashes::Keep,
+        },
+    }
 }
 
 fn tls_spec(

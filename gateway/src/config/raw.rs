@@ -39,6 +39,27 @@ pub struct RawListener {
     pub http2: Option<bool>,
     #[serde(default)]
     pub limits: RawListenerLimits,
+    /// Peers (CIDR ranges) whose forwarding headers are believed and appended to.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: Option<bool>,
+    #[serde(default)]
+    pub paths: RawPathPolicy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPathPolicy {
+    pub merge_slashes: Option<bool>,
+    pub encoded_slashes: Option<RawEncodedSlashes>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawEncodedSlashes {
+    Refuse,
+    Keep,
 }
 
 #[derive(Debug, Deserialize)]

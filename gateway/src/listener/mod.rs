@@ -37,10 +37,12 @@ pub enum Limit {
     HeaderReadTimeout,
     BodyReadTimeout,
     TlsVersion,
+    /// A request whose Host or path is outside the grammar (400).
+    Malformed,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 7] = [
+    pub const ALL: [Limit; 8] = [
         Limit::MaxConnections,
         Limit::HeaderBytes,
         Limit::Headers,
@@ -48,6 +50,7 @@ impl Limit {
         Limit::HeaderReadTimeout,
         Limit::BodyReadTimeout,
         Limit::TlsVersion,
+        Limit::Malformed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl Limit {
             Limit::HeaderReadTimeout => "header_read_timeout",
             Limit::BodyReadTimeout => "body_read_timeout",
             Limit::TlsVersion => "min_version",
+            Limit::Malformed => "malformed_request",
         }
     }
 }

@@ -3,7 +3,8 @@
 //! 1. `new_ctx`: take the current runtime snapshot; it serves this request to the end.
 //! 2. `request_filter`: (when shutting down, end keep-alive with this response) give
 //!    the request an id, apply the listener's limits (431 for an oversized header,
-//!    keep-alive and body read timeouts), find its route (or answer 404), refuse a
+//!    keep-alive and body read timeouts), check its Host and bring its path to normal
+//!    form (400 otherwise), find its route (or answer 404), refuse a
 //!    declared body over the route's limit (413), and ask
 //!    the upstream's breaker and bulkhead for admission; a rejected request gets the
 //!    fallback (a response, another upstream, or a plugin's answer) and never
@@ -11,7 +12,8 @@
 //!    another upstream, or declines (then the built-in fallback answers).
 //! 3. `request_body_filter`: count the body as it streams; over the limit, stop (413).
 //! 4. `upstream_peer`: pick an endpoint, skipping ejected ones.
-//! 5. `upstream_request_filter`: rewrite path and host, add forwarding headers.
+//! 5. `upstream_request_filter`: rewrite path and host, add forwarding headers (the
+//!    client's own are kept only from a trusted proxy).
 //! 6. `upstream_response_filter`: note the upstream's status and how long it took;
 //!    a predicate plugin that needs no body judges the exchange now.
 //! 7. `upstream_response_body_filter`: a body-reading predicate gets a copy of the
@@ -32,6 +34,7 @@ mod fallback;
 mod headers;
 mod judge;
 mod limits;
+mod normalize;
 mod respond;
 
 use std::net::SocketAddr;
@@ -45,7 +48,7 @@ use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::classify::{CallResult, TransportError};
-use crate::config::{FallbackSpec, ListenerLimits};
+use crate::config::{FallbackSpec, ListenerLimits, ListenerSpec};
 use crate::drain::{InFlight, InFlightGuard};
 use crate::listener::{Limit, LimitReporter};
 use crate::routing::Route;
@@ -93,6 +96,8 @@ pub struct RequestCtx {
     call: Option<Call>,
     /// Set when the gateway answered instead of the upstream.
     answered: Option<&'static str>,
+    /// This listener's place in the snapshot's `listeners` (None if it left the config).
+    listener: Option<usize>,
     /// This listener's limits as of the request's snapshot.
     limits: ListenerLimits,
     body: Option<BodyBudget>,
@@ -102,6 +107,12 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// This listener's settings in the request's snapshot.
+    fn listener(&self) -> Option<&ListenerSpec> {
+        self.listener
+            .and_then(|i| self.runtime.config.listeners.get(i))
+    }
+
     /// Answers a request that broke `limit` before any upstream saw it, and ends the
     /// connection (its remaining bytes are not read).
     async fn refuse(
@@ -121,6 +132,7 @@ impl RequestCtx {
         let error = match limit {
             Limit::Headers | Limit::HeaderBytes => GatewayError::HeadersTooLarge,
             Limit::BodyReadTimeout | Limit::HeaderReadTimeout => GatewayError::RequestTimeout,
+            Limit::Malformed => GatewayError::BadRequest,
             _ => GatewayError::BodyTooLarge,
         };
         session.set_keepalive(None);
@@ -170,11 +182,13 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         let runtime = self.runtime.snapshot();
-        let limits = runtime
+        let listener = runtime
             .config
             .listeners
             .iter()
-            .find(|l| l.address == self.listener)
+            .position(|l| l.address == self.listener);
+        let limits = listener
+            .and_then(|i| runtime.config.listeners.get(i))
             .map_or_else(ListenerLimits::default, |l| l.limits);
         RequestCtx {
             runtime,
@@ -183,6 +197,7 @@ impl ProxyHttp for Gateway {
             route: None,
             call: None,
             answered: None,
+            listener,
             limits,
             body: None,
             limit_hit: None,
@@ -195,7 +210,10 @@ impl ProxyHttp for Gateway {
             // Tell the client this connection ends with this response, so it opens its
             // next one to whichever process still listens instead of racing our close.
             session.set_keepalive(None);
-        } else {
+        } else if session.get_keepalive().is_some() {
+            // Only where keep-alive is already decided: Pingora turned it off for an
+            // HTTP/1.0 client that did not ask, `Connection: close`, and framing RFC 9112
+            // §6.1 says must end the connection (Content-Length with Transfer-Encoding).
             let idle = ctx.limits.keepalive_timeout.as_secs();
             session.set_keepalive((idle > 0).then_some(idle));
         }
@@ -204,12 +222,16 @@ impl ProxyHttp for Gateway {
         if let Some((limit, detail)) = limits::header_limit(req, &ctx.limits) {
             return ctx.refuse(session, &self.limits, limit, &detail).await;
         }
+        let paths = ctx.listener().map(|l| l.paths).unwrap_or_default();
+        if let Err(detail) = normalize::request(session.req_header_mut(), paths) {
+            let detail = format!("400: {detail}");
+            return ctx
+                .refuse(session, &self.limits, Limit::Malformed, &detail)
+                .await;
+        }
         let req = session.req_header();
-        let Some(route) = ctx
-            .runtime
-            .routes
-            .find(request_host(req), req.uri.path(), &req.method)
-        else {
+        let host = normalize::authority(req).and_then(|a| a.route_host());
+        let Some(route) = ctx.runtime.routes.find(host, req.uri.path(), &req.method) else {
             ctx.answered = Some(GatewayError::RouteNotFound.code());
             respond::write_error(session, GatewayError::RouteNotFound, &ctx.request_id).await?;
             return Ok(true);
@@ -306,13 +328,17 @@ impl ProxyHttp for Gateway {
             )?;
             upstream.set_uri(uri);
         }
-        let original_host = request_host(session.req_header());
+        let original_host = normalize::authority(session.req_header()).map(|a| a.text);
         if let Some(host) = &route.spec.host_rewrite {
             upstream.insert_header("host", host)?;
         }
-        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted = client.is_some_and(|ip| ctx.listener().is_some_and(|l| l.trusts(ip)));
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        headers::add_forwarding(upstream, client, original_host, tls)?;
+        headers::add_forwarding(upstream, client, original_host, tls, trusted)?;
         upstream.insert_header(REQUEST_ID, &ctx.request_id)?;
         Ok(())
     }
@@ -484,7 +510,7 @@ impl ProxyHttp for Gateway {
             request_id = %ctx.request_id,
             client = ?session.client_addr().and_then(|a| a.as_inet()),
             method = %req.method,
-            host = request_host(req).unwrap_or(""),
+            host = normalize::authority(req).map_or("", |a| a.text),
             path = req.uri.path(),
             status,
             route = ctx.route.as_ref().map_or("", |r| r.spec.name.as_str()),
@@ -515,12 +541,4 @@ fn call_result(e: Option<&Error>, status: Option<u16>) -> CallResult {
 fn route_name(route: &Option<Arc<Route>>) -> &String {
     static NO_ROUTE: String = String::new();
     route.as_ref().map_or(&NO_ROUTE, |r| &r.spec.name)
-}
-
-/// The host a client asked for: the Host header, or the authority of an absolute URI.
-fn request_host(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
