@@ -11,7 +11,7 @@ use pingora::services::listening::Service;
 
 use crate::config::{Config, ListenerSpec};
 use crate::drain::InFlight;
-use crate::listener::{LimitReporter, ListenerApp};
+use crate::listener::{LimitReporter, ListenerApp, proxy_protocol};
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::RuntimeHandle;
@@ -141,7 +141,12 @@ fn listener_service(
     options.h2c = listener.http2 && listener.tls.is_none();
     options.h2_idle_timeout = Some(listener.limits.keepalive_timeout).filter(|d| !d.is_zero());
     proxy.server_options = Some(options);
-    let app = ListenerApp::new(listener.address, proxy, Arc::clone(runtime), limits);
+    let app = ListenerApp::new(
+        listener.address,
+        proxy,
+        Arc::clone(runtime),
+        Arc::clone(&limits),
+    );
     let mut service = Service::new(format!("gateway {label}"), app);
     match runtime.certificates(&listener.address) {
         Some(store) => {
@@ -151,6 +156,15 @@ fn listener_service(
                 tls.enable_h2();
             }
             service.add_tls_with_settings(&label, None, tls);
+            // Installed on every TLS listener: whether a PROXY header is expected is
+            // read per connection, so a reload can switch it.
+            service
+                .endpoints()
+                .set_pre_tls_callback(Arc::new(proxy_protocol::PreTls {
+                    address: listener.address,
+                    runtime: Arc::clone(runtime),
+                    limits: Arc::clone(&limits),
+                }));
         }
         None => service.add_tcp(&label),
     }

@@ -186,7 +186,19 @@ impl Client {
         addr: SocketAddr,
         sni: Option<&str>,
     ) -> std::io::Result<TlsStream<TcpStream>> {
-        let tcp = TcpStream::connect(addr).await?;
+        self.connect_after(addr, sni, b"").await
+    }
+
+    /// Like `connect`, sending `preamble` (a PROXY protocol header, say) before the
+    /// handshake.
+    pub async fn connect_after(
+        &self,
+        addr: SocketAddr,
+        sni: Option<&str>,
+        preamble: &[u8],
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let mut tcp = TcpStream::connect(addr).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, preamble).await?;
         let name = match sni {
             Some(name) => ServerName::try_from(name.to_string())
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,

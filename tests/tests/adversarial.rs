@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use gateway_tests::http::{Conn, Response};
+use gateway_tests::tls::{Ca, Client};
 use gateway_tests::{Gateway, echo, start_origin};
 
 fn json_str(response: &Response, pointer: &str) -> String {
@@ -238,5 +239,122 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     assert_eq!(
         json_str(&seen, "/headers/forwarded"),
         "for=6.6.6.6;proto=https, for=127.0.0.1;proto=http;host=api.test"
+    );
+}
+
+/// A PROXY protocol v2 header for a TCP4 client.
+fn proxy_v2(client: [u8; 4], port: u16) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    header.extend_from_slice(&client);
+    header.extend_from_slice(&[127, 0, 0, 1]);
+    header.extend_from_slice(&port.to_be_bytes());
+    header.extend_from_slice(&80u16.to_be_bytes());
+    header
+}
+
+#[tokio::test]
+async fn the_proxy_protocol_names_the_client_everywhere() {
+    let origin = start_origin(echo("api")).await;
+    let body = format!(
+        "upstreams:\n  api: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ upstream: api }}\n",
+        origin.addr()
+    );
+    let gw = Gateway::start_with_listener(&body, "    proxy_protocol: true\n").await;
+
+    // Version 1, with the request in the same packet as the header.
+    let (v1, _) = exchange(
+        &gw,
+        "PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\nGET /v1 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(v1.status, 200, "{}", v1.text());
+    assert_eq!(json_str(&v1, "/headers/x-forwarded-for"), "203.0.113.7");
+    assert_eq!(
+        json_str(&v1, "/headers/forwarded"),
+        "for=203.0.113.7;proto=http;host=a"
+    );
+    gw.wait_for_log(&["gateway::access", "203.0.113.7"]).await;
+
+    // Version 2.
+    let mut conn = Conn::connect(gw.listen).await.expect("connect");
+    conn.send_raw(&proxy_v2([198, 51, 100, 9], 4000))
+        .await
+        .expect("header");
+    let v2 = conn.get("/v2").await.expect("request");
+    assert_eq!(json_str(&v2, "/headers/x-forwarded-for"), "198.51.100.9");
+
+    // No header: the connection is closed without an answer, and the upstream sees nothing.
+    let before = origin.stats().requests();
+    let mut bare = Conn::connect(gw.listen).await.expect("connect");
+    bare.send_raw(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("send");
+    assert!(bare.closed_within(Duration::from_secs(5)).await);
+    assert!(
+        bare.response().await.is_err(),
+        "no response without a PROXY header"
+    );
+    assert_eq!(origin.stats().requests(), before);
+    gw.wait_for_log(&["malformed_request", "PROXY protocol header"])
+        .await;
+
+    // A balancer outside trusted_proxies may not name clients.
+    let fenced = Gateway::start_with_listener(
+        &body,
+        "    proxy_protocol: true\n    trusted_proxies: [\"10.0.0.0/8\"]\n",
+    )
+    .await;
+    let mut conn = Conn::connect(fenced.listen).await.expect("connect");
+    conn.send_raw(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("send");
+    assert!(conn.closed_within(Duration::from_secs(5)).await);
+    assert!(conn.response().await.is_err());
+}
+
+#[tokio::test]
+async fn the_proxy_protocol_comes_before_tls() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new("edge test ca");
+    let (cert, key) = ca.leaf(&["api.test"]).write(dir.path(), "api");
+    let origin = start_origin(echo("api")).await;
+    let gw = Gateway::start_with_listener(
+        &format!(
+            "upstreams:\n  api: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ upstream: api }}\n",
+            origin.addr()
+        ),
+        &format!(
+            "    proxy_protocol: true\n    tls:\n      certificates:\n        - {{ cert: \"{}\", key: \"{}\" }}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let stream = Client::new()
+        .trusting(&ca)
+        .connect_after(
+            gw.listen,
+            Some("api.test"),
+            &proxy_v2([192, 0, 2, 44], 1234),
+        )
+        .await
+        .expect("handshake after the PROXY header");
+    let mut conn = Conn::over(stream);
+    let response = conn.get("/").await.expect("request");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        json_str(&response, "/headers/x-forwarded-for"),
+        "192.0.2.44"
+    );
+    assert_eq!(json_str(&response, "/headers/x-forwarded-proto"), "https");
+
+    // Without the header the handshake never starts.
+    assert!(
+        Client::new()
+            .trusting(&ca)
+            .connect(gw.listen, Some("api.test"))
+            .await
+            .is_err()
     );
 }

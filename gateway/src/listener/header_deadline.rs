@@ -174,8 +174,13 @@ impl HeaderDeadline {
     /// for the proxy. Pingora drops a fresh connection whose request it has not read
     /// yet when shutdown begins (a graceful upgrade, SIGTERM); with the bytes already
     /// here it reads the request first and answers it. False: the client closed, sent
-    /// nothing in time (counted), or failed.
-    pub async fn first_bytes(&mut self) -> bool {
+    /// nothing in time (counted), or failed. `ahead`: bytes already read past a PROXY
+    /// header, which count as the first bytes.
+    pub async fn first_bytes(&mut self, ahead: Vec<u8>) -> bool {
+        if !ahead.is_empty() {
+            self.prefetched = ahead;
+            return true;
+        }
         let mut chunk = vec![0u8; 4096];
         let read = tokio::time::timeout_at(self.deadline, self.inner.read(&mut chunk)).await;
         match read {

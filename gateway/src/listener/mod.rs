@@ -5,14 +5,15 @@
 //! server takes it: HTTP/1.1, h2 by ALPN, or h2c.
 
 mod header_deadline;
+pub mod proxy_protocol;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::{ALPN, Stream};
+use pingora::protocols::{ALPN, GetSocketDigest, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use rustls::ProtocolVersion;
@@ -122,20 +123,45 @@ impl ListenerApp {
             limits,
         }
     }
+}
 
-    /// This listener's limits in the config being served now (reloads apply to the
-    /// next connection).
-    fn current(&self) -> (ListenerLimits, Option<TlsVersion>) {
-        let runtime = self.runtime.snapshot();
-        runtime
-            .config
-            .listeners
-            .iter()
-            .find(|l| l.address == self.address)
-            .map_or((ListenerLimits::default(), None), |l| {
-                (l.limits, l.tls.as_ref().map(|t| t.min_version))
-            })
+/// What a new connection on a listener is held to, from the config being served now
+/// (reloads apply to the next connection).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionPolicy {
+    pub limits: ListenerLimits,
+    pub min_version: Option<TlsVersion>,
+    pub proxy_protocol: bool,
+    /// Whether `peer` may send a PROXY header: any peer when `trusted_proxies` is
+    /// empty, else only those it lists.
+    pub may_proxy: bool,
+}
+
+pub fn current(
+    runtime: &RuntimeHandle,
+    address: SocketAddr,
+    peer: Option<IpAddr>,
+) -> ConnectionPolicy {
+    let runtime = runtime.snapshot();
+    let spec = runtime
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.address == address);
+    ConnectionPolicy {
+        limits: spec.map_or_else(ListenerLimits::default, |l| l.limits),
+        min_version: spec.and_then(|l| l.tls.as_ref().map(|t| t.min_version)),
+        proxy_protocol: spec.is_some_and(|l| l.proxy_protocol),
+        may_proxy: spec
+            .is_some_and(|l| l.trusted_proxies.is_empty() || peer.is_some_and(|ip| l.trusts(ip))),
     }
+}
+
+/// The connection's peer as the socket (or an earlier PROXY header) says.
+pub fn peer_ip<S: GetSocketDigest + ?Sized>(stream: &S) -> Option<IpAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
 }
 
 /// Gives the connection's place back when it ends, however it ends.
@@ -157,7 +183,10 @@ impl ServerApp for ListenerApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (limits, min_version) = self.current();
+        let mut stream = stream;
+        let tls = stream.get_ssl_digest().is_some();
+        let policy = current(&self.runtime, self.address, peer_ip(&*stream));
+        let (limits, min_version) = (policy.limits, policy.min_version);
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         self.limits.metrics.connections.inc();
         let _open = OpenConnection { app: self };
@@ -180,6 +209,30 @@ impl ServerApp for ListenerApp {
             );
             return None;
         }
+        if policy.proxy_protocol && !tls && !policy.may_proxy {
+            self.limits.fired(
+                Limit::Malformed,
+                "connection closed: a PROXY header from a peer outside trusted_proxies",
+            );
+            return None;
+        }
+        // On TLS the header came before the handshake (`proxy_protocol::PreTls`).
+        let mut ahead = Vec::new();
+        if policy.proxy_protocol && !tls {
+            match proxy_protocol::read(&mut stream, limits.header_read_timeout).await {
+                Ok((source, rest)) => {
+                    if let Some(digest) = proxy_protocol::digest_for(&*stream, source) {
+                        stream.set_socket_digest(digest);
+                    }
+                    ahead = rest;
+                }
+                Err(e) => {
+                    self.limits
+                        .fired(Limit::Malformed, &format!("connection closed: {e}"));
+                    return None;
+                }
+            }
+        }
         if stream.selected_alpn_proto() == Some(ALPN::H2) {
             // HTTP/2 frames its own requests; its idle timeout is Pingora's h2 option.
             return self.proxy.process_new(stream, shutdown).await;
@@ -191,7 +244,7 @@ impl ServerApp for ListenerApp {
             Arc::clone(&boundary),
             Arc::clone(&self.limits),
         );
-        if !stream.first_bytes().await {
+        if !stream.first_bytes(ahead).await {
             return None;
         }
         let stream: Stream = Box::new(stream);
