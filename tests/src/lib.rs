@@ -2,6 +2,7 @@
 //! ready, and start scripted origin servers for it to proxy to.
 
 pub mod http;
+pub mod recording;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};

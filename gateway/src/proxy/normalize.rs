@@ -1,12 +1,12 @@
 //! The request as routing and the upstream will see it. Pingora has already refused
 //! what RFC 9112 makes ambiguous in framing and authority (two Host fields, a Host that
 //! differs from an absolute-form target, Content-Length / Transfer-Encoding conflicts);
-//! this checks what it leaves to the proxy: the Host (or `:authority`) must be a valid
-//! authority, and the path is brought to normal form (`syntax::path`) so that the route
+//! this checks what it leaves to the proxy: Content-Length must be one plain number, the
+//! Host (or `:authority`) must be a valid authority, and the path is brought to normal form (`syntax::path`) so that the route
 //! chosen is the route the upstream serves. An absolute-form target becomes origin-form
 //! with its authority in Host, as RFC 9112 §3.2.2 asks of a server.
 
-use http::header::HOST;
+use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::{PathAndQuery, Uri};
 use pingora::http::RequestHeader;
 use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
@@ -41,6 +41,15 @@ pub fn request(req: &mut RequestHeader, policy: PathPolicy) -> Result<(), String
             Some((authority.to_vec(), target))
         }
     };
+    // Pingora accepts identical duplicates (`5, 5`, or two fields) but forwards them as
+    // they came; an upstream that reads them differently would frame another body.
+    let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        let digits = !first.is_empty() && first.as_bytes().iter().all(u8::is_ascii_digit);
+        if lengths.next().is_some() || !digits {
+            return Err("Content-Length must be one field of digits".into());
+        }
+    }
     let host = host_value(req).or(absolute.as_ref().map(|(a, _)| a.as_slice()));
     match host {
         None if req.version == http::Version::HTTP_11 => {
