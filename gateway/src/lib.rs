@@ -29,6 +29,7 @@ pub mod runtime;
 pub mod server;
 pub mod throttled_log;
 pub mod tls;
+pub mod upgrade_socket;
 pub mod upstream;
 
 // A proxy allocates and frees small buffers on every request; mimalloc's thread-local

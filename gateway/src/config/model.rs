@@ -46,7 +46,8 @@ pub struct ServerSpec {
     pub access_log: bool,
     /// Reload when the config file changes (SIGHUP and the admin API always work).
     pub watch_config: bool,
-    /// Unix socket over which a new process takes the listening sockets (`run --upgrade`).
+    /// Unix socket over which a new process takes the listening sockets (`run --upgrade`),
+    /// in a directory only this process's uid can reach.
     pub upgrade_socket: PathBuf,
 }
 
@@ -205,11 +206,46 @@ pub fn server_spec(raw: RawServer, path: &KeyPath, problems: &mut Problems) -> S
         upstream_keepalive_pool_size: raw.upstream_keepalive_pool_size.unwrap_or(128),
         access_log: raw.access_log.unwrap_or(true),
         watch_config: raw.watch_config.unwrap_or(true),
-        upgrade_socket: raw.upgrade_socket.map_or_else(
-            || PathBuf::from("/tmp/edge-gateway-upgrade.sock"),
-            PathBuf::from,
+        upgrade_socket: upgrade_socket(
+            raw.upgrade_socket,
+            &crate::upgrade_socket::Environment::current(),
+            &path.key("upgrade_socket"),
+            problems,
         ),
     }
+}
+
+/// The upgrade socket's path, given or the default, checked for safety: another local
+/// user must not be able to bind it or reach it (`upgrade_socket.rs`).
+fn upgrade_socket(
+    raw: Option<String>,
+    env: &crate::upgrade_socket::Environment,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> PathBuf {
+    use crate::upgrade_socket::{check_configured, default_path};
+    let (socket, given) = match raw {
+        Some(text) => (PathBuf::from(text), true),
+        None => match default_path(env) {
+            Ok(socket) => (socket, false),
+            Err(e) => {
+                problems.push(path.clone(), format!("no default location: {e}"));
+                return PathBuf::new();
+            }
+        },
+    };
+    if let Err(e) = check_configured(&socket, env.euid) {
+        let message = if given {
+            e.to_string()
+        } else {
+            format!(
+                "the default `{}` cannot be used: {e}; set `upgrade_socket` to a file in a private directory",
+                socket.display()
+            )
+        };
+        problems.push(path.clone(), message);
+    }
+    socket
 }
 
 /// A listening address: an IP literal and a non-zero port.
