@@ -71,7 +71,6 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
 
     let listeners: Vec<String> = config.listeners.iter().map(|l| l.label()).collect();
     let admin_address = config.admin.address.to_string();
-    let admin_token = config.admin.token.clone();
     let watch = config.server.watch_config;
     let in_flight = Arc::new(InFlight::default());
     let reloader = source.map(|path| Arc::new(Reloader::new(path, Arc::clone(&runtime))));
@@ -101,8 +100,7 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
     server.add_service(crate::admin::service(
         Arc::clone(&runtime),
         reloader,
-        &admin_address,
-        admin_token,
+        &config.admin,
     ));
     server.add_service(pingora::services::background::background_service(
         "health checks",

@@ -56,6 +56,9 @@ pub struct AdminSpec {
     pub address: SocketAddr,
     /// Bearer token every admin request but `/health` and `/ready` must carry.
     pub token: Option<String>,
+    /// Names (lowercase) and IP addresses the `Host` header may carry besides the
+    /// loopback names and the admin's own address.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for AdminSpec {
@@ -64,6 +67,7 @@ impl std::fmt::Debug for AdminSpec {
         f.debug_struct("AdminSpec")
             .field("address", &self.address)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
 }
@@ -271,10 +275,20 @@ pub(super) fn listen_address(
 }
 
 pub fn admin_spec(raw: Option<RawAdmin>, path: &KeyPath, problems: &mut Problems) -> AdminSpec {
-    let (text, token_env) = raw.map_or_else(
-        || (DEFAULT_ADMIN_ADDRESS.to_string(), None),
-        |a| (a.address, a.token_env),
+    let (text, token_env, raw_hosts) = raw.map_or_else(
+        || (DEFAULT_ADMIN_ADDRESS.to_string(), None, None),
+        |a| (a.address, a.token_env, a.allowed_hosts),
     );
+    let allowed_hosts = raw_hosts
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, entry)| {
+            allowed_host(entry)
+                .map_err(|message| problems.push(path.key("allowed_hosts").index(i), message))
+                .ok()
+        })
+        .collect();
     let fallback = SocketAddr::from(([127, 0, 0, 1], 9901));
     let address = listen_address(&text, path.key("address"), problems).unwrap_or(fallback);
     let token = token_env.and_then(|name| match std::env::var(&name) {
@@ -305,7 +319,39 @@ pub fn admin_spec(raw: Option<RawAdmin>, path: &KeyPath, problems: &mut Problems
             format!("`{address}` is not loopback: set `token_env` to the environment variable holding a bearer token"),
         );
     }
-    AdminSpec { address, token }
+    AdminSpec {
+        address,
+        token,
+        allowed_hosts,
+    }
+}
+
+/// One `admin.allowed_hosts` entry: a host name (lowercased) or an IP address (in its
+/// canonical text form), without scheme, port or wildcard.
+fn allowed_host(entry: &str) -> Result<String, String> {
+    let text = entry.trim();
+    let unbracketed = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    if let Ok(ip) = unbracketed.parse::<std::net::IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    let name = text.to_ascii_lowercase();
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(name)
+    } else {
+        Err(format!(
+            "`{entry}` is not a host name or IP address; write it like `gateway-admin.internal` (no scheme, port or wildcard)"
+        ))
+    }
 }
 
 /// Names become metric labels and URL segments: keep them plain.
