@@ -205,7 +205,13 @@ impl Gateway {
     async fn try_start(body: &str, options: &Options<'_>) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // Two probes in a row may return the same free port; the config would be refused.
+        let admin = loop {
+            let port = free_port();
+            if port != listen.port() {
+                break SocketAddr::from(([127, 0, 0, 1], port));
+            }
+        };
         let admin_extra = options
             .admin_keys
             .map_or(String::new(), |keys| format!("  {keys}\n"));
