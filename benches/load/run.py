@@ -291,7 +291,8 @@ def start_proxy(kind, servers, gateway_extra="", tls=False):
 def force_open(upstream="up"):
     """Forces the gateway's breaker open through the admin API."""
     req = urllib.request.Request(f"http://127.0.0.1:{P['admin']}/api/v1/breakers/{upstream}/state",
-                                 data=b'{"state":"forced_open"}', method="PUT")
+                                 data=b'{"state":"forced_open"}', method="PUT",
+                                 headers={"Content-Type": "application/json"})
     urllib.request.urlopen(req, timeout=5).read()
 
 

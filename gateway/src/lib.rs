@@ -30,6 +30,7 @@ pub mod server;
 pub mod syntax;
 pub mod throttled_log;
 pub mod tls;
+pub mod upgrade_socket;
 pub mod upstream;
 
 // A proxy allocates and frees small buffers on every request; mimalloc's thread-local

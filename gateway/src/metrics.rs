@@ -41,6 +41,7 @@ pub struct Metrics {
     connections: IntGaugeVec,
     limit_rejections: IntCounterVec,
     certificate_expiry: IntGaugeVec,
+    admin_refusals: IntCounterVec,
 }
 
 /// Handles for one listener, resolved when it starts.
@@ -176,6 +177,15 @@ impl Default for Metrics {
         for result in ["success", "error"] {
             config_reloads.with_label_values(&[result]);
         }
+        let admin_refusals = counter(
+            r,
+            "gateway_admin_refusals_total",
+            "Admin requests refused, by reason (host, token, origin, fetch_site, content_type).",
+            &["reason"],
+        );
+        for reason in crate::admin::REFUSAL_REASONS {
+            admin_refusals.with_label_values(&[reason]);
+        }
         Self {
             breaker_state: gauge(
                 r,
@@ -283,6 +293,7 @@ impl Default for Metrics {
                 "When each served certificate expires (Unix time).",
                 &["listener", "certificate"],
             ),
+            admin_refusals,
             registry,
         }
     }
@@ -314,6 +325,11 @@ impl Metrics {
             errors: self.plugin_errors.clone(),
             plugin: plugin.to_string(),
         }
+    }
+
+    /// An admin request refused; `reason` is one of `admin::REFUSAL_REASONS`.
+    pub fn admin_refused(&self, reason: &str) {
+        self.admin_refusals.with_label_values(&[reason]).inc();
     }
 
     pub fn transition(&self, t: &Transition) {

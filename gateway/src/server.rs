@@ -1,9 +1,14 @@
-//! Assembles the Pingora server from a config and runs it until SIGTERM/SIGINT.
+//! Assembles the Pingora server from a config and runs it until SIGTERM/SIGINT (or
+//! SIGQUIT hands its listening sockets to a new process).
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{ExecutionPhase, Server};
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::signal::unix::{SignalKind, signal};
 
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
@@ -15,10 +20,11 @@ use crate::listener::{LimitReporter, ListenerApp, proxy_protocol};
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::RuntimeHandle;
+use crate::upgrade_socket::{self, SocketPathError};
 
 /// After SIGTERM (or an upgrade handover), how long no request must be in flight before
 /// the process exits.
-const DRAIN_QUIET: std::time::Duration = std::time::Duration::from_millis(300);
+const DRAIN_QUIET: Duration = Duration::from_millis(300);
 
 /// Runs the gateway on `config`, reloading it from `source` when given. With `upgrade`,
 /// takes the listening sockets from the running process (which hands them over on
@@ -35,6 +41,14 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
     };
     let config = Arc::clone(&runtime.snapshot().config);
     let grace = config.server.shutdown_grace_period;
+    // Before Pingora binds it (`--upgrade`) or sends to it (SIGQUIT): the directory
+    // exists, is ours and private, and nothing but our own socket sits at the path.
+    let upgrade_socket = config.server.upgrade_socket.clone();
+    let euid = upgrade_socket::effective_uid();
+    if let Err(e) = upgrade_socket::prepare(&upgrade_socket, euid) {
+        eprintln!("server.upgrade_socket: {e}");
+        std::process::exit(2);
+    }
     let conf = ServerConf {
         threads: config.server.threads.get(),
         upstream_keepalive_pool_size: config.server.upstream_keepalive_pool_size,
@@ -57,7 +71,6 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
 
     let listeners: Vec<String> = config.listeners.iter().map(|l| l.label()).collect();
     let admin_address = config.admin.address.to_string();
-    let admin_token = config.admin.token.clone();
     let watch = config.server.watch_config;
     let in_flight = Arc::new(InFlight::default());
     let reloader = source.map(|path| Arc::new(Reloader::new(path, Arc::clone(&runtime))));
@@ -87,8 +100,7 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
     server.add_service(crate::admin::service(
         Arc::clone(&runtime),
         reloader,
-        &admin_address,
-        admin_token,
+        &config.admin,
     ));
     server.add_service(pingora::services::background::background_service(
         "health checks",
@@ -113,8 +125,77 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
         })
         .unwrap_or_else(|e| panic!("cannot start drain thread: {e}"));
 
-    tracing::info!(listeners = ?listeners, admin = %admin_address, "gateway starting");
-    server.run_forever()
+    tracing::info!(
+        listeners = ?listeners,
+        admin = %admin_address,
+        upgrade_socket = %upgrade_socket.display(),
+        "gateway starting"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            upgrade_socket,
+            euid,
+        }),
+    });
+    std::process::exit(0)
+}
+
+/// How long SIGQUIT waits for the new process's socket to appear, as Pingora's own send
+/// would (5 retries a second apart).
+const UPGRADE_SOCKET_WAIT: Duration = Duration::from_secs(5);
+
+/// Pingora's signals (SIGQUIT upgrade, SIGTERM graceful stop, SIGINT fast stop), except
+/// that SIGQUIT hands the listening sockets over only to a socket that passes
+/// `upgrade_socket::check_listener`; otherwise the upgrade is refused and this process
+/// keeps serving.
+struct Signals {
+    upgrade_socket: PathBuf,
+    euid: u32,
+}
+
+impl Signals {
+    async fn upgrade_allowed(&self) -> Result<(), SocketPathError> {
+        let deadline = tokio::time::Instant::now() + UPGRADE_SOCKET_WAIT;
+        loop {
+            match upgrade_socket::check_listener(&self.upgrade_socket, self.euid) {
+                Err(SocketPathError::NoListener(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (quit, terminate, interrupt) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        let (Ok(mut quit), Ok(mut terminate), Ok(mut interrupt)) = (quit, terminate, interrupt)
+        else {
+            eprintln!("cannot install the SIGQUIT, SIGTERM and SIGINT handlers; exiting");
+            std::process::exit(1);
+        };
+        loop {
+            tokio::select! {
+                _ = quit.recv() => match self.upgrade_allowed().await {
+                    Ok(()) => return ShutdownSignal::GracefulUpgrade,
+                    Err(e) => tracing::error!(
+                        target: "gateway::upgrade",
+                        socket = %self.upgrade_socket.display(),
+                        error = %e,
+                        "upgrade refused: the listening sockets were not sent; still serving"
+                    ),
+                },
+                _ = terminate.recv() => return ShutdownSignal::GracefulTerminate,
+                _ = interrupt.recv() => return ShutdownSignal::FastShutdown,
+            }
+        }
+    }
 }
 
 /// One Pingora service per listener, so each has its own connection count, limits and

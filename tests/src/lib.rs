@@ -206,7 +206,13 @@ impl Gateway {
     async fn try_start(body: &str, options: &Options<'_>) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // Two probes in a row may return the same free port; the config would be refused.
+        let admin = loop {
+            let port = free_port();
+            if port != listen.port() {
+                break SocketAddr::from(([127, 0, 0, 1], port));
+            }
+        };
         let admin_extra = options
             .admin_keys
             .map_or(String::new(), |keys| format!("  {keys}\n"));
@@ -268,8 +274,10 @@ impl Gateway {
             {
                 return Err(format!("exited with {status}:\n{}", self.logs()));
             }
-            let admin_ready =
-                matches!(http::get(self.admin, "/ready").await, Ok(r) if r.status == 200);
+            let admin_ready = matches!(
+                self.try_admin("GET", "/ready", &[], b"").await,
+                Ok(r) if r.status == 200
+            );
             if admin_ready && tokio::net::TcpStream::connect(self.listen).await.is_ok() {
                 return Ok(());
             }
@@ -381,7 +389,9 @@ impl Gateway {
         }
     }
 
-    /// One request to the admin listener.
+    /// One request to the admin listener, sent the way an operator's client does: with
+    /// `Host` set to the admin address and, on a state change (POST, PUT, DELETE,
+    /// PATCH), `Content-Type: application/json`, unless `headers` give their own.
     pub async fn admin(
         &self,
         method: &str,
@@ -389,12 +399,33 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> http::Response {
-        http::Conn::connect(self.admin)
-            .await
-            .expect("connect to admin")
-            .request(method, path, headers, body)
+        self.try_admin(method, path, headers, body)
             .await
             .expect("admin request")
+    }
+
+    /// Like `admin`, for when the admin listener may be unreachable (during an upgrade).
+    pub async fn try_admin(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<http::Response> {
+        let given = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        let host = self.admin.to_string();
+        let mut all: Vec<(&str, &str)> = Vec::with_capacity(headers.len() + 2);
+        if !given("host") {
+            all.push(("host", &host));
+        }
+        if matches!(method, "POST" | "PUT" | "DELETE" | "PATCH") && !given("content-type") {
+            all.push(("content-type", "application/json"));
+        }
+        all.extend_from_slice(headers);
+        http::Conn::connect(self.admin)
+            .await?
+            .request(method, path, &all, body)
+            .await
     }
 
     /// The current `/metrics` scrape.

@@ -133,7 +133,7 @@ async fn the_event_stream_delivers_a_transition_as_it_happens() {
         .await
         .expect("connect");
     stream
-        .write_all(b"GET /api/v1/events HTTP/1.1\r\nhost: admin\r\n\r\n")
+        .write_all(format!("GET /api/v1/events HTTP/1.1\r\nhost: {}\r\n\r\n", gw.admin).as_bytes())
         .await
         .expect("request");
     let mut received = String::new();
@@ -445,4 +445,395 @@ async fn dashboard_and_alerts_only_use_exported_metrics() {
             );
         }
     }
+}
+
+/// A breaker's state word, read through the admin API.
+async fn breaker_state(gw: &Gateway) -> String {
+    gw.admin("GET", "/api/v1/breakers/api", &[], b"")
+        .await
+        .json()["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_web_page_cannot_change_breaker_state() {
+    let origin = start_origin(echo("svc")).await;
+    let gw = Gateway::start(&one_upstream(&[origin.addr()], "")).await;
+    let forced = gw
+        .admin(
+            "PUT",
+            "/api/v1/breakers/api/state",
+            &[],
+            br#"{"state":"forced_open"}"#,
+        )
+        .await;
+    assert_eq!(forced.status, 200, "{}", forced.text());
+
+    // The issue's request: a cross-origin POST without a content type.
+    let evil = ("origin", "http://evil.example");
+    let reset = gw
+        .admin(
+            "POST",
+            "/api/v1/breakers/api/reset",
+            &[evil, ("content-type", "text/plain")],
+            b"",
+        )
+        .await;
+    assert_eq!(reset.status, 403, "{}", reset.text());
+    assert_eq!(reset.json()["code"], "CROSS_ORIGIN");
+    assert!(
+        reset.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("http://evil.example"))
+    );
+    // With the JSON content type (a preflighted request a page could try) still refused.
+    let json_reset = gw
+        .admin("POST", "/api/v1/breakers/api/reset", &[evil], b"")
+        .await;
+    assert_eq!(json_reset.status, 403);
+    let disable = gw
+        .admin(
+            "PUT",
+            "/api/v1/breakers/api/state",
+            &[("origin", "null")],
+            br#"{"state":"disabled"}"#,
+        )
+        .await;
+    assert_eq!(disable.status, 403);
+    // A browser's fetch metadata alone is enough to refuse.
+    let cross_site = gw
+        .admin(
+            "POST",
+            "/api/v1/breakers/api/reset",
+            &[("sec-fetch-site", "cross-site")],
+            b"",
+        )
+        .await;
+    assert_eq!(cross_site.status, 403);
+    assert_eq!(cross_site.json()["code"], "CROSS_SITE");
+    assert_eq!(breaker_state(&gw).await, "forced_open");
+    assert_eq!(gw.get("/").await.status, 503, "still forced open");
+
+    // The admin's own origin (a page served by the admin itself) may.
+    let own = format!("http://{}", gw.admin);
+    let reset = gw
+        .admin(
+            "POST",
+            "/api/v1/breakers/api/reset",
+            &[("origin", &own), ("sec-fetch-site", "same-origin")],
+            b"",
+        )
+        .await;
+    assert_eq!(reset.status, 200, "{}", reset.text());
+    assert_eq!(breaker_state(&gw).await, "closed");
+
+    let scrape = gw.scrape().await;
+    assert_eq!(
+        sample(&scrape, "gateway_admin_refusals_total{reason=\"origin\"}"),
+        Some(3.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "gateway_admin_refusals_total{reason=\"fetch_site\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn dns_rebinding_hosts_are_refused_on_every_admin_path() {
+    let origin = start_origin(echo("svc")).await;
+    let gw = Gateway::start(&one_upstream(&[origin.addr()], "")).await;
+    let rebound = format!("evil.example:{}", gw.admin.port());
+    for path in [
+        "/admin/config",
+        "/metrics",
+        "/api/v1/breakers",
+        "/health",
+        "/ready",
+    ] {
+        let response = gw.admin("GET", path, &[("host", &rebound)], b"").await;
+        assert_eq!(response.status, 421, "{path}: {}", response.text());
+        assert_eq!(response.json()["code"], "MISDIRECTED_HOST", "{path}");
+        assert!(!response.text().contains("hash"), "{path} leaked config");
+    }
+    gw.wait_for_log(&["admin request refused", "reason=host", "evil.example"])
+        .await;
+
+    let port = gw.admin.port();
+    let fine = [
+        gw.admin.to_string(),
+        "127.0.0.1".to_string(),
+        format!("localhost:{port}"),
+        "LocalHost".to_string(),
+        // An SSH or kubectl port-forward changes the port.
+        "localhost:18001".to_string(),
+    ];
+    for host in &fine {
+        let response = gw
+            .admin("GET", "/admin/config", &[("host", host)], b"")
+            .await;
+        assert_eq!(response.status, 200, "{host}: {}", response.text());
+        assert!(response.json()["hash"].is_string());
+    }
+    for host in [
+        format!("localhost.evil.example:{port}"),
+        format!("app.localhost:{port}"),
+        format!("10.0.0.1:{port}"),
+        "2130706433".to_string(),
+    ] {
+        let response = gw.admin("GET", "/metrics", &[("host", &host)], b"").await;
+        assert_eq!(response.status, 421, "{host}");
+    }
+
+    // Raw requests: an absolute target naming another host, two Host headers,
+    // HTTP/1.1 without Host (400), HTTP/1.0 without Host (allowed: no browser sends it).
+    let try_raw = |request: String| {
+        let admin = gw.admin;
+        async move {
+            let mut conn = gateway_tests::http::Conn::connect(admin)
+                .await
+                .expect("connect");
+            conn.send_raw(request.as_bytes()).await.expect("send");
+            conn.response().await
+        }
+    };
+    let raw = async |request: String| try_raw(request).await.expect("response");
+    // Pingora itself drops a request whose target names another host than `Host`.
+    let mismatch = try_raw(format!(
+        "GET http://evil.example:{port}/admin/config HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\r\n"
+    ))
+    .await;
+    assert!(mismatch.is_err(), "answered: {mismatch:?}");
+    let absolute = raw(format!(
+        "GET http://evil.example:{port}/admin/config HTTP/1.0\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(absolute.status, 421, "{}", absolute.text());
+    // And one with two Host headers.
+    let twice = try_raw(format!(
+        "GET /metrics HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nhost: evil.example\r\n\r\n"
+    ))
+    .await;
+    assert!(twice.is_err(), "answered: {twice:?}");
+    let no_host_11 = raw("GET /metrics HTTP/1.1\r\n\r\n".to_string()).await;
+    assert_eq!(no_host_11.status, 400);
+    assert_eq!(no_host_11.json()["code"], "BAD_HOST");
+    let no_host_10 = raw("GET /ready HTTP/1.0\r\n\r\n".to_string()).await;
+    assert_eq!(no_host_10.status, 200, "{}", no_host_10.text());
+
+    let refused = gw
+        .metric("gateway_admin_refusals_total{reason=\"host\"}")
+        .await;
+    assert_eq!(refused, 5.0 + 4.0 + 2.0);
+}
+
+#[tokio::test]
+async fn allowed_hosts_admit_a_name_and_its_origin() {
+    let origin = start_origin(echo("svc")).await;
+    let gw = Gateway::start_with(
+        &one_upstream(&[origin.addr()], ""),
+        Options {
+            admin_keys: Some("allowed_hosts: [\"GW-Admin.internal\"]"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let named = gw
+        .admin("GET", "/metrics", &[("host", "gw-admin.internal:443")], b"")
+        .await;
+    assert_eq!(named.status, 200, "{}", named.text());
+    let other = gw
+        .admin(
+            "GET",
+            "/metrics",
+            &[("host", "gw-admin.internal.evil")],
+            b"",
+        )
+        .await;
+    assert_eq!(other.status, 421);
+    // Reached through a TLS proxy under that name: the browser's origin is https.
+    let reset = gw
+        .admin(
+            "POST",
+            "/api/v1/breakers/api/reset",
+            &[
+                ("host", "gw-admin.internal"),
+                ("origin", "https://gw-admin.internal"),
+            ],
+            b"",
+        )
+        .await;
+    assert_eq!(reset.status, 200, "{}", reset.text());
+}
+
+#[tokio::test]
+async fn state_changes_need_the_json_content_type_and_are_audited() {
+    let origin = start_origin(echo("svc")).await;
+    let gw = Gateway::start(&one_upstream(&[origin.addr()], "")).await;
+    // No Content-Type at all (raw: the harness would add one).
+    let mut conn = gateway_tests::http::Conn::connect(gw.admin)
+        .await
+        .expect("connect");
+    let bare = format!(
+        "PUT /api/v1/breakers/api/state HTTP/1.1\r\nhost: {}\r\ncontent-length: 23\r\n\r\n{{\"state\":\"forced_open\"}}",
+        gw.admin
+    );
+    conn.send_raw(bare.as_bytes()).await.expect("send");
+    let response = conn.response().await.expect("response");
+    assert_eq!(response.status, 415, "{}", response.text());
+    assert_eq!(response.json()["code"], "UNSUPPORTED_MEDIA_TYPE");
+    // What an HTML form or `curl -d` sends.
+    for value in ["text/plain", "application/x-www-form-urlencoded"] {
+        let response = gw
+            .admin(
+                "PUT",
+                "/api/v1/breakers/api/state",
+                &[("content-type", value)],
+                br#"{"state":"forced_open"}"#,
+            )
+            .await;
+        assert_eq!(response.status, 415, "{value}: {}", response.text());
+    }
+    assert_eq!(breaker_state(&gw).await, "closed");
+    let reload = gw
+        .admin(
+            "POST",
+            "/admin/reload",
+            &[("content-type", "text/plain")],
+            b"",
+        )
+        .await;
+    assert_eq!(reload.status, 415);
+    assert_eq!(
+        gw.metric("gateway_admin_refusals_total{reason=\"content_type\"}")
+            .await,
+        4.0
+    );
+
+    // Accepted with the JSON content type, and the audit line names the client.
+    let stream = tokio::net::TcpStream::connect(gw.admin)
+        .await
+        .expect("connect");
+    let peer = stream.local_addr().expect("local address").to_string();
+    let mut conn = gateway_tests::http::Conn::over(stream);
+    let host = gw.admin.to_string();
+    let forced = conn
+        .request(
+            "PUT",
+            "/api/v1/breakers/api/state",
+            &[
+                ("host", &host),
+                ("content-type", "application/json; charset=utf-8"),
+            ],
+            br#"{"state":"forced_open"}"#,
+        )
+        .await
+        .expect("request");
+    assert_eq!(forced.status, 200, "{}", forced.text());
+    assert_eq!(breaker_state(&gw).await, "forced_open");
+    let line = gw
+        .wait_for_log(&["gateway::audit", &peer, "status=200"])
+        .await;
+    for fragment in [
+        "PUT",
+        "/api/v1/breakers/api/state",
+        "token=not_required",
+        "result=ok",
+    ] {
+        assert!(line.contains(fragment), "{fragment} missing in: {line}");
+    }
+    let reload = conn
+        .request(
+            "POST",
+            "/admin/reload",
+            &[("host", &host), ("content-type", "application/json")],
+            b"",
+        )
+        .await
+        .expect("request");
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    gw.wait_for_log(&["gateway::audit", &peer, "/admin/reload", "result=unchanged"])
+        .await;
+    // Refused state changes are audited too.
+    gw.wait_for_log(&[
+        "gateway::audit",
+        "status=415",
+        "result=UNSUPPORTED_MEDIA_TYPE",
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn the_audit_log_says_whether_the_token_was_valid() {
+    let origin = start_origin(echo("svc")).await;
+    let token = "test-admin-token-0123456789";
+    let gw = Gateway::start_with(
+        &one_upstream(&[origin.addr()], ""),
+        Options {
+            env: &[("GATEWAY_TEST_ADMIN_TOKEN", token)],
+            admin_keys: Some("token_env: GATEWAY_TEST_ADMIN_TOKEN"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let wrong = gw
+        .admin(
+            "POST",
+            "/api/v1/breakers/api/reset",
+            &[("authorization", "Bearer wrong-token-0123456789")],
+            b"",
+        )
+        .await;
+    assert_eq!(wrong.status, 401);
+    gw.wait_for_log(&["gateway::audit", "token=invalid", "status=401"])
+        .await;
+    let bearer = format!("Bearer {token}");
+    let right = gw
+        .admin(
+            "POST",
+            "/api/v1/breakers/api/reset",
+            &[("authorization", &bearer)],
+            b"",
+        )
+        .await;
+    assert_eq!(right.status, 200);
+    let line = gw
+        .wait_for_log(&["gateway::audit", "token=valid", "status=200"])
+        .await;
+    assert!(!line.contains(token), "the token itself is never logged");
+    // The Host check comes before the token: a rebinding page learns nothing more.
+    let rebound = gw
+        .admin(
+            "GET",
+            "/metrics",
+            &[("host", "evil.example"), ("authorization", &bearer)],
+            b"",
+        )
+        .await;
+    assert_eq!(rebound.status, 421);
+}
+
+#[test]
+fn allowed_hosts_entries_must_be_plain_names_or_addresses() {
+    let yaml = "listeners:\n  - address: \"127.0.0.1:8080\"\nadmin:\n  address: \"127.0.0.1:9901\"\n  allowed_hosts: [\"gw.internal\", \"http://gw.internal\", \"*.internal\", \"gw.internal:9901\", \"[::1]\", \"10.0.0.5\"]\nupstreams:\n  api: { endpoints: [\"127.0.0.1:9\"] }\nroutes:\n  - { upstream: api }\n";
+    let (code, _, stderr) = gateway_tests::check_config("gateway.yaml", yaml);
+    assert_eq!(code, 2, "{stderr}");
+    for (index, entry) in [
+        (1, "http://gw.internal"),
+        (2, "*.internal"),
+        (3, "gw.internal:9901"),
+    ] {
+        assert!(
+            stderr.contains(&format!(
+                "admin.allowed_hosts[{index}]: `{entry}` is not a host name or IP address"
+            )),
+            "{entry}: {stderr}"
+        );
+    }
+    assert!(stderr.starts_with("3 errors in config"), "{stderr}");
 }

@@ -1,6 +1,12 @@
 //! The admin listener: health, readiness, metrics, breaker state and control, and a
 //! live event stream. Apart from traffic; loopback by default; bearer token when set.
 //!
+//! Every request must name an allowed `Host` (`host.rs`, against DNS rebinding); every
+//! state change must come from the same origin and carry `Content-Type:
+//! application/json` (`state_change.rs`, against cross-site requests) and is written to
+//! the audit log (`audit.rs`). Refusals are counted and logged at most once a second per
+//! kind (`refusal.rs`).
+//!
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | /health | liveness (no token needed) |
@@ -16,44 +22,58 @@
 //! | GET | /api/v1/events | Server-Sent Events: transitions, ejections, health |
 
 mod api;
+mod audit;
 mod auth;
+mod host;
+mod refusal;
+mod state_change;
 mod stream;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::apps::{HttpServerApp, ReusedHttpStream};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::services::listening::Service;
 use serde_json::{Value, json};
 
+pub use refusal::REASONS as REFUSAL_REASONS;
+
+use crate::config::AdminSpec;
 use crate::reload::{ReloadResult, Reloader};
 use crate::runtime::RuntimeHandle;
+use audit::Token;
+use host::HostPolicy;
+use refusal::{Refusal, RefusalLog};
 
 pub struct AdminApp {
     runtime: Arc<RuntimeHandle>,
     /// None when the config did not come from a file (the demo).
     reloader: Option<Arc<Reloader>>,
     token: Option<String>,
+    hosts: HostPolicy,
+    refusals: RefusalLog,
 }
 
 /// The admin service, bound to the configured admin address.
 pub fn service(
     runtime: Arc<RuntimeHandle>,
     reloader: Option<Arc<Reloader>>,
-    address: &str,
-    token: Option<String>,
+    admin: &AdminSpec,
 ) -> Service<AdminApp> {
     let app = AdminApp {
         runtime,
         reloader,
-        token,
+        token: admin.token.clone(),
+        hosts: HostPolicy::new(admin),
+        refusals: RefusalLog::default(),
     };
     let mut service = Service::new("admin".to_string(), app);
-    service.add_tcp(address);
+    service.add_tcp(&admin.address.to_string());
     service
 }
 
@@ -76,27 +96,101 @@ async fn read_body(session: &mut ServerSession) -> Option<Vec<u8>> {
     Some(body)
 }
 
+impl Reply {
+    fn status(&self) -> u16 {
+        match self {
+            Self::Json(status, _) | Self::Text(status, ..) => *status,
+            Self::Stream => 200,
+        }
+    }
+}
+
+/// Who sent a request, and where it arrived.
+struct Peer {
+    /// The client's address, for logs.
+    address: String,
+    /// The address the connection was accepted on.
+    local: Option<IpAddr>,
+}
+
+impl Peer {
+    fn of(session: &ServerSession) -> Self {
+        Self {
+            address: session
+                .client_addr()
+                .map_or_else(|| "unknown".to_string(), ToString::to_string),
+            local: session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+        }
+    }
+}
+
 impl AdminApp {
-    async fn handle(&self, session: &mut ServerSession) -> Reply {
+    fn token_presented(&self, request: &RequestHeader) -> Token {
+        let Some(token) = &self.token else {
+            return Token::NotRequired;
+        };
+        match request.headers.get(http::header::AUTHORIZATION) {
+            None => Token::Absent,
+            Some(header) if auth::authorized(Some(header.as_bytes()), token) => Token::Valid,
+            Some(_) => Token::Invalid,
+        }
+    }
+
+    /// Host first (every request), then the token (all but the probes), then what a
+    /// state change must carry.
+    fn admit(&self, request: &RequestHeader, peer: &Peer, token: Token) -> Result<(), Refusal> {
+        let host = self.hosts.check(request, peer.local)?;
+        let open = request.method == http::Method::GET
+            && matches!(request.uri.path(), "/health" | "/ready");
+        if !open && matches!(token, Token::Absent | Token::Invalid) {
+            return Err(Refusal::Unauthorized);
+        }
+        if state_change::is_state_change(&request.method) {
+            state_change::check(request, host.as_ref(), &self.hosts)?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, session: &mut ServerSession, peer: &Peer) -> Reply {
+        let request = session.req_header();
+        let token = self.token_presented(request);
+        let refused = self.admit(request, peer, token).err();
+        let reply = match refused {
+            Some(refusal) => {
+                let (method, path) = (request.method.as_str(), request.uri.path());
+                self.refusals.report(&refusal, &peer.address, method, path);
+                self.runtime.metrics.admin_refused(refusal.reason());
+                // Close after answering: a body sent with a refused request stays unread.
+                session.set_keepalive(None);
+                Reply::Json(refusal.status(), refusal.body())
+            }
+            None => self.serve(session).await,
+        };
+        let request = session.req_header();
+        if state_change::is_state_change(&request.method) {
+            let result = match &reply {
+                Reply::Json(_, body) => audit::result_word(body),
+                _ => "ok".to_string(),
+            };
+            audit::record(&audit::Entry {
+                peer: &peer.address,
+                method: request.method.as_str(),
+                path: request.uri.path(),
+                token,
+                status: reply.status(),
+                result: &result,
+            });
+        }
+        reply
+    }
+
+    async fn serve(&self, session: &mut ServerSession) -> Reply {
         let req = session.req_header();
         let method = req.method.as_str().to_string();
         let path = req.uri.path().to_string();
-        let open = matches!(
-            (method.as_str(), path.as_str()),
-            ("GET", "/health" | "/ready")
-        );
-        if let Some(token) = &self.token {
-            let header = req
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes());
-            if !open && !auth::authorized(header, token) {
-                return Reply::Json(
-                    401,
-                    json!({ "code": "UNAUTHORIZED", "message": "a valid bearer token is required" }),
-                );
-            }
-        }
         let runtime = self.runtime.snapshot();
         let events = &self.runtime.events;
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -238,7 +332,8 @@ impl HttpServerApp for AdminApp {
         if !matches!(session.read_request().await, Ok(true)) {
             return None;
         }
-        let written = match self.handle(&mut session).await {
+        let peer = Peer::of(&session);
+        let written = match self.handle(&mut session, &peer).await {
             Reply::Json(status, body) => {
                 write(
                     &mut session,

@@ -46,7 +46,8 @@ pub struct ServerSpec {
     pub access_log: bool,
     /// Reload when the config file changes (SIGHUP and the admin API always work).
     pub watch_config: bool,
-    /// Unix socket over which a new process takes the listening sockets (`run --upgrade`).
+    /// Unix socket over which a new process takes the listening sockets (`run --upgrade`),
+    /// in a directory only this process's uid can reach.
     pub upgrade_socket: PathBuf,
 }
 
@@ -55,6 +56,9 @@ pub struct AdminSpec {
     pub address: SocketAddr,
     /// Bearer token every admin request but `/health` and `/ready` must carry.
     pub token: Option<String>,
+    /// Names (lowercase) and IP addresses the `Host` header may carry besides the
+    /// loopback names and the admin's own address.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for AdminSpec {
@@ -63,6 +67,7 @@ impl std::fmt::Debug for AdminSpec {
         f.debug_struct("AdminSpec")
             .field("address", &self.address)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
 }
@@ -205,11 +210,46 @@ pub fn server_spec(raw: RawServer, path: &KeyPath, problems: &mut Problems) -> S
         upstream_keepalive_pool_size: raw.upstream_keepalive_pool_size.unwrap_or(128),
         access_log: raw.access_log.unwrap_or(true),
         watch_config: raw.watch_config.unwrap_or(true),
-        upgrade_socket: raw.upgrade_socket.map_or_else(
-            || PathBuf::from("/tmp/edge-gateway-upgrade.sock"),
-            PathBuf::from,
+        upgrade_socket: upgrade_socket(
+            raw.upgrade_socket,
+            &crate::upgrade_socket::Environment::current(),
+            &path.key("upgrade_socket"),
+            problems,
         ),
     }
+}
+
+/// The upgrade socket's path, given or the default, checked for safety: another local
+/// user must not be able to bind it or reach it (`upgrade_socket.rs`).
+fn upgrade_socket(
+    raw: Option<String>,
+    env: &crate::upgrade_socket::Environment,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> PathBuf {
+    use crate::upgrade_socket::{check_configured, default_path};
+    let (socket, given) = match raw {
+        Some(text) => (PathBuf::from(text), true),
+        None => match default_path(env) {
+            Ok(socket) => (socket, false),
+            Err(e) => {
+                problems.push(path.clone(), format!("no default location: {e}"));
+                return PathBuf::new();
+            }
+        },
+    };
+    if let Err(e) = check_configured(&socket, env.euid) {
+        let message = if given {
+            e.to_string()
+        } else {
+            format!(
+                "the default `{}` cannot be used: {e}; set `upgrade_socket` to a file in a private directory",
+                socket.display()
+            )
+        };
+        problems.push(path.clone(), message);
+    }
+    socket
 }
 
 /// A listening address: an IP literal and a non-zero port.
@@ -235,10 +275,20 @@ pub(super) fn listen_address(
 }
 
 pub fn admin_spec(raw: Option<RawAdmin>, path: &KeyPath, problems: &mut Problems) -> AdminSpec {
-    let (text, token_env) = raw.map_or_else(
-        || (DEFAULT_ADMIN_ADDRESS.to_string(), None),
-        |a| (a.address, a.token_env),
+    let (text, token_env, raw_hosts) = raw.map_or_else(
+        || (DEFAULT_ADMIN_ADDRESS.to_string(), None, None),
+        |a| (a.address, a.token_env, a.allowed_hosts),
     );
+    let allowed_hosts = raw_hosts
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, entry)| {
+            allowed_host(entry)
+                .map_err(|message| problems.push(path.key("allowed_hosts").index(i), message))
+                .ok()
+        })
+        .collect();
     let fallback = SocketAddr::from(([127, 0, 0, 1], 9901));
     let address = listen_address(&text, path.key("address"), problems).unwrap_or(fallback);
     let token = token_env.and_then(|name| match std::env::var(&name) {
@@ -269,7 +319,39 @@ pub fn admin_spec(raw: Option<RawAdmin>, path: &KeyPath, problems: &mut Problems
             format!("`{address}` is not loopback: set `token_env` to the environment variable holding a bearer token"),
         );
     }
-    AdminSpec { address, token }
+    AdminSpec {
+        address,
+        token,
+        allowed_hosts,
+    }
+}
+
+/// One `admin.allowed_hosts` entry: a host name (lowercased) or an IP address (in its
+/// canonical text form), without scheme, port or wildcard.
+fn allowed_host(entry: &str) -> Result<String, String> {
+    let text = entry.trim();
+    let unbracketed = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    if let Ok(ip) = unbracketed.parse::<std::net::IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    let name = text.to_ascii_lowercase();
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(name)
+    } else {
+        Err(format!(
+            "`{entry}` is not a host name or IP address; write it like `gateway-admin.internal` (no scheme, port or wildcard)"
+        ))
+    }
 }
 
 /// Names become metric labels and URL segments: keep them plain.

@@ -123,6 +123,9 @@ pub struct RawAdmin {
     pub address: String,
     /// Name of the environment variable holding the admin bearer token.
     pub token_env: Option<String>,
+    /// Host names (or IP addresses) the admin API answers to besides the loopback names
+    /// and its own address: for operators who reach it through a name.
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -124,8 +124,9 @@ Watch it:
   curl -s http://{admin}/health/upstreams
   curl -s http://{admin}/metrics | grep gateway_breaker_state
 Operate it:
-  curl -s -X PUT -d '{{"state":"forced_open"}}' http://{admin}/api/v1/breakers/orders/state
-  curl -s -X POST http://{admin}/api/v1/breakers/orders/reset
+  curl -s -X PUT -H 'content-type: application/json' -d '{{"state":"forced_open"}}' http://{admin}/api/v1/breakers/orders/state
+  curl -s -X POST -H 'content-type: application/json' http://{admin}/api/v1/breakers/orders/reset
+  (state changes need the JSON content type, even without a body)
 
 Other faults on any simulated upstream: latency=3s, reset_rate=0.5, status=429, DELETE to clear.
 Breaker transitions, ejections and health changes are also logged on stderr.
