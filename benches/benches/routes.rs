@@ -1,5 +1,6 @@
 //! A large config: loading and validating 10 000 routes, and matching a request
-//! against them.
+//! against them; and what every request pays before routing: checking its Host and
+//! normalizing its path.
 //!
 //! Run: `cargo bench -p gateway-benches --bench routes`
 
@@ -70,5 +71,25 @@ fn routes(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, routes);
+/// The per-request checks before routing (`gateway::syntax`), next to the route lookup
+/// they precede.
+fn request_syntax(c: &mut Criterion) {
+    use gateway::syntax::{authority, path};
+    let policy = path::PathPolicy::default();
+    c.bench_function("syntax/authority: name with port", |b| {
+        b.iter(|| authority::parse(black_box(b"svc99.example.com:8080")))
+    });
+    let normal = b"/api/v99/r9999/items/1?page=2&sort=desc";
+    assert_eq!(path::normalize(normal, policy), Ok(None));
+    c.bench_function("syntax/path: already normal (no allocation)", |b| {
+        b.iter(|| path::normalize(black_box(normal), policy))
+    });
+    let rewritten = b"/api/v99/./r9999/%7Eitems/../items/1?page=2";
+    assert!(matches!(path::normalize(rewritten, policy), Ok(Some(_))));
+    c.bench_function("syntax/path: dot segments and escapes", |b| {
+        b.iter(|| path::normalize(black_box(rewritten), policy))
+    });
+}
+
+criterion_group!(benches, routes, request_syntax);
 criterion_main!(benches);
