@@ -328,7 +328,7 @@ impl ProxyHttp for Gateway {
             )?;
             upstream.set_uri(uri);
         }
-        let original_host = normalize::authority(session.req_header()).map(|a| a.text);
+        let original_host = normalize::host(session.req_header());
         if let Some(host) = &route.spec.host_rewrite {
             upstream.insert_header("host", host)?;
         }
@@ -510,7 +510,7 @@ impl ProxyHttp for Gateway {
             request_id = %ctx.request_id,
             client = ?session.client_addr().and_then(|a| a.as_inet()),
             method = %req.method,
-            host = normalize::authority(req).map_or("", |a| a.text),
+            host = normalize::host(req).unwrap_or(""),
             path = req.uri.path(),
             status,
             route = ctx.route.as_ref().map_or("", |r| r.spec.name.as_str()),

@@ -94,9 +94,18 @@ fn host_value(req: &RequestHeader) -> Option<&[u8]> {
         .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
 }
 
-/// The checked authority of a request that passed `request`; None when it names none.
+/// The checked authority of a request that passed `request`, classified for routing;
+/// None when it names none.
 pub fn authority(req: &RequestHeader) -> Option<Authority<'_>> {
     host_value(req).and_then(|v| authority::parse(v).ok())
+}
+
+/// The authority of a request that passed `request`, as text (already checked, so not
+/// parsed again); None when it names none.
+pub fn host(req: &RequestHeader) -> Option<&str> {
+    host_value(req)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
