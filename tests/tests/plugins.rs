@@ -581,3 +581,40 @@ async fn reload_carries_plugins_over_and_refuses_one_that_cannot_start() {
         2
     );
 }
+
+#[test]
+fn a_static_fallback_may_not_set_framing_headers() {
+    // The same list a fallback plugin's answer is stripped of, refused at load.
+    let yaml = "listeners: [{ address: \"127.0.0.1:18999\" }]
+upstreams:
+  api:
+    endpoints: [\"127.0.0.1:9\"]
+    breaker:
+      fallback:
+        status: 503
+        headers:
+          content-length: \"5\"
+          x-reason: maintenance
+          Transfer-Encoding: chunked
+routes:
+  - { upstream: api }
+";
+    let (code, _, stderr) = check_config("gateway.yaml", yaml);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("gateway.yaml:9:11: upstreams.api.breaker.fallback.headers.content-length: `content-length` frames the response"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("gateway.yaml:11:11: upstreams.api.breaker.fallback.headers.Transfer-Encoding: `Transfer-Encoding` frames the response"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("x-reason"), "{stderr}");
+    let (code, _, stderr) = check_config(
+        "gateway.yaml",
+        &yaml
+            .replace("          content-length: \"5\"\n", "")
+            .replace("          Transfer-Encoding: chunked\n", ""),
+    );
+    assert_eq!(code, 0, "{stderr}");
+}
