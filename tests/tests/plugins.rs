@@ -415,17 +415,36 @@ async fn hostile_fallback_is_cut_off_and_the_built_in_fallback_answers() {
     let gw = Gateway::start(&config).await;
     assert_eq!(gw.get("/").await.text(), "fallback ok");
     let mut conn = gw.conn().await;
+    let mut errors = std::collections::HashMap::new();
     for (mode, kind) in [
+        ("headers", "response_too_large"),
         ("loop", "timeout"),
         ("memory", "memory"),
         ("panic", "trap"),
         ("huge", "response_too_large"),
+        ("header-bytes", "response_too_large"),
     ] {
         let (response, took) = provoke(&mut conn, mode).await;
         assert_eq!(response.status, 503, "{mode}");
         assert_eq!(response.json()["code"], "CIRCUIT_BREAKER_OPEN", "{mode}");
+        assert!(
+            response.header("x-fallback").is_none(),
+            "{mode}: nothing of the refused answer reaches the client"
+        );
         assert!(took < Duration::from_secs(1), "{mode}: took {took:?}");
-        assert_eq!(plugin_errors(&gw, kind).await, 1.0, "{mode}");
+        let expected = errors.entry(kind).or_insert(0.0);
+        *expected += 1.0;
+        assert_eq!(plugin_errors(&gw, kind).await, *expected, "{mode}");
+        if mode == "headers" {
+            // The first failure is logged (the next ones within the second are only
+            // counted).
+            gw.wait_for_log(&[
+                "plugin call failed",
+                "hostile",
+                "returned 1001 headers, over the limit of 64",
+            ])
+            .await;
+        }
         let next = conn.get("/").await.expect("request");
         assert_eq!(next.status, 200, "{mode}: the next call works");
         assert_eq!(next.text(), "fallback ok");

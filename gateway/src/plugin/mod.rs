@@ -48,6 +48,10 @@ pub enum PluginError {
     Init(Box<PluginError>),
     #[error("returned a {size} byte body, over its max_response of {limit} bytes")]
     ResponseTooLarge { size: usize, limit: usize },
+    #[error("returned {count} headers, over the limit of {limit}")]
+    TooManyHeaders { count: usize, limit: usize },
+    #[error("returned {size} bytes of headers, over the limit of {limit} bytes")]
+    HeadersTooLarge { size: usize, limit: usize },
     #[error("returned an invalid answer: {0}")]
     InvalidAnswer(String),
 }
@@ -72,7 +76,9 @@ impl PluginError {
             PluginError::Instantiate(_) | PluginError::InitRefused(_) | PluginError::Init(_) => {
                 "init"
             }
-            PluginError::ResponseTooLarge { .. } => "response_too_large",
+            PluginError::ResponseTooLarge { .. }
+            | PluginError::TooManyHeaders { .. }
+            | PluginError::HeadersTooLarge { .. } => "response_too_large",
             PluginError::InvalidAnswer(_) => "invalid_answer",
         }
     }
