@@ -19,6 +19,7 @@ use super::bindings::types::{
 };
 use super::engine::{PluginEngine, ticks};
 use super::host::{Exchange, HostState};
+use super::log::PluginLog;
 use crate::config::{PluginKind, PluginSpec};
 use crate::metrics::PluginMetrics;
 use crate::throttled_log::ThrottledLog;
@@ -68,6 +69,8 @@ pub struct Plugin {
     metrics: PluginMetrics,
     /// Errors are counted always, logged at most once a second.
     errors_logged: ThrottledLog,
+    /// What its instances write, within one budget for all of them.
+    log: Arc<PluginLog>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -108,8 +111,16 @@ impl Plugin {
                 Pre::Fallback(FallbackPre::new(instance_pre).map_err(mismatch)?)
             }
         };
+        let name: Arc<str> = spec.name.as_str().into();
+        let log = Arc::new(PluginLog::new(
+            Arc::clone(&name),
+            spec.limits.log_lines_per_second,
+            spec.limits.log_bytes_per_second,
+            metrics.log_dropped.clone(),
+        ));
         let plugin = Self {
-            name: spec.name.as_str().into(),
+            name,
+            log,
             spec,
             component,
             engine,
@@ -232,7 +243,7 @@ impl Plugin {
         let limits = self.spec.limits;
         let mut store = Store::new(
             &self.engine.engine,
-            HostState::new(Arc::clone(&self.name), limits.memory),
+            HostState::new(Arc::clone(&self.log), limits.memory),
         );
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(ticks(limits.init_timeout));

@@ -5,6 +5,7 @@
 //! - `engine.rs`: the one engine (pooling allocator, epoch clock) and linker.
 //! - `host.rs`: what an instance may touch (a WASI context granting nothing, logging,
 //!   the exchange the current call is about).
+//! - `log.rs`: what a plugin writes to the log: escaped, cut, within a budget.
 //! - `wasi.rs`: WASI in which nothing waits, since calls run on the proxy's threads.
 //! - `instance.rs`: one plugin: instance pool, bounded calls, error accounting.
 //! - `convert.rs`: gateway types to and from WIT types.
@@ -18,6 +19,7 @@ pub mod convert;
 mod engine;
 mod host;
 mod instance;
+mod log;
 mod wasi;
 
 use std::collections::BTreeMap;
