@@ -58,6 +58,11 @@ impl PluginLog {
             self.drop_line();
             return;
         }
+        // Drops not yet reported are reported with the next line that is written, at
+        // most once a second: the count is then complete for the second that dropped them.
+        if self.unreported.load(Ordering::Relaxed) > 0 {
+            self.report_drops();
+        }
         let plugin = &*self.plugin;
         match level {
             LogLevel::Trace => tracing::trace!(target: "gateway::plugin", plugin, stream, "{line}"),
@@ -71,8 +76,16 @@ impl PluginLog {
     fn drop_line(&self) {
         self.dropped.inc();
         self.unreported.fetch_add(1, Ordering::Relaxed);
-        if self.warned.admit().is_some() {
-            let dropped = self.unreported.swap(0, Ordering::Relaxed);
+        self.report_drops();
+    }
+
+    /// A warning with the drops since the last one, if none was written this second.
+    fn report_drops(&self) {
+        if self.warned.admit().is_none() {
+            return;
+        }
+        let dropped = self.unreported.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
             tracing::warn!(
                 target: "gateway::plugin",
                 plugin = %self.plugin,
