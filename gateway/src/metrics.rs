@@ -32,6 +32,7 @@ pub struct Metrics {
     plugin_calls: IntCounterVec,
     plugin_errors: IntCounterVec,
     plugin_duration: HistogramVec,
+    plugin_log_dropped: IntCounterVec,
     endpoint_ejected: IntGaugeVec,
     endpoint_healthy: IntGaugeVec,
     endpoint_ejections: IntCounterVec,
@@ -77,6 +78,8 @@ pub struct PluginMetrics {
     pub calls_ok: IntCounter,
     pub calls_error: IntCounter,
     pub duration: Histogram,
+    /// Log lines dropped over the plugin's log budget.
+    pub log_dropped: IntCounter,
     errors: IntCounterVec,
     plugin: String,
 }
@@ -249,6 +252,12 @@ impl Default for Metrics {
                 &["plugin", "kind"],
             ),
             plugin_duration,
+            plugin_log_dropped: counter(
+                r,
+                "gateway_plugin_log_dropped_total",
+                "Plugin log lines (host.log, stdout, stderr) dropped over the plugin's log budget.",
+                &["plugin"],
+            ),
             endpoint_ejected: gauge(
                 r,
                 "gateway_endpoint_ejected",
@@ -322,6 +331,7 @@ impl Metrics {
             calls_ok: self.plugin_calls.with_label_values(&[plugin, "ok"]),
             calls_error: self.plugin_calls.with_label_values(&[plugin, "error"]),
             duration: self.plugin_duration.with_label_values(&[plugin]),
+            log_dropped: self.plugin_log_dropped.with_label_values(&[plugin]),
             errors: self.plugin_errors.clone(),
             plugin: plugin.to_string(),
         }

@@ -106,3 +106,64 @@ async fn a_gated_breaker_stays_open_until_a_health_check_passes() {
     }
     gw.wait_for_log(&["probes_succeeded"]).await;
 }
+
+/// An origin whose `/health` answers 200 with `headers` extra header fields, counting
+/// the checks it answered; other requests get `headers` as text.
+fn with_many_headers(headers: usize) -> (Arc<AtomicU64>, Handler) {
+    let checks = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&checks);
+    let handler: Handler = Arc::new(move |req: &Request| {
+        if req.path() != "/health" {
+            return Reply::text(200, headers.to_string());
+        }
+        counted.fetch_add(1, Ordering::SeqCst);
+        (0..headers).fold(Reply::text(200, "health"), |reply, i| {
+            reply.with_header(&format!("x-header-{i}"), "some value")
+        })
+    });
+    (checks, handler)
+}
+
+#[tokio::test]
+async fn health_checks_read_responses_as_the_proxy_does() {
+    // 40 header fields (32 was once the limit) are a healthy answer; more than the
+    // proxy itself accepts (256) are not.
+    let (checks_many, many) = with_many_headers(40);
+    let (_, too_many) = with_many_headers(300);
+    let many = start_origin(many).await;
+    let too_many = start_origin(too_many).await;
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  api:\n    endpoints: [\"{}\", \"{}\"]\n{CHECK} }}\nroutes:\n  - {{ upstream: api }}\n",
+        many.addr(),
+        too_many.addr()
+    ))
+    .await;
+    gw.wait_for_log(&["endpoint unhealthy", &too_many.addr().to_string()])
+        .await;
+    // Three more checks of the other endpoint (unhealthy_threshold is 1).
+    let seen = checks_many.load(Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while checks_many.load(Ordering::SeqCst) < seen + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no more health checks"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let healthy = |addr: std::net::SocketAddr| {
+        format!("gateway_endpoint_healthy{{endpoint=\"{addr}\",upstream=\"api\"}}")
+    };
+    assert_eq!(gw.metric(&healthy(many.addr())).await, 1.0);
+    assert_eq!(gw.metric(&healthy(too_many.addr())).await, 0.0);
+    assert!(
+        !gw.logs()
+            .lines()
+            .any(|l| l.contains("endpoint unhealthy") && l.contains(&many.addr().to_string())),
+        "{}",
+        gw.logs()
+    );
+    // Traffic goes to the endpoint that passes.
+    for _ in 0..4 {
+        assert_eq!(gw.get("/").await.text(), "40");
+    }
+}

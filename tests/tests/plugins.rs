@@ -297,13 +297,23 @@ const HOSTILE_LIMITS: &str = "limits: { timeout: 50ms, memory: 8MiB }";
 /// A gateway whose one upstream (an origin answering 200) is judged by the hostile
 /// predicate; `breaker`: the rest of that upstream's breaker settings.
 async fn behind_hostile_predicate(breaker: &str) -> (Origin, Gateway) {
+    behind_hostile_predicate_with(HOSTILE_LIMITS, breaker, &[]).await
+}
+
+/// Like `behind_hostile_predicate`, with the plugin's `settings` (e.g. its `limits:`)
+/// and the gateway's command-line `args`.
+async fn behind_hostile_predicate_with(
+    settings: &str,
+    breaker: &str,
+    args: &[&str],
+) -> (Origin, Gateway) {
     let origin = start_origin(Arc::new(|_: &Request| Reply::text(200, "fine"))).await;
     let config = format!(
         "plugins:\n{}upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker: {{ predicate: hostile{breaker} }}\nroutes:\n  - {{ upstream: api }}\n",
-        plugin_entry("hostile", "hostile-predicate", "predicate", HOSTILE_LIMITS),
+        plugin_entry("hostile", "hostile-predicate", "predicate", settings),
         origin.addr()
     );
-    (origin, Gateway::start(&config).await)
+    (origin, Gateway::start_with_args(&config, args).await)
 }
 
 #[tokio::test]
@@ -415,21 +425,192 @@ async fn hostile_fallback_is_cut_off_and_the_built_in_fallback_answers() {
     let gw = Gateway::start(&config).await;
     assert_eq!(gw.get("/").await.text(), "fallback ok");
     let mut conn = gw.conn().await;
+    let mut errors = std::collections::HashMap::new();
     for (mode, kind) in [
+        ("headers", "response_too_large"),
         ("loop", "timeout"),
         ("memory", "memory"),
         ("panic", "trap"),
         ("huge", "response_too_large"),
+        ("header-bytes", "response_too_large"),
     ] {
         let (response, took) = provoke(&mut conn, mode).await;
         assert_eq!(response.status, 503, "{mode}");
         assert_eq!(response.json()["code"], "CIRCUIT_BREAKER_OPEN", "{mode}");
+        assert!(
+            response.header("x-fallback").is_none(),
+            "{mode}: nothing of the refused answer reaches the client"
+        );
         assert!(took < Duration::from_secs(1), "{mode}: took {took:?}");
-        assert_eq!(plugin_errors(&gw, kind).await, 1.0, "{mode}");
+        let expected = errors.entry(kind).or_insert(0.0);
+        *expected += 1.0;
+        assert_eq!(plugin_errors(&gw, kind).await, *expected, "{mode}");
+        if mode == "headers" {
+            // The first failure is logged (the next ones within the second are only
+            // counted).
+            gw.wait_for_log(&[
+                "plugin call failed",
+                "hostile",
+                "returned 1001 headers, over the limit of 64",
+            ])
+            .await;
+        }
         let next = conn.get("/").await.expect("request");
         assert_eq!(next.status, 200, "{mode}: the next call works");
         assert_eq!(next.text(), "fallback ok");
     }
+}
+
+/// Lines of the gateway's log that carry `fragment`.
+fn log_lines(gw: &Gateway, fragment: &str) -> Vec<String> {
+    gw.logs()
+        .lines()
+        .filter(|line| line.contains(fragment))
+        .map(str::to_string)
+        .collect()
+}
+
+const LOG_DROPPED: &str = "gateway_plugin_log_dropped_total{plugin=\"hostile\"}";
+
+#[tokio::test]
+async fn a_plugin_flooding_the_log_is_held_to_its_budget() {
+    // Default budget: 100 lines and 64 KiB a second; the 1 KiB lines hit the bytes first.
+    let (_origin, gw) = behind_hostile_predicate_with("limits: { timeout: 5s }", "", &[]).await;
+    let mut conn = gw.conn().await;
+
+    // The text log: a forged line stays inside the plugin's line, escaped.
+    assert_eq!(provoke(&mut conn, "forge").await.0.status, 200);
+    let line = gw.wait_for_log(&["fake line"]).await;
+    assert!(
+        line.contains(r"forged\n2030-01-01T00:00:00Z ERROR gateway: fake line\r\u{1b}[31mred\u{2028}sep\u{85}nel\\n"),
+        "{line}"
+    );
+    assert_eq!(log_lines(&gw, "fake line").len(), 1);
+    assert!(
+        !gw.logs().contains('\u{1b}'),
+        "no raw escape reaches the log"
+    );
+
+    let started = Instant::now();
+    for mode in ["flood", "flood-stdout", "flood"] {
+        let (response, _) = provoke(&mut conn, mode).await;
+        assert_eq!(response.status, 200, "{mode}");
+    }
+    let elapsed = started.elapsed();
+    let ok = "gateway_plugin_calls_total{plugin=\"hostile\",result=\"ok\"}";
+    assert_eq!(gw.metric(ok).await, 4.0, "each call ran to its end");
+
+    // Every line, from host.log or stdout, is either written or counted as dropped;
+    // what is written is at most the budget of each second the calls touched.
+    let written = log_lines(&gw, "flood-line");
+    let dropped = gw.metric(LOG_DROPPED).await;
+    assert_eq!(written.len() as f64 + dropped, 3000.0);
+    let seconds = elapsed.as_secs() + 2;
+    let lines_per_second = (64 * 1024) / 1024;
+    assert!(
+        written.len() as u64 <= lines_per_second * seconds,
+        "{} lines written in {elapsed:?}",
+        written.len()
+    );
+    // The first second's budget (less the forged lines) is used.
+    assert!(written.len() >= 60, "{} lines written", written.len());
+    assert!(
+        written
+            .iter()
+            .all(|l| l.len() > 1024 && l.len() < 1024 + 200),
+        "flood lines are written whole"
+    );
+    // Said at most once a second, with how many.
+    let warning = gw
+        .wait_for_log(&["plugin log over budget", "hostile", "dropped="])
+        .await;
+    assert!(warning.contains("WARN"), "{warning}");
+    let warnings = log_lines(&gw, "plugin log over budget").len() as u64;
+    assert!((1..=seconds).contains(&warnings), "{warnings} warnings");
+}
+
+#[tokio::test]
+async fn a_plugin_log_budget_is_configurable() {
+    let (_origin, gw) = behind_hostile_predicate_with(
+        "limits: { timeout: 5s, log_lines_per_second: 5, log_bytes_per_second: 1MiB }",
+        "",
+        &[],
+    )
+    .await;
+    let mut conn = gw.conn().await;
+    let started = Instant::now();
+    // stdout is held to the same budget as host.log.
+    assert_eq!(provoke(&mut conn, "flood-stdout").await.0.status, 200);
+    let seconds = started.elapsed().as_secs() + 2;
+    let written = log_lines(&gw, "flood-line").len() as u64;
+    assert!((5..=5 * seconds).contains(&written), "{written} lines");
+    assert_eq!(gw.metric(LOG_DROPPED).await, (1000 - written) as f64);
+}
+
+#[tokio::test]
+async fn plugin_log_lines_cannot_forge_json_log_lines() {
+    let (_origin, gw) = behind_hostile_predicate_with("", "", &["--log-format", "json"]).await;
+    let mut conn = gw.conn().await;
+    assert_eq!(provoke(&mut conn, "forge").await.0.status, 200);
+    let parse = |line: &str| -> serde_json::Value {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    let forged = parse(&gw.wait_for_log(&["fake line"]).await);
+    assert_eq!(
+        forged["message"],
+        r"forged\n2030-01-01T00:00:00Z ERROR gateway: fake line\r\u{1b}[31mred\u{2028}sep\u{85}nel\\n"
+    );
+    assert_eq!(forged["plugin"], "hostile");
+    assert_eq!(forged["stream"], "log");
+    assert_eq!(forged["level"], "WARN");
+    let stdout = parse(&gw.wait_for_log(&["stdout-forged"]).await);
+    assert_eq!(
+        stdout["message"],
+        r"stdout-forged \u{1b}]0;title\u{7}\u{2029}end"
+    );
+    assert_eq!(stdout["stream"], "stdout");
+    // Each plugin line is one JSON line: nothing spilled into a line of its own.
+    assert_eq!(log_lines(&gw, "fake line").len(), 1);
+    for line in gw.logs().lines() {
+        parse(line);
+    }
+}
+
+#[test]
+fn a_static_fallback_may_not_set_framing_headers() {
+    // The same list a fallback plugin's answer is stripped of, refused at load.
+    let yaml = "listeners: [{ address: \"127.0.0.1:18999\" }]
+upstreams:
+  api:
+    endpoints: [\"127.0.0.1:9\"]
+    breaker:
+      fallback:
+        status: 503
+        headers:
+          content-length: \"5\"
+          x-reason: maintenance
+          Transfer-Encoding: chunked
+routes:
+  - { upstream: api }
+";
+    let (code, _, stderr) = check_config("gateway.yaml", yaml);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("gateway.yaml:9:11: upstreams.api.breaker.fallback.headers.content-length: `content-length` frames the response"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("gateway.yaml:11:11: upstreams.api.breaker.fallback.headers.Transfer-Encoding: `Transfer-Encoding` frames the response"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("x-reason"), "{stderr}");
+    let (code, _, stderr) = check_config(
+        "gateway.yaml",
+        &yaml
+            .replace("          content-length: \"5\"\n", "")
+            .replace("          Transfer-Encoding: chunked\n", ""),
+    );
+    assert_eq!(code, 0, "{stderr}");
 }
 
 #[test]

@@ -30,9 +30,12 @@ pub use model::{
     Timeouts, UpstreamSpec, UpstreamTls,
 };
 pub use plugins::{
-    MAX_PLUGIN_MEMORY, OnPluginError, PluginKind, PluginLimits, PluginSpec, WasmFile,
+    MAX_LOG_BYTES_PER_SECOND, MAX_LOG_LINES_PER_SECOND, MAX_PLUGIN_MEMORY, OnPluginError,
+    PluginKind, PluginLimits, PluginSpec, WasmFile,
 };
-pub use resilience::{FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec, StaticResponse};
+pub use resilience::{
+    FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec, StaticResponse, is_framing_header,
+};
 
 use error::Problems;
 use position::PositionIndex;

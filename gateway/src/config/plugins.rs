@@ -21,6 +21,10 @@ use super::resilience::FallbackSpec;
 /// are sized for it).
 pub const MAX_PLUGIN_MEMORY: u64 = 256 << 20;
 
+/// The largest log budgets a plugin may be given.
+pub const MAX_LOG_LINES_PER_SECOND: u32 = 100_000;
+pub const MAX_LOG_BYTES_PER_SECOND: u64 = 16 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PluginKind {
     Predicate,
@@ -49,6 +53,11 @@ pub struct PluginLimits {
     pub max_response: usize,
     /// Idle instances kept for reuse.
     pub instances: NonZeroU32,
+    /// Log lines (`host.log`, stdout, stderr) written per second, all instances
+    /// together; more are dropped and counted.
+    pub log_lines_per_second: u32,
+    /// Bytes of log lines written per second, all instances together.
+    pub log_bytes_per_second: u64,
 }
 
 impl Default for PluginLimits {
@@ -59,6 +68,8 @@ impl Default for PluginLimits {
             init_timeout: Duration::from_secs(1),
             max_response: 1 << 20,
             instances: NonZeroU32::new(16).unwrap_or(NonZeroU32::MIN),
+            log_lines_per_second: 100,
+            log_bytes_per_second: 64 << 10,
         }
     }
 }
@@ -238,12 +249,40 @@ fn limits(raw: &RawPlugin, path: &KeyPath, problems: &mut Problems) -> PluginLim
         .filter(|n| within("instances", u64::from(*n), 1, 256, "1 and 256"))
         .and_then(NonZeroU32::new)
         .unwrap_or(defaults.instances);
+    // 0 is allowed: a plugin whose lines are all dropped (and counted).
+    let log_lines_per_second = raw
+        .log_lines_per_second
+        .filter(|n| {
+            within(
+                "log_lines_per_second",
+                u64::from(*n),
+                0,
+                u64::from(MAX_LOG_LINES_PER_SECOND),
+                "0 and 100000",
+            )
+        })
+        .unwrap_or(defaults.log_lines_per_second);
+    let log_bytes_per_second = raw
+        .log_bytes_per_second
+        .map(|b| b.0)
+        .filter(|b| {
+            within(
+                "log_bytes_per_second",
+                *b,
+                0,
+                MAX_LOG_BYTES_PER_SECOND,
+                "0 and 16MiB",
+            )
+        })
+        .unwrap_or(defaults.log_bytes_per_second);
     PluginLimits {
         memory,
         timeout,
         init_timeout,
         max_response,
         instances,
+        log_lines_per_second,
+        log_bytes_per_second,
     }
 }
 
@@ -326,6 +365,46 @@ mod tests {
         };
         let texts: Vec<String> = map.values().map(config_text).collect();
         assert_eq!(texts, ["1", "true", "text", "[1,2]", "{\"f\":\"g\"}", ""]);
+    }
+
+    fn checked_limits(yaml: &str) -> (PluginLimits, Vec<String>) {
+        let raw: RawPlugin = serde_yaml::from_str(yaml).expect("a plugin entry");
+        let mut problems = Problems::default();
+        let limits = limits(&raw, &KeyPath::root().key("p"), &mut problems);
+        let messages = problems
+            .0
+            .into_iter()
+            .map(|(path, _, message)| format!("{path}: {message}"))
+            .collect();
+        (limits, messages)
+    }
+
+    #[test]
+    fn log_budgets_default_and_are_bounded() {
+        let (limits, problems) = checked_limits("{ path: p.wasm, kind: predicate }");
+        assert!(problems.is_empty());
+        assert_eq!(
+            (limits.log_lines_per_second, limits.log_bytes_per_second),
+            (100, 64 << 10)
+        );
+        let (limits, problems) = checked_limits(
+            "{ path: p.wasm, kind: predicate, limits: { log_lines_per_second: 0, log_bytes_per_second: 1MiB } }",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            (limits.log_lines_per_second, limits.log_bytes_per_second),
+            (0, 1 << 20)
+        );
+        let (_, problems) = checked_limits(
+            "{ path: p.wasm, kind: predicate, limits: { log_lines_per_second: 100001, log_bytes_per_second: 17MiB } }",
+        );
+        assert_eq!(
+            problems,
+            [
+                "p.limits.log_lines_per_second: must be between 0 and 100000",
+                "p.limits.log_bytes_per_second: must be between 0 and 16MiB"
+            ]
+        );
     }
 
     #[test]

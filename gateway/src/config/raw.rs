@@ -261,6 +261,8 @@ pub struct RawPluginLimits {
     pub init_timeout: Option<HumanDuration>,
     pub max_response: Option<ByteSize>,
     pub instances: Option<u32>,
+    pub log_lines_per_second: Option<u32>,
+    pub log_bytes_per_second: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -28,6 +28,25 @@ pub enum FallbackSpec {
     Plugin(String),
 }
 
+/// Headers that frame a message or belong to one connection: the gateway frames a
+/// response it makes up itself (`content-length`, its own `connection`). A static
+/// fallback that sets one is a config error; a fallback plugin's copies are dropped.
+pub const FRAMING_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether `name` (lowercase) is one of `FRAMING_HEADERS`.
+pub fn is_framing_header(name: &str) -> bool {
+    FRAMING_HEADERS.contains(&name)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticResponse {
     pub status: u16,
@@ -370,7 +389,19 @@ pub fn fallback(raw: Option<RawFallback>, path: &KeyPath, problems: &mut Problem
             );
             continue;
         }
-        headers.push((name.to_ascii_lowercase(), value));
+        let lowercase = name.to_ascii_lowercase();
+        if is_framing_header(&lowercase) {
+            problems.push(
+                path.key("headers").key(name.clone()),
+                format!(
+                    "`{name}` frames the response or belongs to the connection; the gateway sets it itself \
+                     (a static fallback may not set any of {})",
+                    FRAMING_HEADERS.join(", ")
+                ),
+            );
+            continue;
+        }
+        headers.push((lowercase, value));
     }
     let body = match (raw.body, raw.json) {
         (Some(_), Some(_)) => {
@@ -586,5 +617,56 @@ pub fn check_fallback_chains(
                 _ => None,
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn static_fallback(yaml: &str) -> (FallbackSpec, Vec<String>) {
+        let raw: RawFallback = serde_yaml::from_str(yaml).expect("a fallback mapping");
+        let mut problems = Problems::default();
+        let spec = fallback(Some(raw), &KeyPath::root().key("fallback"), &mut problems);
+        let messages = problems
+            .0
+            .into_iter()
+            .map(|(path, _, message)| format!("{path}: {message}"))
+            .collect();
+        (spec, messages)
+    }
+
+    #[test]
+    fn a_static_fallback_may_not_frame_its_own_response() {
+        for name in FRAMING_HEADERS {
+            let upper = name.to_ascii_uppercase();
+            for written in [name.to_string(), upper] {
+                let (_, problems) = static_fallback(&format!(
+                    "{{ status: 503, headers: {{ {written}: \"5\" }} }}"
+                ));
+                assert_eq!(problems.len(), 1, "{written}: {problems:?}");
+                assert!(
+                    problems[0].starts_with(&format!(
+                        "fallback.headers.{written}: `{written}` frames the response"
+                    )),
+                    "{}",
+                    problems[0]
+                );
+            }
+        }
+        let (spec, problems) = static_fallback(
+            "{ status: 503, headers: { x-reason: maintenance, cache-control: no-store }, body: down }",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let FallbackSpec::Static(response) = spec else {
+            panic!("a static fallback");
+        };
+        assert_eq!(
+            response.headers,
+            [
+                ("cache-control".to_string(), "no-store".to_string()),
+                ("x-reason".to_string(), "maintenance".to_string())
+            ]
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! no environment, no sockets; stdout and stderr go to the log), the `host` interface
 //! (logging, and the request and headers of the exchange the current call is about,
 //! lent for the length of the call), and a memory limiter that remembers when it said no.
+//! Every line a plugin writes, through `host.log` or stdout/stderr, goes through its
+//! `PluginLog` (`log.rs`): escaped, cut, within its budget.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,13 +20,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::host::{self, LogLevel, Message, RequestField};
 use super::bindings::types;
-
-/// Longest log line kept from a plugin; the rest is cut.
-const MAX_LOG_LINE: usize = 4096;
+use super::log::{MAX_LOG_LINE, PluginLog};
 
 /// The data of one plugin instance's store.
 pub struct HostState {
-    plugin: Arc<str>,
+    log: Arc<PluginLog>,
     wasi: WasiCtx,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
@@ -102,14 +102,14 @@ fn lossy(value: &http::HeaderValue) -> String {
 }
 
 impl HostState {
-    pub fn new(plugin: Arc<str>, memory: u64) -> Self {
+    pub fn new(log: Arc<PluginLog>, memory: u64) -> Self {
         let wasi = WasiCtxBuilder::new()
             .stdout(PluginOutput {
-                plugin: Arc::clone(&plugin),
+                log: Arc::clone(&log),
                 stream: "stdout",
             })
             .stderr(PluginOutput {
-                plugin: Arc::clone(&plugin),
+                log: Arc::clone(&log),
                 stream: "stderr",
             })
             // wasmtime-wasi's defaults, stated because `wasi.rs` relies on them: with no
@@ -118,7 +118,7 @@ impl HostState {
             .allow_udp(false)
             .build();
         Self {
-            plugin,
+            log,
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
@@ -140,7 +140,7 @@ impl WasiView for HostState {
 
 impl host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {
-        emit(&self.plugin, level, "log", message.as_bytes());
+        self.log.emit(level, "log", message.as_bytes(), 0);
     }
 
     fn request(&mut self, field: RequestField) -> String {
@@ -170,19 +170,6 @@ impl host::Host for HostState {
                 .collect()
         })
         .unwrap_or_default()
-    }
-}
-
-fn emit(plugin: &str, level: LogLevel, stream: &str, message: &[u8]) {
-    let cut = &message[..message.len().min(MAX_LOG_LINE)];
-    let message = String::from_utf8_lossy(cut);
-    let message = message.trim_end();
-    match level {
-        LogLevel::Trace => tracing::trace!(target: "gateway::plugin", plugin, stream, "{message}"),
-        LogLevel::Debug => tracing::debug!(target: "gateway::plugin", plugin, stream, "{message}"),
-        LogLevel::Info => tracing::info!(target: "gateway::plugin", plugin, stream, "{message}"),
-        LogLevel::Warn => tracing::warn!(target: "gateway::plugin", plugin, stream, "{message}"),
-        LogLevel::Error => tracing::error!(target: "gateway::plugin", plugin, stream, "{message}"),
     }
 }
 
@@ -218,7 +205,7 @@ impl ResourceLimiter for MemoryLimiter {
 /// A plugin's stdout or stderr: whole lines to the log, at info (stdout) or warn (stderr).
 #[derive(Clone)]
 struct PluginOutput {
-    plugin: Arc<str>,
+    log: Arc<PluginLog>,
     stream: &'static str,
 }
 
@@ -239,17 +226,20 @@ impl StdoutStream for PluginOutput {
 }
 
 struct LineLogger {
-    plugin: Arc<str>,
+    log: Arc<PluginLog>,
     stream: &'static str,
     line: Vec<u8>,
+    /// Bytes of the current line beyond what is kept.
+    cut: usize,
 }
 
 impl LineLogger {
     fn new(output: &PluginOutput) -> Self {
         Self {
-            plugin: Arc::clone(&output.plugin),
+            log: Arc::clone(&output.log),
             stream: output.stream,
             line: Vec::new(),
+            cut: 0,
         }
     }
 
@@ -261,8 +251,9 @@ impl LineLogger {
         };
         while let Some(end) = bytes.iter().position(|b| *b == b'\n') {
             self.keep(&bytes[..end]);
-            emit(&self.plugin, level, self.stream, &self.line);
+            self.log.emit(level, self.stream, &self.line, self.cut);
             self.line.clear();
+            self.cut = 0;
             bytes = &bytes[end + 1..];
         }
         self.keep(bytes);
@@ -271,7 +262,9 @@ impl LineLogger {
     /// Keeps at most one line's worth; a plugin printing without newlines cannot grow it.
     fn keep(&mut self, bytes: &[u8]) {
         let room = MAX_LOG_LINE.saturating_sub(self.line.len());
-        self.line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        let kept = bytes.len().min(room);
+        self.line.extend_from_slice(&bytes[..kept]);
+        self.cut = self.cut.saturating_add(bytes.len() - kept);
     }
 }
 
@@ -320,6 +313,11 @@ mod tests {
     use super::*;
     use host::Host;
 
+    fn test_log() -> Arc<PluginLog> {
+        let dropped = prometheus::IntCounter::new("dropped", "test").expect("counter");
+        Arc::new(PluginLog::new("test".into(), 100, 64 << 10, dropped))
+    }
+
     fn request(path: &[u8], headers: &[(&'static str, &'static [u8])]) -> RequestHeader {
         let mut request = RequestHeader::build("POST", path, None).expect("a valid request line");
         for (name, value) in headers {
@@ -344,7 +342,7 @@ mod tests {
         let mut response = http::HeaderMap::new();
         let not_utf8 = http::HeaderValue::from_bytes(b"caf\xe9").expect("opaque bytes are valid");
         response.append("x-degraded", not_utf8);
-        let mut state = HostState::new("test".into(), 1 << 20);
+        let mut state = HostState::new(test_log(), 1 << 20);
         let exchange = Exchange {
             request: &request,
             route: &"orders".to_string(),
@@ -374,7 +372,7 @@ mod tests {
                 upstream: &String::new(),
                 response: None,
             };
-            let mut state = HostState::new("test".into(), 1 << 20);
+            let mut state = HostState::new(test_log(), 1 << 20);
             exchange.lend(|| assert_eq!(state.request(RequestField::Authority), authority));
         }
     }
@@ -428,7 +426,7 @@ mod tests {
     #[test]
     fn nothing_is_readable_outside_a_call_or_without_a_response() {
         // Outside a call (a plugin's `init`): nothing.
-        let mut idle = HostState::new("test".into(), 1 << 20);
+        let mut idle = HostState::new(test_log(), 1 << 20);
         assert!(idle.all_headers(Message::Request).is_empty());
         assert!(idle.header(Message::Request, "host".into()).is_empty());
         assert!(idle.request(RequestField::Method).is_empty());

@@ -14,9 +14,12 @@ use wasmtime::component::Component;
 use super::PluginError;
 use super::bindings::fallback::{Fallback, FallbackPre};
 use super::bindings::predicate::{FailurePredicate, FailurePredicatePre};
-use super::bindings::types::{FallbackAction, FallbackContext, Outcome, Verdict};
+use super::bindings::types::{
+    FallbackAction, FallbackContext, Outcome, SyntheticResponse, Verdict,
+};
 use super::engine::{PluginEngine, ticks};
 use super::host::{Exchange, HostState};
+use super::log::PluginLog;
 use crate::config::{PluginKind, PluginSpec};
 use crate::metrics::PluginMetrics;
 use crate::throttled_log::ThrottledLog;
@@ -66,6 +69,8 @@ pub struct Plugin {
     metrics: PluginMetrics,
     /// Errors are counted always, logged at most once a second.
     errors_logged: ThrottledLog,
+    /// What its instances write, within one budget for all of them.
+    log: Arc<PluginLog>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -106,8 +111,16 @@ impl Plugin {
                 Pre::Fallback(FallbackPre::new(instance_pre).map_err(mismatch)?)
             }
         };
+        let name: Arc<str> = spec.name.as_str().into();
+        let log = Arc::new(PluginLog::new(
+            Arc::clone(&name),
+            spec.limits.log_lines_per_second,
+            spec.limits.log_bytes_per_second,
+            metrics.log_dropped.clone(),
+        ));
         let plugin = Self {
-            name: spec.name.as_str().into(),
+            name,
+            log,
             spec,
             component,
             engine,
@@ -134,7 +147,13 @@ impl Plugin {
     }
 
     /// Asks a fallback what to answer for `exchange` (which has no response). The
-    /// response is checked against `max_response`.
+    /// response is checked against `max_response` and the header bounds.
+    ///
+    /// The generated bindings lift the whole answer out of the plugin's memory before
+    /// it can be measured: wasmtime runs the export's post-return (which frees the
+    /// answer inside the plugin) right after lifting it, so a lazily lifted body
+    /// (`WasmList`) could not be read safely afterwards. What is copied is bounded by
+    /// the plugin's `limits.memory`; see docs/PLUGINS.md.
     pub fn respond(
         &self,
         context: FallbackContext,
@@ -145,12 +164,9 @@ impl Plugin {
             Exports::Predicate(_) => Err(wasmtime::Error::msg("not a fallback")),
         })?;
         if let FallbackAction::Respond(response) = &action
-            && response.body.len() > self.spec.limits.max_response
+            && let Err(e) = within_bounds(response, self.spec.limits.max_response)
         {
-            return Err(self.count(PluginError::ResponseTooLarge {
-                size: response.body.len(),
-                limit: self.spec.limits.max_response,
-            }));
+            return Err(self.count(e));
         }
         Ok(action)
     }
@@ -227,7 +243,7 @@ impl Plugin {
         let limits = self.spec.limits;
         let mut store = Store::new(
             &self.engine.engine,
-            HostState::new(Arc::clone(&self.name), limits.memory),
+            HostState::new(Arc::clone(&self.log), limits.memory),
         );
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(ticks(limits.init_timeout));
@@ -268,6 +284,99 @@ impl Plugin {
                 .downcast_ref::<wasmtime::Trap>()
                 .map_or_else(|| e.root_cause().to_string(), ToString::to_string);
             PluginError::Trap(reason)
+        }
+    }
+}
+
+/// Most headers a fallback's answer may carry (the gateway adds its own few).
+pub const MAX_ANSWER_HEADERS: usize = 64;
+/// Most bytes of header names and values a fallback's answer may carry.
+pub const MAX_ANSWER_HEADER_BYTES: usize = 16 << 10;
+
+/// A fallback's response fits its body limit and the header bounds.
+fn within_bounds(response: &SyntheticResponse, max_body: usize) -> Result<(), PluginError> {
+    if response.body.len() > max_body {
+        return Err(PluginError::ResponseTooLarge {
+            size: response.body.len(),
+            limit: max_body,
+        });
+    }
+    let count = response.headers.len();
+    if count > MAX_ANSWER_HEADERS {
+        return Err(PluginError::TooManyHeaders {
+            count,
+            limit: MAX_ANSWER_HEADERS,
+        });
+    }
+    let size = response
+        .headers
+        .iter()
+        .map(|(name, value)| name.len().saturating_add(value.len()))
+        .fold(0usize, usize::saturating_add);
+    if size > MAX_ANSWER_HEADER_BYTES {
+        return Err(PluginError::HeadersTooLarge {
+            size,
+            limit: MAX_ANSWER_HEADER_BYTES,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(headers: usize, value_len: usize, body: usize) -> SyntheticResponse {
+        SyntheticResponse {
+            status: 200,
+            headers: (0..headers)
+                .map(|i| (format!("x-h{i}"), "v".repeat(value_len)))
+                .collect(),
+            body: vec![b'x'; body],
+        }
+    }
+
+    #[test]
+    fn answers_within_bounds_pass() {
+        assert!(within_bounds(&answer(MAX_ANSWER_HEADERS, 10, 1024), 1024).is_ok());
+        assert!(within_bounds(&answer(0, 0, 0), 1).is_ok());
+    }
+
+    #[test]
+    fn answers_over_a_bound_are_refused_saying_which() {
+        let too_big = within_bounds(&answer(1, 1, 1025), 1024);
+        assert!(
+            matches!(
+                too_big,
+                Err(PluginError::ResponseTooLarge {
+                    size: 1025,
+                    limit: 1024
+                })
+            ),
+            "{too_big:?}"
+        );
+        let too_many = within_bounds(&answer(1000, 1, 10), 1024);
+        assert!(
+            matches!(
+                too_many,
+                Err(PluginError::TooManyHeaders {
+                    count: 1000,
+                    limit: 64
+                })
+            ),
+            "{too_many:?}"
+        );
+        // 20 headers of about 1 KiB: few enough, but 20 KiB in all.
+        let too_large = within_bounds(&answer(20, 1024, 10), 1024);
+        assert!(
+            matches!(
+                too_large,
+                Err(PluginError::HeadersTooLarge { limit: 16384, .. })
+            ),
+            "{too_large:?}"
+        );
+        for error in [too_big, too_many, too_large] {
+            assert_eq!(error.err().map(|e| e.kind()), Some("response_too_large"));
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - `engine.rs`: the one engine (pooling allocator, epoch clock) and linker.
 //! - `host.rs`: what an instance may touch (a WASI context granting nothing, logging,
 //!   the exchange the current call is about).
+//! - `log.rs`: what a plugin writes to the log: escaped, cut, within a budget.
 //! - `wasi.rs`: WASI in which nothing waits, since calls run on the proxy's threads.
 //! - `instance.rs`: one plugin: instance pool, bounded calls, error accounting.
 //! - `convert.rs`: gateway types to and from WIT types.
@@ -18,6 +19,7 @@ pub mod convert;
 mod engine;
 mod host;
 mod instance;
+mod log;
 mod wasi;
 
 use std::collections::BTreeMap;
@@ -48,6 +50,10 @@ pub enum PluginError {
     Init(Box<PluginError>),
     #[error("returned a {size} byte body, over its max_response of {limit} bytes")]
     ResponseTooLarge { size: usize, limit: usize },
+    #[error("returned {count} headers, over the limit of {limit}")]
+    TooManyHeaders { count: usize, limit: usize },
+    #[error("returned {size} bytes of headers, over the limit of {limit} bytes")]
+    HeadersTooLarge { size: usize, limit: usize },
     #[error("returned an invalid answer: {0}")]
     InvalidAnswer(String),
 }
@@ -72,7 +78,9 @@ impl PluginError {
             PluginError::Instantiate(_) | PluginError::InitRefused(_) | PluginError::Init(_) => {
                 "init"
             }
-            PluginError::ResponseTooLarge { .. } => "response_too_large",
+            PluginError::ResponseTooLarge { .. }
+            | PluginError::TooManyHeaders { .. }
+            | PluginError::HeadersTooLarge { .. } => "response_too_large",
             PluginError::InvalidAnswer(_) => "invalid_answer",
         }
     }

@@ -9,7 +9,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 
 use crate::breaker::State;
-use crate::config::{FallbackSpec, StaticResponse};
+use crate::config::{FallbackSpec, StaticResponse, is_framing_header};
 use crate::plugin::{Exchange, PluginError, convert, types};
 use crate::runtime::Runtime;
 use crate::upstream::Upstream;
@@ -206,16 +206,9 @@ pub async fn ask_plugin(
     }
 }
 
-/// Headers the gateway frames itself; a plugin's copies are dropped.
-const FRAMING_HEADERS: &[&str] = &[
-    "connection",
-    "content-length",
-    "keep-alive",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Checks a plugin's response: a real status, valid headers.
+/// Checks a plugin's response: a real status, valid headers. Its framing headers
+/// (`config::FRAMING_HEADERS`, which a static fallback may not set at all) are dropped:
+/// the gateway frames the response itself. Size bounds are checked by the plugin call.
 fn synthetic(response: types::SyntheticResponse) -> std::result::Result<StaticResponse, String> {
     if !(200..=599).contains(&response.status) {
         return Err(format!(
@@ -231,7 +224,7 @@ fn synthetic(response: types::SyntheticResponse) -> std::result::Result<StaticRe
         {
             return Err(format!("`{name}: {value}` is not a valid header"));
         }
-        if !FRAMING_HEADERS.contains(&name.as_str()) {
+        if !is_framing_header(&name) {
             headers.push((name, value));
         }
     }
@@ -362,6 +355,9 @@ mod tests {
                 ("content-length", "999"),
                 ("transfer-encoding", "chunked"),
                 ("connection", "close"),
+                ("Proxy-Connection", "keep-alive"),
+                ("te", "trailers"),
+                ("trailer", "x-checksum"),
             ],
         ))
         .expect("valid");
