@@ -32,6 +32,15 @@ impl Response {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.text()))
     }
+
+    /// The string at `pointer` in the JSON body; empty when it is not there.
+    pub fn json_str(&self, pointer: &str) -> String {
+        self.json()
+            .pointer(pointer)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
 }
 
 /// A byte stream a connection can run over: plain TCP or TLS.

@@ -44,6 +44,21 @@ fn promtool_accepts(scrape: &str) {
     promtool(&["check", "metrics"], scrape);
 }
 
+const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A gateway in front of `origin` whose admin API needs the bearer token `TOKEN`.
+async fn gateway_with_token(origin: &gateway_tests::Origin) -> Gateway {
+    Gateway::start_with(
+        &one_upstream(&[origin.addr()], ""),
+        Options {
+            env: &[("GATEWAY_TEST_ADMIN_TOKEN", TOKEN)],
+            admin_keys: Some("token_env: GATEWAY_TEST_ADMIN_TOKEN"),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn metrics_follow_a_breaker_open_and_closed_again() {
     let (status, handler) = Scripted::new(500);
@@ -290,16 +305,8 @@ async fn forced_states_and_reset_change_what_traffic_gets() {
 #[tokio::test]
 async fn the_admin_api_needs_the_token_and_is_not_on_the_traffic_port() {
     let origin = start_origin(echo("svc")).await;
-    let token = "test-admin-token-0123456789";
-    let gw = Gateway::start_with(
-        &one_upstream(&[origin.addr()], ""),
-        Options {
-            env: &[("GATEWAY_TEST_ADMIN_TOKEN", token)],
-            admin_keys: Some("token_env: GATEWAY_TEST_ADMIN_TOKEN"),
-            ..Options::default()
-        },
-    )
-    .await;
+    let token = TOKEN;
+    let gw = gateway_with_token(&origin).await;
     let bearer = format!("Bearer {token}");
     assert_eq!(
         gw.admin("GET", "/api/v1/breakers", &[], b"").await.status,
@@ -771,16 +778,8 @@ async fn state_changes_need_the_json_content_type_and_are_audited() {
 #[tokio::test]
 async fn the_audit_log_says_whether_the_token_was_valid() {
     let origin = start_origin(echo("svc")).await;
-    let token = "test-admin-token-0123456789";
-    let gw = Gateway::start_with(
-        &one_upstream(&[origin.addr()], ""),
-        Options {
-            env: &[("GATEWAY_TEST_ADMIN_TOKEN", token)],
-            admin_keys: Some("token_env: GATEWAY_TEST_ADMIN_TOKEN"),
-            ..Options::default()
-        },
-    )
-    .await;
+    let token = TOKEN;
+    let gw = gateway_with_token(&origin).await;
     let wrong = gw
         .admin(
             "POST",

@@ -8,15 +8,6 @@ use gateway_tests::http::{Conn, Response};
 use gateway_tests::tls::{Ca, Client};
 use gateway_tests::{Gateway, echo, start_origin};
 
-fn json_str(response: &Response, pointer: &str) -> String {
-    response
-        .json()
-        .pointer(pointer)
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Sends `raw` on a fresh connection; the response, and whether the gateway then closed.
 async fn exchange(gw: &Gateway, raw: &str) -> (Response, bool) {
     let mut conn = Conn::connect(gw.listen).await.expect("connect");
@@ -57,11 +48,11 @@ async fn a_host_cannot_inject_a_forwarded_element() {
         .expect("request");
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(
-        json_str(&ok, "/headers/forwarded"),
+        ok.json_str("/headers/forwarded"),
         "for=127.0.0.1;proto=http;host=\"WWW.example.com:8080\""
     );
     assert_eq!(
-        json_str(&ok, "/headers/x-forwarded-host"),
+        ok.json_str("/headers/x-forwarded-host"),
         "WWW.example.com:8080"
     );
 
@@ -103,7 +94,7 @@ async fn dot_segments_cannot_leave_a_route() {
         .await
         .expect("request");
     assert_eq!(inside.status, 200, "{}", inside.text());
-    assert_eq!(json_str(&inside, "/target"), "/api/public/a/~cA?q=%2e%2e");
+    assert_eq!(inside.json_str("/target"), "/api/public/a/~cA?q=%2e%2e");
 
     for refused in [
         "/api/public/..%2finternal",
@@ -134,7 +125,7 @@ async fn encoded_slashes_and_merged_slashes_follow_the_listener() {
     let mut conn = gw.conn().await;
     let kept = conn.get("//files//a%2fb/./c").await.expect("request");
     assert_eq!(kept.status, 200, "{}", kept.text());
-    assert_eq!(json_str(&kept, "/target"), "/files/a%2Fb/c");
+    assert_eq!(kept.json_str("/target"), "/files/a%2Fb/c");
 }
 
 #[tokio::test]
@@ -153,7 +144,7 @@ async fn connections_end_where_rfc_9112_says() {
     )
     .await;
     assert_eq!(both.status, 200, "{}", both.text());
-    assert_eq!(json_str(&both, "/body"), "abc", "chunked framing wins");
+    assert_eq!(both.json_str("/body"), "abc", "chunked framing wins");
     assert_eq!(both.header("connection"), Some("close"));
     assert!(closed, "CL + TE must end the connection");
 
@@ -210,12 +201,12 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
         .request("GET", "/", forged, b"")
         .await
         .expect("request");
-    assert_eq!(json_str(&seen, "/headers/x-forwarded-for"), "127.0.0.1");
-    assert_eq!(json_str(&seen, "/headers/x-forwarded-proto"), "http");
-    assert_eq!(json_str(&seen, "/headers/x-forwarded-host"), "api.test");
-    assert_eq!(json_str(&seen, "/headers/x-real-ip"), "");
+    assert_eq!(seen.json_str("/headers/x-forwarded-for"), "127.0.0.1");
+    assert_eq!(seen.json_str("/headers/x-forwarded-proto"), "http");
+    assert_eq!(seen.json_str("/headers/x-forwarded-host"), "api.test");
+    assert_eq!(seen.json_str("/headers/x-real-ip"), "");
     assert_eq!(
-        json_str(&seen, "/headers/forwarded"),
+        seen.json_str("/headers/forwarded"),
         "for=127.0.0.1;proto=http;host=api.test"
     );
 
@@ -228,16 +219,13 @@ async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
         .await
         .expect("request");
     assert_eq!(
-        json_str(&seen, "/headers/x-forwarded-for"),
+        seen.json_str("/headers/x-forwarded-for"),
         "6.6.6.6, 127.0.0.1"
     );
-    assert_eq!(json_str(&seen, "/headers/x-forwarded-proto"), "https");
+    assert_eq!(seen.json_str("/headers/x-forwarded-proto"), "https");
+    assert_eq!(seen.json_str("/headers/x-forwarded-host"), "admin.internal");
     assert_eq!(
-        json_str(&seen, "/headers/x-forwarded-host"),
-        "admin.internal"
-    );
-    assert_eq!(
-        json_str(&seen, "/headers/forwarded"),
+        seen.json_str("/headers/forwarded"),
         "for=6.6.6.6;proto=https, for=127.0.0.1;proto=http;host=api.test"
     );
 }
@@ -269,9 +257,9 @@ async fn the_proxy_protocol_names_the_client_everywhere() {
     )
     .await;
     assert_eq!(v1.status, 200, "{}", v1.text());
-    assert_eq!(json_str(&v1, "/headers/x-forwarded-for"), "203.0.113.7");
+    assert_eq!(v1.json_str("/headers/x-forwarded-for"), "203.0.113.7");
     assert_eq!(
-        json_str(&v1, "/headers/forwarded"),
+        v1.json_str("/headers/forwarded"),
         "for=203.0.113.7;proto=http;host=a"
     );
     gw.wait_for_log(&["gateway::access", "203.0.113.7"]).await;
@@ -282,7 +270,7 @@ async fn the_proxy_protocol_names_the_client_everywhere() {
         .await
         .expect("header");
     let v2 = conn.get("/v2").await.expect("request");
-    assert_eq!(json_str(&v2, "/headers/x-forwarded-for"), "198.51.100.9");
+    assert_eq!(v2.json_str("/headers/x-forwarded-for"), "198.51.100.9");
 
     // No header: the connection is closed without an answer, and the upstream sees nothing.
     let before = origin.stats().requests();
@@ -343,11 +331,8 @@ async fn the_proxy_protocol_comes_before_tls() {
     let mut conn = Conn::over(stream);
     let response = conn.get("/").await.expect("request");
     assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(
-        json_str(&response, "/headers/x-forwarded-for"),
-        "192.0.2.44"
-    );
-    assert_eq!(json_str(&response, "/headers/x-forwarded-proto"), "https");
+    assert_eq!(response.json_str("/headers/x-forwarded-for"), "192.0.2.44");
+    assert_eq!(response.json_str("/headers/x-forwarded-proto"), "https");
 
     // Without the header the handshake never starts.
     assert!(

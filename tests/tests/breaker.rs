@@ -10,15 +10,6 @@ use gateway_tests::{
 };
 use tokio::sync::mpsc;
 
-fn json_str(response: &gateway_tests::http::Response, pointer: &str) -> String {
-    response
-        .json()
-        .pointer(pointer)
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[tokio::test]
 async fn opens_after_three_consecutive_5xx_and_answers_fast_without_calling_upstream() {
     let (script, handler) = Scripted::new(200);
@@ -56,9 +47,9 @@ async fn opens_after_three_consecutive_5xx_and_answers_fast_without_calling_upst
             (29..=30).contains(&retry_after),
             "Retry-After {retry_after}"
         );
-        assert_eq!(json_str(&response, "/code"), "CIRCUIT_BREAKER_OPEN");
-        assert_eq!(json_str(&response, "/upstream"), "api");
-        assert_eq!(json_str(&response, "/state"), "open");
+        assert_eq!(response.json_str("/code"), "CIRCUIT_BREAKER_OPEN");
+        assert_eq!(response.json_str("/upstream"), "api");
+        assert_eq!(response.json_str("/state"), "open");
         let ms = response
             .json()
             .pointer("/retry_after_ms")
@@ -86,7 +77,7 @@ async fn a_dead_upstream_trips_the_breaker_and_clients_stop_waiting() {
     assert_eq!(gw.get("/").await.status, 502);
     let response = gw.get("/").await;
     assert_eq!(response.status, 503);
-    assert_eq!(json_str(&response, "/code"), "CIRCUIT_BREAKER_OPEN");
+    assert_eq!(response.json_str("/code"), "CIRCUIT_BREAKER_OPEN");
 }
 
 #[tokio::test]
@@ -262,7 +253,7 @@ async fn the_bulkhead_answers_the_extra_request_at_once() {
         started.elapsed()
     );
     assert_eq!(response.status, 503);
-    assert_eq!(json_str(&response, "/code"), "UPSTREAM_OVERLOADED");
+    assert_eq!(response.json_str("/code"), "UPSTREAM_OVERLOADED");
     assert_eq!(response.header("x-gateway-fallback"), Some("overloaded"));
     for task in slow {
         assert_eq!(task.await.expect("task").expect("response").status, 200);
@@ -344,7 +335,7 @@ routes:
     assert_eq!(gw.get("/orders").await.status, 502);
     let response = gw.get("/orders").await;
     assert_eq!(response.status, 200, "{}", response.text());
-    assert_eq!(json_str(&response, "/origin"), "backup");
+    assert_eq!(response.json_str("/origin"), "backup");
     assert_eq!(response.header("x-gateway-fallback"), Some("circuit_open"));
     assert_eq!(
         response.header("x-gateway-fallback-upstream"),
