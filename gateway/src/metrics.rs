@@ -3,8 +3,10 @@
 //! Labels are closed sets: upstream names and endpoint addresses come from the config,
 //! states, reasons and outcomes from enums. Never a path or a client address. The
 //! request path touches only handles cached per upstream (`UpstreamMetrics`): an atomic
-//! add, no label lookup. Gauges that describe current state are set at scrape time from
-//! the runtime snapshot.
+//! add, no label lookup. Gauges that describe current state are set at scrape time by
+//! whoever holds that state (`render`'s caller, through `StateGauges`). Modules above
+//! this one hand in their closed label sets (plugin error kinds, admin refusal
+//! reasons), so this module depends on none of them.
 
 use std::sync::Arc;
 
@@ -16,7 +18,6 @@ use prometheus::{
 use crate::breaker::{State, Transition};
 use crate::config::Config;
 use crate::listener::Limit;
-use crate::runtime::Runtime;
 
 pub struct Metrics {
     registry: Registry,
@@ -186,9 +187,6 @@ impl Default for Metrics {
             "Admin requests refused, by reason (host, token, origin, fetch_site, content_type).",
             &["reason"],
         );
-        for reason in crate::admin::REFUSAL_REASONS {
-            admin_refusals.with_label_values(&[reason]);
-        }
         Self {
             breaker_state: gauge(
                 r,
@@ -322,9 +320,10 @@ impl Metrics {
         }
     }
 
-    pub fn for_plugin(&self, plugin: &str) -> PluginMetrics {
-        // Every kind starts at 0, so increase() and the alert see the first error.
-        for kind in crate::plugin::PluginError::KINDS {
+    /// Handles for one plugin; every error kind in `kinds` starts at 0, so increase()
+    /// and the alert see the first error.
+    pub fn for_plugin(&self, plugin: &str, kinds: &[&str]) -> PluginMetrics {
+        for kind in kinds {
             self.plugin_errors.with_label_values(&[plugin, kind]);
         }
         PluginMetrics {
@@ -334,6 +333,13 @@ impl Metrics {
             log_dropped: self.plugin_log_dropped.with_label_values(&[plugin]),
             errors: self.plugin_errors.clone(),
             plugin: plugin.to_string(),
+        }
+    }
+
+    /// Starts every admin refusal reason at 0 (the admin listener's closed set).
+    pub fn admin_refusal_reasons(&self, reasons: &[&str]) {
+        for reason in reasons {
+            self.admin_refusals.with_label_values(&[reason]);
         }
     }
 
@@ -404,39 +410,54 @@ impl Metrics {
         self.config_last_reload_success.set(now);
     }
 
-    /// The text exposition, with state gauges taken from `runtime` now.
-    pub fn render(&self, runtime: &Runtime) -> String {
+    /// The text exposition, with the state gauges set by `state` first (they describe
+    /// now, so they are rebuilt on every scrape).
+    pub fn render(&self, state: impl FnOnce(&StateGauges<'_>)) -> String {
         self.breaker_state.reset();
         self.endpoint_ejected.reset();
         self.endpoint_healthy.reset();
         self.upstream_in_flight.reset();
-        for upstream in runtime.upstreams.values() {
-            let name = upstream.name();
-            let current = upstream.breaker.state();
-            for state in State::ALL {
-                self.breaker_state
-                    .with_label_values(&[name, state.as_str()])
-                    .set(i64::from(state == current));
-            }
-            self.upstream_in_flight
-                .with_label_values(&[name])
-                .set(i64::from(upstream.bulkhead.in_flight()));
-            let ejected: Vec<_> = upstream.ejected().map(|e| e.addr).collect();
-            for endpoint in &upstream.endpoints {
-                let label = endpoint.addr.to_string();
-                self.endpoint_ejected
-                    .with_label_values(&[name, &label])
-                    .set(i64::from(ejected.contains(&endpoint.addr)));
-                self.endpoint_healthy
-                    .with_label_values(&[name, &label])
-                    .set(i64::from(endpoint.is_healthy()));
-            }
-        }
+        state(&StateGauges { metrics: self });
         let mut buffer = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// The gauges that describe current state, for `render`'s caller to set.
+pub struct StateGauges<'a> {
+    metrics: &'a Metrics,
+}
+
+impl StateGauges<'_> {
+    /// Upstream `name`'s breaker is in `current` (1 for that state, 0 for the others).
+    pub fn breaker(&self, name: &str, current: State) {
+        for state in State::ALL {
+            self.metrics
+                .breaker_state
+                .with_label_values(&[name, state.as_str()])
+                .set(i64::from(state == current));
+        }
+    }
+
+    pub fn in_flight(&self, name: &str, requests: u32) {
+        self.metrics
+            .upstream_in_flight
+            .with_label_values(&[name])
+            .set(i64::from(requests));
+    }
+
+    pub fn endpoint(&self, name: &str, endpoint: &str, ejected: bool, healthy: bool) {
+        self.metrics
+            .endpoint_ejected
+            .with_label_values(&[name, endpoint])
+            .set(i64::from(ejected));
+        self.metrics
+            .endpoint_healthy
+            .with_label_values(&[name, endpoint])
+            .set(i64::from(healthy));
     }
 }
 

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use crate::breaker::{Clock, CoarseClock};
 use crate::config::{Config, ConfigErrors, ListenerSpec, TlsVersion};
 use crate::events::EventHub;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StateGauges};
 use crate::plugin::PluginSet;
 use crate::routing::{Route, RouteTable};
 use crate::tls::{CertificateStore, SniTable};
@@ -91,6 +91,27 @@ pub struct RuntimeHandle {
     pub metrics: Arc<Metrics>,
     /// One per TLS listener the process started with; reloads replace their tables.
     certificates: BTreeMap<SocketAddr, Arc<CertificateStore>>,
+}
+
+impl Runtime {
+    /// Sets the state gauges (breaker state, in-flight, endpoint ejection and health)
+    /// from this snapshot, for a scrape.
+    pub fn report_state(&self, gauges: &StateGauges<'_>) {
+        for upstream in self.upstreams.values() {
+            let name = upstream.name();
+            gauges.breaker(name, upstream.breaker.state());
+            gauges.in_flight(name, upstream.bulkhead.in_flight());
+            let ejected: Vec<_> = upstream.ejected().map(|e| e.addr).collect();
+            for endpoint in &upstream.endpoints {
+                gauges.endpoint(
+                    name,
+                    &endpoint.addr.to_string(),
+                    ejected.contains(&endpoint.addr),
+                    endpoint.is_healthy(),
+                );
+            }
+        }
+    }
 }
 
 impl RuntimeHandle {

@@ -65,6 +65,7 @@ pub fn service(
     reloader: Option<Arc<Reloader>>,
     admin: &AdminSpec,
 ) -> Service<AdminApp> {
+    runtime.metrics.admin_refusal_reasons(&REFUSAL_REASONS);
     let app = AdminApp {
         runtime,
         reloader,
@@ -210,7 +211,9 @@ impl AdminApp {
             ("GET", ["metrics"]) => Reply::Text(
                 200,
                 "text/plain; version=0.0.4",
-                self.runtime.metrics.render(&runtime),
+                self.runtime
+                    .metrics
+                    .render(|gauges| runtime.report_state(gauges)),
             ),
             ("GET", ["admin", "config"]) => Reply::Json(
                 200,

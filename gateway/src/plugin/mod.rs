@@ -194,7 +194,7 @@ fn load_all(
                 }
             },
         };
-        let handles = metrics.for_plugin(&spec.name);
+        let handles = metrics.for_plugin(&spec.name, &PluginError::KINDS);
         match Plugin::load(spec.clone(), component, engine, handles) {
             Ok(plugin) => {
                 plugins.insert(spec.name.clone(), Arc::new(plugin));
