@@ -275,6 +275,7 @@ pub struct RawBackoff {
 pub struct RawHalfOpen {
     pub permitted_requests: Option<u32>,
     pub success_threshold: Option<u32>,
+    pub probe_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
