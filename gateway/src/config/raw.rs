@@ -68,6 +68,8 @@ pub struct RawListenerLimits {
     pub body_read_timeout: Option<HumanDuration>,
     pub keepalive_timeout: Option<HumanDuration>,
     pub max_connections: Option<u32>,
+    pub handshake_timeout: Option<HumanDuration>,
+    pub write_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +77,7 @@ pub struct RawListenerLimits {
 pub struct RawRouteLimits {
     pub max_body_bytes: Option<ByteSize>,
     pub body_read_timeout: Option<HumanDuration>,
+    pub request_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
