@@ -1,10 +1,16 @@
 //! One listening socket: what happens to a connection before the proxy sees a request.
-//! It is counted against `max_connections` (over the limit it is closed at once), a
-//! TLS 1.3-only listener drops what negotiated less, and an HTTP/1 connection gets a
-//! deadline for every request header (`header_deadline.rs`). Then Pingora's HTTP
-//! server takes it: HTTP/1.1, h2 by ALPN, or h2c.
+//! It is counted against `max_connections` (over the limit it is closed at once), a TLS
+//! listener runs the handshake under `handshake_timeout` (`tls_handshake.rs`), a TLS
+//! 1.3-only listener drops what negotiated less, and every connection is wrapped in a
+//! `ClientStream` that holds its bytes to the header and write deadlines
+//! (`client_stream.rs`). Then Pingora's HTTP server takes it (HTTP/1.1, h2 by ALPN, or
+//! h2c), each request under a `RequestWatch` (`request_watch.rs`).
 
-mod header_deadline;
+mod client_stream;
+mod header_scan;
+mod passthrough;
+mod request_watch;
+mod tls_handshake;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
@@ -23,8 +30,11 @@ use crate::proxy::Gateway;
 use crate::runtime::RuntimeHandle;
 use crate::throttled_log::ThrottledLog;
 
-pub use header_deadline::request_finished;
-use header_deadline::{HeaderDeadline, RequestBoundary};
+pub use client_stream::request_finished;
+use client_stream::{ClientStream, Protocol, RequestBoundary, Timeouts};
+use request_watch::Requests;
+pub use request_watch::{REQUEST_TIMEOUT_GRACE, body_progress, watch_request};
+use tls_handshake::Handshake;
 
 /// Which limit turned a client away; the `limit` label of
 /// `gateway_limit_rejections_total`.
@@ -37,10 +47,13 @@ pub enum Limit {
     HeaderReadTimeout,
     BodyReadTimeout,
     TlsVersion,
+    HandshakeTimeout,
+    WriteTimeout,
+    RequestTimeout,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 7] = [
+    pub const ALL: [Limit; 10] = [
         Limit::MaxConnections,
         Limit::HeaderBytes,
         Limit::Headers,
@@ -48,6 +61,9 @@ impl Limit {
         Limit::HeaderReadTimeout,
         Limit::BodyReadTimeout,
         Limit::TlsVersion,
+        Limit::HandshakeTimeout,
+        Limit::WriteTimeout,
+        Limit::RequestTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +75,9 @@ impl Limit {
             Limit::HeaderReadTimeout => "header_read_timeout",
             Limit::BodyReadTimeout => "body_read_timeout",
             Limit::TlsVersion => "min_version",
+            Limit::HandshakeTimeout => "handshake_timeout",
+            Limit::WriteTimeout => "write_timeout",
+            Limit::RequestTimeout => "request_timeout",
         }
     }
 }
@@ -97,7 +116,10 @@ impl LimitReporter {
 /// The Pingora application behind one listener.
 pub struct ListenerApp {
     address: SocketAddr,
-    proxy: Arc<HttpProxy<Gateway>>,
+    requests: Arc<Requests>,
+    /// Pingora's TLS acceptor for a TLS listener (the handshake is ours to time).
+    tls: Option<Acceptor>,
+    h2c: bool,
     runtime: Arc<RuntimeHandle>,
     open: AtomicU32,
     limits: Arc<LimitReporter>,
@@ -107,12 +129,20 @@ impl ListenerApp {
     pub fn new(
         address: SocketAddr,
         proxy: HttpProxy<Gateway>,
+        tls: Option<Acceptor>,
         runtime: Arc<RuntimeHandle>,
         limits: Arc<LimitReporter>,
     ) -> Self {
+        let h2c = tls.is_none()
+            && proxy
+                .server_options
+                .as_ref()
+                .is_some_and(|options| options.h2c);
         Self {
             address,
-            proxy: Arc::new(proxy),
+            requests: Arc::new(Requests::new(proxy, Arc::clone(&limits))),
+            tls,
+            h2c,
             runtime,
             open: AtomicU32::new(0),
             limits,
@@ -131,6 +161,27 @@ impl ListenerApp {
             .map_or((ListenerLimits::default(), None), |l| {
                 (l.limits, l.tls.as_ref().map(|t| t.min_version))
             })
+    }
+
+    /// The TLS handshake, when this is a TLS listener; None: the connection is done.
+    async fn handshake(&self, stream: Stream, limits: &ListenerLimits) -> Option<Stream> {
+        let Some(acceptor) = &self.tls else {
+            return Some(stream);
+        };
+        match tls_handshake::accept(acceptor, stream, limits.handshake_timeout).await {
+            Handshake::Done(tls) => Some(tls),
+            Handshake::TimedOut => {
+                self.limits.fired(
+                    Limit::HandshakeTimeout,
+                    "connection closed: TLS handshake not complete within handshake_timeout",
+                );
+                None
+            }
+            Handshake::Failed(e) => {
+                tracing::debug!(listener = %self.address, error = %e, "TLS handshake failed");
+                None
+            }
+        }
     }
 }
 
@@ -164,6 +215,7 @@ impl ServerApp for ListenerApp {
             );
             return None;
         }
+        let stream = self.handshake(stream, &limits).await?;
         // Backstop for the certificate resolver's check (see tls/sni.rs).
         if min_version == Some(TlsVersion::Tls13)
             && stream
@@ -176,25 +228,33 @@ impl ServerApp for ListenerApp {
             );
             return None;
         }
-        if stream.selected_alpn_proto() == Some(ALPN::H2) {
-            // HTTP/2 frames its own requests; its idle timeout is Pingora's h2 option.
-            return self.proxy.process_new(stream, shutdown).await;
-        }
+        let protocol = if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            Protocol::H2
+        } else {
+            Protocol::Http1 { h2c: self.h2c }
+        };
+        let timeouts = Timeouts {
+            header: limits.header_read_timeout,
+            write: limits.write_timeout,
+        };
         let boundary = Arc::new(RequestBoundary::default());
-        let mut stream = HeaderDeadline::new(
+        let mut stream = ClientStream::new(
             stream,
-            limits.header_read_timeout,
+            protocol,
+            timeouts,
             Arc::clone(&boundary),
             Arc::clone(&self.limits),
         );
-        if !stream.first_bytes().await {
+        // HTTP/2 is bounded by its own graceful shutdown (GOAWAY); only an HTTP/1
+        // request needs its first bytes read before Pingora sees the connection.
+        if protocol != Protocol::H2 && !stream.first_bytes().await {
             return None;
         }
         let stream: Stream = Box::new(stream);
-        header_deadline::scope(boundary, self.proxy.process_new(stream, shutdown)).await
+        client_stream::scope(boundary, self.requests.process_new(stream, shutdown)).await
     }
 
     async fn cleanup(&self) {
-        self.proxy.cleanup().await;
+        self.requests.cleanup().await;
     }
 }
