@@ -113,6 +113,9 @@ async fn a_tls_handshake_is_cut_at_handshake_timeout() {
         .expect("handshake");
     let response = Conn::over(tls).get("/").await.expect("request over TLS");
     assert_eq!(response.status, 200);
+    // The gateway's own handshake keeps the connection's details for the proxy.
+    assert_eq!(response.json()["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(response.json()["headers"]["x-forwarded-for"], "127.0.0.1");
 
     let (at_least, at_most) = (Duration::from_millis(900), Duration::from_secs(4));
     cut_between(&mut silent, started, at_least, at_most).await;
