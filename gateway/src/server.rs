@@ -16,7 +16,7 @@ use pingora::services::listening::Service;
 
 use crate::config::{Config, ListenerSpec};
 use crate::drain::InFlight;
-use crate::listener::{LimitReporter, ListenerApp, proxy_protocol};
+use crate::listener::{LimitReporter, ListenerApp};
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::RuntimeHandle;
@@ -220,34 +220,27 @@ fn listener_service(
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     let mut options = HttpServerOptions::default();
     options.h2c = listener.http2 && listener.tls.is_none();
-    options.h2_idle_timeout = Some(listener.limits.keepalive_timeout).filter(|d| !d.is_zero());
+    // An h2 connection with no stream in flight is closed after this; with keep-alive
+    // off (0s) it gets the header deadline rather than no bound at all.
+    options.h2_idle_timeout = Some(listener.limits.keepalive_timeout)
+        .filter(|d| !d.is_zero())
+        .or(Some(listener.limits.header_read_timeout));
     proxy.server_options = Some(options);
-    let app = ListenerApp::new(
-        listener.address,
-        proxy,
-        Arc::clone(runtime),
-        Arc::clone(&limits),
-    );
-    let mut service = Service::new(format!("gateway {label}"), app);
-    match runtime.certificates(&listener.address) {
+    // TLS listeners are plain TCP to Pingora: the handshake runs in `ListenerApp`,
+    // with Pingora's acceptor, under `handshake_timeout` (listener/tls_handshake.rs).
+    let tls = match runtime.certificates(&listener.address) {
         Some(store) => {
             let mut tls = TlsSettings::intermediate("", "")?;
             tls.set_cert_resolver(store);
             if listener.http2 {
                 tls.enable_h2();
             }
-            service.add_tls_with_settings(&label, None, tls);
-            // Installed on every TLS listener: whether a PROXY header is expected is
-            // read per connection, so a reload can switch it.
-            service
-                .endpoints()
-                .set_pre_tls_callback(Arc::new(proxy_protocol::PreTls {
-                    address: listener.address,
-                    runtime: Arc::clone(runtime),
-                    limits: Arc::clone(&limits),
-                }));
+            Some(tls.build())
         }
-        None => service.add_tcp(&label),
-    }
+        None => None,
+    };
+    let app = ListenerApp::new(listener.address, proxy, tls, Arc::clone(runtime), limits);
+    let mut service = Service::new(format!("gateway {label}"), app);
+    service.add_tcp(&label);
     Ok(service)
 }

@@ -86,6 +86,16 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             "4:7: listeners[0].limits.max_connections: must be at least 1",
         ),
         (
+            "zero handshake timeout",
+            format!("{HEAD}    limits:\n      handshake_timeout: 0s\n{UPSTREAM}{ROUTE}"),
+            "4:7: listeners[0].limits.handshake_timeout: must be greater than 0",
+        ),
+        (
+            "zero write timeout",
+            format!("{HEAD}    limits:\n      write_timeout: 0s\n{UPSTREAM}{ROUTE}"),
+            "4:7: listeners[0].limits.write_timeout: must be greater than 0",
+        ),
+        (
             "TLS without certificates",
             format!("{HEAD}    tls:\n      certificates: []\n{UPSTREAM}{ROUTE}"),
             "4:7: listeners[0].tls.certificates: at least one certificate is required",
@@ -103,6 +113,20 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
                 "{HEAD}{UPSTREAM}routes:\n  - upstream: api\n    limits:\n      max_body_bytes: 0\n"
             ),
             "9:7: routes[0].limits.max_body_bytes: must be at least 1 byte",
+        ),
+        (
+            "route request timeout of zero",
+            format!(
+                "{HEAD}{UPSTREAM}routes:\n  - upstream: api\n    limits:\n      request_timeout: 0s\n"
+            ),
+            "9:7: routes[0].limits.request_timeout: must be greater than 0",
+        ),
+        (
+            "zero probe timeout",
+            format!(
+                "{HEAD}{UPSTREAM}    breaker:\n      half_open: {{ probe_timeout: 0s }}\n{ROUTE}"
+            ),
+            "7:20: upstreams.api.breaker.half_open.probe_timeout: must be greater than 0",
         ),
         (
             "verified upstream TLS without a name",

@@ -14,6 +14,8 @@ pub enum Reason {
     /// The open period ended and the next request became a probe.
     OpenPeriodElapsed,
     ProbeFailed,
+    /// A probe was not recorded within `half_open.probe_timeout`: counted as failed.
+    ProbeTimedOut,
     ProbesSucceeded,
     Operator(Mode),
     Reset,
@@ -27,6 +29,7 @@ impl Reason {
             Reason::Tripped(TripCause::SlowCallRate) => "slow_call_rate",
             Reason::OpenPeriodElapsed => "open_period_elapsed",
             Reason::ProbeFailed => "probe_failed",
+            Reason::ProbeTimedOut => "probe_timed_out",
             Reason::ProbesSucceeded => "probes_succeeded",
             Reason::Operator(_) => "operator",
             Reason::Reset => "reset",

@@ -3,6 +3,10 @@
 //! Hot path: in closed state `try_acquire` is one atomic load and `Permit::record`
 //! touches atomics only (window counters, the consecutive-failure count). The per-breaker
 //! mutex is taken only for rare work: transitions, half-open probes, operator changes.
+//!
+//! Half-open probes end: one not recorded within `half_open.probe_timeout` counts as
+//! failed (the breaker re-opens) and gives its place back. There is no timer; an overdue
+//! probe is noticed by the next admission that takes the lock, or by `snapshot`.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -103,6 +107,8 @@ impl Permit {
 struct ProbeGuard {
     breaker: Arc<Breaker>,
     epoch: u64,
+    /// Which of the breaker's outstanding probes this is.
+    id: u64,
     armed: bool,
 }
 
@@ -110,18 +116,29 @@ impl Drop for ProbeGuard {
     fn drop(&mut self) {
         if self.armed {
             self.breaker
-                .on_outcome(self.epoch, PermitKind::Probe, Outcome::ignored());
+                .record_probe(self.epoch, self.id, Outcome::ignored());
         }
     }
+}
+
+/// A probe admitted and not yet recorded.
+#[derive(Debug, Clone, Copy)]
+struct OutstandingProbe {
+    id: u64,
+    epoch: u64,
+    /// Past this, it counts as failed and no longer holds a place.
+    expires: Nanos,
 }
 
 /// Bookkeeping that only changes under the lock.
 #[derive(Debug)]
 struct Control {
     probes_admitted: u32,
-    /// Probes admitted and not yet recorded, from this or an earlier half-open period:
-    /// the upstream never sees more than `permitted_requests` probes at once.
-    outstanding_probes: u32,
+    /// Probes admitted and neither recorded nor expired, from this or an earlier
+    /// half-open period: the upstream never sees more than `permitted_requests` probes at
+    /// once (a probe that expired may still be running; it no longer counts).
+    outstanding: Vec<OutstandingProbe>,
+    next_probe_id: u64,
     probe_successes: u32,
     /// Consecutive re-opens after failed probes; drives backoff. Zero once closed.
     reopens: u32,
@@ -187,7 +204,8 @@ impl Breaker {
             rejections: AtomicU64::new(0),
             control: Mutex::new(Control {
                 probes_admitted: 0,
-                outstanding_probes: 0,
+                outstanding: Vec::new(),
+                next_probe_id: 0,
                 probe_successes: 0,
                 reopens: 0,
                 since: now,
@@ -242,16 +260,34 @@ impl Breaker {
     }
 
     fn permit(self: &Arc<Self>, epoch: u64, kind: PermitKind) -> Permit {
-        let probe = (kind == PermitKind::Probe).then(|| ProbeGuard {
-            breaker: Arc::clone(self),
-            epoch,
-            armed: true,
-        });
         Permit {
             breaker_id: self.id,
             epoch,
             kind,
-            probe,
+            probe: None,
+        }
+    }
+
+    /// Admits a probe (caller holds the lock and checked there is a place).
+    fn probe_permit(self: &Arc<Self>, control: &mut Control, epoch: u64) -> Permit {
+        let id = control.next_probe_id;
+        control.next_probe_id += 1;
+        control.probes_admitted += 1;
+        control.outstanding.push(OutstandingProbe {
+            id,
+            epoch,
+            expires: self.clock.now().after(self.policy.half_open.probe_timeout),
+        });
+        Permit {
+            breaker_id: self.id,
+            epoch,
+            kind: PermitKind::Probe,
+            probe: Some(ProbeGuard {
+                breaker: Arc::clone(self),
+                epoch,
+                id,
+                armed: true,
+            }),
         }
     }
 
@@ -265,10 +301,16 @@ impl Breaker {
             );
             return;
         }
-        if let Some(guard) = permit.probe.as_mut() {
-            guard.armed = false;
+        match permit.kind {
+            PermitKind::Untracked => {}
+            PermitKind::Tracked => self.record_tracked(permit.epoch, outcome),
+            PermitKind::Probe => {
+                if let Some(guard) = permit.probe.as_mut() {
+                    guard.armed = false;
+                    self.record_probe(guard.epoch, guard.id, outcome);
+                }
+            }
         }
-        self.on_outcome(permit.epoch, permit.kind, outcome);
     }
 
     fn reject(&self, state: State, retry_after: Duration) -> Rejected {
@@ -279,12 +321,16 @@ impl Breaker {
     /// Open past its deadline, or half-open: decided under the lock.
     fn acquire_slow(self: &Arc<Self>) -> Result<Permit, Rejected> {
         let mut control = self.lock();
+        // A stuck probe re-opens the breaker here, so this call is rejected as open.
+        let expired = self.expire_probes(&mut control);
         let mut word = self.word();
         let mut event = None;
         if word.state == State::Open {
             let now = self.clock.now();
             let until = Nanos(self.open_until.load(Ordering::Acquire));
             if now < until {
+                drop(control);
+                self.emit(expired);
                 return Err(self.reject(State::Open, now.until(until)));
             }
             let (next, transition) = self.transition(
@@ -302,11 +348,9 @@ impl Breaker {
         let result = match word.state {
             State::HalfOpen
                 if control.probes_admitted < permitted
-                    && control.outstanding_probes < permitted =>
+                    && control.outstanding.len() < permitted as usize =>
             {
-                control.probes_admitted += 1;
-                control.outstanding_probes += 1;
-                Ok(self.permit(word.epoch, PermitKind::Probe))
+                Ok(self.probe_permit(&mut control, word.epoch))
             }
             State::HalfOpen => {
                 let hint = self.policy.open_duration.min(Duration::from_secs(1));
@@ -315,20 +359,14 @@ impl Breaker {
             // Changed while we waited for the lock: take the fast path again.
             _ => {
                 drop(control);
+                self.emit(expired);
                 return self.try_acquire();
             }
         };
         drop(control);
+        self.emit(expired);
         self.emit(event);
         result
-    }
-
-    fn on_outcome(&self, epoch: u64, kind: PermitKind, outcome: Outcome) {
-        match kind {
-            PermitKind::Untracked => {}
-            PermitKind::Tracked => self.record_tracked(epoch, outcome),
-            PermitKind::Probe => self.record_probe(epoch, outcome),
-        }
     }
 
     fn record_tracked(&self, epoch: u64, outcome: Outcome) {
@@ -383,9 +421,13 @@ impl Breaker {
         self.emit(Some(event));
     }
 
-    fn record_probe(&self, epoch: u64, outcome: Outcome) {
+    fn record_probe(&self, epoch: u64, id: u64, outcome: Outcome) {
         let mut control = self.lock();
-        control.outstanding_probes = control.outstanding_probes.saturating_sub(1);
+        let Some(at) = control.outstanding.iter().position(|p| p.id == id) else {
+            // It expired: already counted as failed, its place already given back.
+            return;
+        };
+        control.outstanding.swap_remove(at);
         let word = self.word();
         if word.epoch != epoch || word.state != State::HalfOpen {
             return;
@@ -425,17 +467,37 @@ impl Breaker {
     }
 
     fn reopen(&self, control: &mut Control, word: Word) -> Transition {
+        self.reopen_for(control, word, Reason::ProbeFailed)
+    }
+
+    fn reopen_for(&self, control: &mut Control, word: Word, reason: Reason) -> Transition {
         control.reopens = control.reopens.saturating_add(1);
         let open_for = self.policy.open_duration(control.reopens, self.entropy());
-        self.transition(
-            control,
-            word,
-            State::Open,
-            Reason::ProbeFailed,
-            Some(open_for),
-            None,
-        )
-        .1
+        self.transition(control, word, State::Open, reason, Some(open_for), None)
+            .1
+    }
+
+    /// Drops every probe past its `probe_timeout` (caller holds the lock). One admitted
+    /// in the current half-open period counts as a failed probe: the breaker re-opens
+    /// (with backoff). Older ones only give their place back.
+    fn expire_probes(&self, control: &mut Control) -> Option<Transition> {
+        if control.outstanding.is_empty() {
+            return None;
+        }
+        let now = self.clock.now();
+        let word = self.word();
+        let before = control.outstanding.len();
+        let mut current_expired = false;
+        control.outstanding.retain(|p| {
+            let expired = now >= p.expires;
+            current_expired |= expired && p.epoch == word.epoch;
+            !expired
+        });
+        if control.outstanding.len() == before {
+            return None;
+        }
+        (current_expired && word.state == State::HalfOpen)
+            .then(|| self.reopen_for(control, word, Reason::ProbeTimedOut))
     }
 
     /// Operator override: force open, disable, metrics-only, or back to automatic.
@@ -487,12 +549,13 @@ impl Breaker {
     }
 
     pub fn snapshot(&self) -> BreakerSnapshot {
-        let control = self.lock();
+        let mut control = self.lock();
+        let event = self.expire_probes(&mut control);
         let word = self.word();
         let now = self.clock.now();
         let open_remaining = (word.state == State::Open)
             .then(|| now.until(Nanos(self.open_until.load(Ordering::Acquire))));
-        BreakerSnapshot {
+        let snapshot = BreakerSnapshot {
             state: word.state,
             mode: self.mode(),
             in_state_for: control.since.until(now),
@@ -503,7 +566,10 @@ impl Breaker {
             open_remaining,
             probes_admitted: control.probes_admitted,
             probe_successes: control.probe_successes,
-        }
+        };
+        drop(control);
+        self.emit(event);
+        snapshot
     }
 
     /// Moves to `to` (caller holds the lock). Every new state starts with a fresh window.

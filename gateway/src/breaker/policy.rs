@@ -42,6 +42,10 @@ pub struct HalfOpenPolicy {
     pub permitted_requests: NonZeroU32,
     /// Successful probes needed to close; at most `permitted_requests`.
     pub success_threshold: NonZeroU32,
+    /// A probe not recorded within this time counts as failed and gives its place back:
+    /// a probe stuck on a hung upstream or a slow client cannot hold the breaker
+    /// half-open (and every other call rejected) for longer.
+    pub probe_timeout: Duration,
 }
 
 /// Every trip condition is optional; any one that holds opens the breaker.
@@ -83,6 +87,7 @@ impl Default for BreakerPolicy {
             half_open: HalfOpenPolicy {
                 permitted_requests: NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),
                 success_threshold: NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN),
+                probe_timeout: Duration::from_secs(30),
             },
         }
     }

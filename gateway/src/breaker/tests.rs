@@ -54,6 +54,7 @@ fn quiet() -> BreakerPolicy {
         half_open: HalfOpenPolicy {
             permitted_requests: nz(2),
             success_threshold: nz(2),
+            probe_timeout: Duration::from_secs(30),
         },
     }
 }
@@ -300,6 +301,99 @@ fn a_failed_probe_reopens_and_cancelled_probes_give_their_place_back() {
 }
 
 #[test]
+fn a_stuck_probe_counts_as_failed_after_probe_timeout_and_frees_its_place() {
+    let f = fixture(BreakerPolicy {
+        consecutive_failures: Some(nz(1)),
+        backoff: Some(BackoffPolicy {
+            multiplier: 2.0,
+            max: Duration::from_secs(60),
+            jitter: 0.0,
+        }),
+        half_open: HalfOpenPolicy {
+            permitted_requests: nz(1),
+            success_threshold: nz(1),
+            probe_timeout: Duration::from_secs(5),
+        },
+        ..quiet()
+    });
+    f.open_it();
+    f.clock.advance(Duration::from_secs(10));
+    // The probe hangs (an upstream that never answers, a client that never reads).
+    let stuck = f.breaker.try_acquire().expect("probe");
+    f.clock.advance(Duration::from_secs(5) - ms(1));
+    let rejected = f.breaker.try_acquire().expect_err("probe place taken");
+    assert_eq!(rejected.state, State::HalfOpen);
+    f.clock.advance(ms(1));
+    // Overdue: a failed probe, so open again, with backoff, and the place is free.
+    let rejected = f.breaker.try_acquire().expect_err("re-opened");
+    assert_eq!(rejected.state, State::Open);
+    let t = f.events.last().expect("event");
+    assert_eq!((t.from, t.to), (State::HalfOpen, State::Open));
+    assert_eq!(t.reason, Reason::ProbeTimedOut);
+    assert_eq!(t.reason.as_str(), "probe_timed_out");
+    assert_eq!(t.open_for, Some(Duration::from_secs(20)));
+    f.clock.advance(Duration::from_secs(20));
+    // The stuck call still holds its permit, yet a new probe is admitted and closes it.
+    let fresh = f.breaker.try_acquire().expect("place given back");
+    assert!(fresh.is_probe());
+    f.breaker.record(fresh, Outcome::success(ms(1)));
+    assert_eq!(f.breaker.state(), State::Closed);
+    // The stuck call's late outcome belongs to a finished period: ignored.
+    let transitions = f.events.seen().len();
+    f.breaker.record(stuck, Outcome::failure(ms(1)));
+    assert_eq!(f.breaker.state(), State::Closed);
+    assert_eq!(f.events.seen().len(), transitions);
+}
+
+#[test]
+fn an_overdue_probe_is_seen_by_snapshot_and_an_expired_permit_drops_quietly() {
+    let f = fixture(BreakerPolicy {
+        consecutive_failures: Some(nz(1)),
+        half_open: HalfOpenPolicy {
+            permitted_requests: nz(2),
+            success_threshold: nz(1),
+            probe_timeout: Duration::from_secs(15),
+        },
+        ..quiet()
+    });
+    f.open_it();
+    f.clock.advance(Duration::from_secs(10));
+    let first = f.breaker.try_acquire().expect("probe");
+    let second = f.breaker.try_acquire().expect("probe");
+    f.breaker.record(first, Outcome::success(ms(1)));
+    assert_eq!(f.breaker.state(), State::Closed);
+    // `second` is still out: once the breaker trips and half-opens again, it holds one of
+    // the two places...
+    f.open_it();
+    f.clock.advance(Duration::from_secs(10));
+    let _third = f.breaker.try_acquire().expect("probe");
+    let rejected = f
+        .breaker
+        .try_acquire()
+        .expect_err("one place held by `second`");
+    assert_eq!(rejected.state, State::HalfOpen);
+    // ...until it is overdue. Reading the state notices that `second` no longer counts
+    // (it belongs to an earlier period: nothing re-opens) and `_third` is within its time.
+    f.clock.advance(Duration::from_secs(5));
+    let snapshot = f.breaker.snapshot();
+    assert_eq!(snapshot.state, State::HalfOpen);
+    let fourth = f.breaker.try_acquire().expect("place freed by expiry");
+    assert!(fourth.is_probe());
+    // Dropping the expired permit gives back nothing a second time.
+    drop(second);
+    let rejected = f.breaker.try_acquire().expect_err("both places taken");
+    assert_eq!(rejected.state, State::HalfOpen);
+    // Nothing asks for admission now; a scrape still sees the overdue probes re-open it.
+    f.clock.advance(Duration::from_secs(15));
+    assert_eq!(f.breaker.snapshot().state, State::Open);
+    assert_eq!(
+        f.events.last().map(|t| t.reason),
+        Some(Reason::ProbeTimedOut)
+    );
+    drop(fourth);
+}
+
+#[test]
 fn a_slow_probe_counts_as_not_recovered() {
     let policy = BreakerPolicy {
         consecutive_failures: Some(nz(1)),
@@ -524,6 +618,8 @@ fn concurrent_probes_never_exceed_the_permitted_number() {
         half_open: HalfOpenPolicy {
             permitted_requests: nz(3),
             success_threshold: nz(3),
+            // Never within this test: an expired probe frees its place by design.
+            probe_timeout: Duration::from_secs(86_400),
         },
         ..quiet()
     };
@@ -537,7 +633,13 @@ fn concurrent_probes_never_exceed_the_permitted_number() {
             let (in_flight, max_seen, probes) =
                 (in_flight.clone(), max_seen.clone(), probes.clone());
             scope.spawn(move || {
-                for i in 0..20_000u64 {
+                // Bounded by probes seen, not only by iterations: while one thread holds
+                // the probes (it yields), the others are rejected so cheaply that they
+                // could run out of iterations before half-open comes round again.
+                for i in 0..5_000_000u64 {
+                    if i >= 20_000 && probes.load(Ordering::Relaxed) >= 1_000 {
+                        break;
+                    }
                     if (i + t) % 7 == 0 {
                         clock.advance(ms(1));
                     }
@@ -563,7 +665,8 @@ fn concurrent_probes_never_exceed_the_permitted_number() {
     });
     assert!(
         probes.load(Ordering::Relaxed) > 100,
-        "the test must exercise half-open"
+        "the test must exercise half-open: {} probes",
+        probes.load(Ordering::Relaxed)
     );
     assert!(
         max_seen.load(Ordering::SeqCst) <= 3,
@@ -656,7 +759,7 @@ mod model {
             proptest::option::of(1..4u32),
             proptest::option::of((50..300u64, prop_oneof![Just(0.5), Just(1.0)])),
             (100..2_000u64, proptest::bool::ANY),
-            (1..4u32, 1..4u32),
+            (1..4u32, 1..4u32, 50..4_000u64),
         )
             .prop_map(
                 |(
@@ -666,7 +769,7 @@ mod model {
                     consecutive,
                     slow,
                     (open_ms, backoff),
-                    (permitted, success),
+                    (permitted, success, probe_ms),
                 )| BreakerPolicy {
                     window,
                     minimum_requests: nz(min),
@@ -685,6 +788,7 @@ mod model {
                     half_open: HalfOpenPolicy {
                         permitted_requests: nz(permitted),
                         success_threshold: nz(success.min(permitted)),
+                        probe_timeout: ms(probe_ms),
                     },
                 },
             )
@@ -700,7 +804,9 @@ mod model {
         calls: VecDeque<(u64, bool, bool)>,
         consecutive: u32,
         probes: u32,
-        outstanding: u32,
+        /// Probes neither recorded nor expired: (id, epoch, expires at).
+        outstanding: Vec<(u64, u64, u64)>,
+        next_id: u64,
         successes: u32,
         reopens: u32,
     }
@@ -738,21 +844,42 @@ mod model {
             self.successes = 0;
         }
 
-        /// Ok(is_probe, epoch) or Err(state).
-        fn acquire(&mut self) -> Result<(bool, u64), State> {
+        /// Overdue probes leave; one of the current half-open period re-opens it.
+        fn expire(&mut self) {
+            let (now, epoch) = (self.now, self.epoch);
+            let mut current = false;
+            self.outstanding.retain(|&(_, e, expires)| {
+                current |= now >= expires && e == epoch;
+                now < expires
+            });
+            if current && self.state == State::HalfOpen {
+                self.reopen();
+            }
+        }
+
+        /// Ok(is_probe, epoch, probe id) or Err(state).
+        fn acquire(&mut self) -> Result<(bool, u64, u64), State> {
             match self.state {
-                State::Closed | State::MetricsOnly | State::Disabled => Ok((false, self.epoch)),
+                State::Closed | State::MetricsOnly | State::Disabled => Ok((false, self.epoch, 0)),
                 State::ForcedOpen => Err(State::ForcedOpen),
                 State::Open if self.now < self.open_until => Err(State::Open),
                 State::Open | State::HalfOpen => {
+                    self.expire();
+                    if self.state == State::Open && self.now < self.open_until {
+                        return Err(State::Open);
+                    }
                     if self.state == State::Open {
                         self.go(State::HalfOpen, None);
                     }
                     let permitted = self.policy.half_open.permitted_requests.get();
-                    if self.probes < permitted && self.outstanding < permitted {
+                    if self.probes < permitted && self.outstanding.len() < permitted as usize {
                         self.probes += 1;
-                        self.outstanding += 1;
-                        Ok((true, self.epoch))
+                        let id = self.next_id;
+                        self.next_id += 1;
+                        let expires =
+                            self.now + self.policy.half_open.probe_timeout.as_nanos() as u64;
+                        self.outstanding.push((id, self.epoch, expires));
+                        Ok((true, self.epoch, id))
                     } else {
                         Err(State::HalfOpen)
                     }
@@ -760,10 +887,14 @@ mod model {
             }
         }
 
-        fn record(&mut self, probe: bool, epoch: u64, verdict: Verdict, latency: Duration) {
-            if probe {
-                self.outstanding -= 1;
+        fn record(&mut self, probe: Option<u64>, epoch: u64, verdict: Verdict, latency: Duration) {
+            if let Some(id) = probe {
+                let Some(at) = self.outstanding.iter().position(|p| p.0 == id) else {
+                    return; // expired: already counted
+                };
+                self.outstanding.remove(at);
             }
+            let probe = probe.is_some();
             if epoch != self.epoch {
                 return;
             }
@@ -842,16 +973,16 @@ mod model {
         #[test]
         fn engine_matches_reference_model(policy in policy(), ops in proptest::collection::vec(op(), 1..120)) {
             let f = fixture(policy);
-            let mut model = Model { policy, now: 0, state: State::Closed, epoch: 0, open_until: 0, calls: VecDeque::new(), consecutive: 0, probes: 0, outstanding: 0, successes: 0, reopens: 0 };
-            let mut held: Vec<(Permit, bool, u64)> = Vec::new();
+            let mut model = Model { policy, now: 0, state: State::Closed, epoch: 0, open_until: 0, calls: VecDeque::new(), consecutive: 0, probes: 0, outstanding: Vec::new(), next_id: 0, successes: 0, reopens: 0 };
+            let mut held: Vec<(Permit, Option<u64>, u64)> = Vec::new();
             for op in ops {
                 match op {
                     Op::Acquire => {
                         let expected = model.acquire();
                         match (f.breaker.try_acquire(), expected) {
-                            (Ok(permit), Ok((probe, epoch))) => {
+                            (Ok(permit), Ok((probe, epoch, id))) => {
                                 prop_assert_eq!(permit.is_probe(), probe);
-                                held.push((permit, probe, epoch));
+                                held.push((permit, probe.then_some(id), epoch));
                             }
                             (Err(rejected), Err(state)) => prop_assert_eq!(rejected.state, state),
                             (got, want) => prop_assert!(false, "acquire: engine {:?}, model {:?}", got.map(|p| p.is_probe()), want),
@@ -899,6 +1030,7 @@ mod model {
                     }
                 }
                 let snapshot = f.breaker.snapshot();
+                model.expire();
                 prop_assert_eq!(snapshot.state, model.state);
                 prop_assert_eq!(snapshot.window, model.counts());
                 prop_assert_eq!(snapshot.consecutive_failures, model.consecutive);

@@ -1,6 +1,7 @@
 //! Listeners: where the gateway accepts clients, with TLS (certificates chosen by SNI),
 //! HTTP/2, and the limits that protect it from slow or oversized clients. Route-level
-//! body limits live here too: they override the listener's.
+//! limits live here too: body limits override the listener's, and a route may set a
+//! total request deadline.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -92,6 +93,12 @@ pub struct ListenerLimits {
     pub keepalive_timeout: Duration,
     /// Connections beyond this many open at once are closed on accept.
     pub max_connections: u32,
+    /// From accepting a TLS connection to the end of its handshake; a slower client is
+    /// disconnected.
+    pub handshake_timeout: Duration,
+    /// Longest a write to the client may wait for it to read (no byte taken): the
+    /// connection is closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for ListenerLimits {
@@ -104,15 +111,20 @@ impl Default for ListenerLimits {
             body_read_timeout: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
         }
     }
 }
 
-/// A route's overrides of its listener's body limits.
+/// A route's overrides of its listener's body limits, and its own total deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RouteLimits {
     pub max_body_bytes: Option<u64>,
     pub body_read_timeout: Option<Duration>,
+    /// From the end of the request header to the last response byte sent; none when
+    /// absent.
+    pub request_timeout: Option<Duration>,
 }
 
 pub fn listener_specs(
@@ -295,6 +307,18 @@ fn listener_limits(
         .unwrap_or(defaults.body_read_timeout),
         keepalive_timeout,
         max_connections,
+        handshake_timeout: positive(
+            raw.handshake_timeout.map(|d| d.0),
+            &path.key("handshake_timeout"),
+            problems,
+        )
+        .unwrap_or(defaults.handshake_timeout),
+        write_timeout: positive(
+            raw.write_timeout.map(|d| d.0),
+            &path.key("write_timeout"),
+            problems,
+        )
+        .unwrap_or(defaults.write_timeout),
     }
 }
 
@@ -308,6 +332,11 @@ pub fn route_limits(raw: &RawRouteLimits, path: &KeyPath, problems: &mut Problem
         body_read_timeout: positive(
             raw.body_read_timeout.map(|d| d.0),
             &path.key("body_read_timeout"),
+            problems,
+        ),
+        request_timeout: positive(
+            raw.request_timeout.map(|d| d.0),
+            &path.key("request_timeout"),
             problems,
         ),
     }

@@ -89,6 +89,8 @@ pub struct RawListenerLimits {
     pub body_read_timeout: Option<HumanDuration>,
     pub keepalive_timeout: Option<HumanDuration>,
     pub max_connections: Option<u32>,
+    pub handshake_timeout: Option<HumanDuration>,
+    pub write_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +98,7 @@ pub struct RawListenerLimits {
 pub struct RawRouteLimits {
     pub max_body_bytes: Option<ByteSize>,
     pub body_read_timeout: Option<HumanDuration>,
+    pub request_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -301,6 +304,7 @@ pub struct RawBackoff {
 pub struct RawHalfOpen {
     pub permitted_requests: Option<u32>,
     pub success_threshold: Option<u32>,
+    pub probe_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

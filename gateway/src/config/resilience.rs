@@ -226,6 +226,13 @@ pub fn breaker_policy(
                 .success_threshold
                 .min(policy.half_open.permitted_requests),
         };
+        if let Some(timeout) = half_open.probe_timeout {
+            if timeout.0.is_zero() {
+                problems.push(at.key("probe_timeout"), "must be greater than 0");
+            } else {
+                policy.half_open.probe_timeout = timeout.0;
+            }
+        }
         if policy.half_open.success_threshold > policy.half_open.permitted_requests {
             problems.push(
                 at.key("success_threshold"),

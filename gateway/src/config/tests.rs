@@ -99,3 +99,62 @@ fn syntax_errors_carry_the_parser_position() {
         found[0]
     );
 }
+
+#[test]
+fn slow_client_deadlines_are_read_with_safe_defaults() {
+    let config = parse(VALID, Path::new("test.yaml")).expect("valid");
+    let limits = config.listeners[0].limits;
+    assert_eq!(limits.handshake_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(limits.write_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(config.routes[0].limits.request_timeout, None);
+    let breaker = &config.upstreams["market-data"].breaker;
+    assert_eq!(
+        breaker.half_open.probe_timeout,
+        std::time::Duration::from_secs(30)
+    );
+
+    let text = VALID
+        .replace(
+            "  - address: \"127.0.0.1:8080\"\n",
+            "  - address: \"127.0.0.1:8080\"\n    limits: { handshake_timeout: 3s, write_timeout: 15s }\n",
+        )
+        .replace(
+            "    strip_prefix: true\n",
+            "    strip_prefix: true\n    limits: { request_timeout: 2500ms }\n",
+        )
+        .replace(
+            "timeouts: { connect: 250ms, read: 5s }\n",
+            "timeouts: { connect: 250ms, read: 5s }\n    breaker: { half_open: { probe_timeout: 4s } }\n",
+        );
+    let config = parse(&text, Path::new("test.yaml")).expect("valid");
+    let limits = config.listeners[0].limits;
+    assert_eq!(limits.handshake_timeout, std::time::Duration::from_secs(3));
+    assert_eq!(limits.write_timeout, std::time::Duration::from_secs(15));
+    assert_eq!(
+        config.routes[0].limits.request_timeout,
+        Some(std::time::Duration::from_millis(2500))
+    );
+    assert_eq!(
+        config.upstreams["market-data"]
+            .breaker
+            .half_open
+            .probe_timeout,
+        std::time::Duration::from_secs(4)
+    );
+
+    let zeros = text
+        .replace("handshake_timeout: 3s", "handshake_timeout: 0s")
+        .replace("write_timeout: 15s", "write_timeout: 0s")
+        .replace("request_timeout: 2500ms", "request_timeout: 0s")
+        .replace("probe_timeout: 4s", "probe_timeout: 0s");
+    let found = errors(&zeros);
+    assert_eq!(found.len(), 4, "{found:#?}");
+    for (found, expected) in found.iter().zip([
+        "test.yaml:4:15: listeners[0].limits.handshake_timeout: must be greater than 0",
+        "test.yaml:4:38: listeners[0].limits.write_timeout: must be greater than 0",
+        "test.yaml:10:29: upstreams.market-data.breaker.half_open.probe_timeout: must be greater than 0",
+        "test.yaml:15:15: routes[0].limits.request_timeout: must be greater than 0",
+    ]) {
+        assert!(found.starts_with(expected), "{found} / {expected}");
+    }
+}

@@ -1,11 +1,17 @@
 //! One listening socket: what happens to a connection before the proxy sees a request.
-//! It is counted against `max_connections` (over the limit it is closed at once), a
-//! TLS 1.3-only listener drops what negotiated less, and an HTTP/1 connection gets a
-//! deadline for every request header (`header_deadline.rs`). Then Pingora's HTTP
-//! server takes it: HTTP/1.1, h2 by ALPN, or h2c.
+//! It is counted against `max_connections` (over the limit it is closed at once), a TLS
+//! listener runs the handshake under `handshake_timeout` (`tls_handshake.rs`), a TLS
+//! 1.3-only listener drops what negotiated less, and every connection is wrapped in a
+//! `ClientStream` that holds its bytes to the header and write deadlines
+//! (`client_stream.rs`). Then Pingora's HTTP server takes it (HTTP/1.1, h2 by ALPN, or
+//! h2c), each request under a `RequestWatch` (`request_watch.rs`).
 
-mod header_deadline;
+mod client_stream;
+mod header_scan;
+mod passthrough;
 pub mod proxy_protocol;
+mod request_watch;
+mod tls_handshake;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,7 +19,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::{ALPN, GetSocketDigest, Stream};
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use rustls::ProtocolVersion;
@@ -24,8 +31,11 @@ use crate::proxy::Gateway;
 use crate::runtime::RuntimeHandle;
 use crate::throttled_log::ThrottledLog;
 
-pub use header_deadline::request_finished;
-use header_deadline::{HeaderDeadline, RequestBoundary};
+pub use client_stream::request_finished;
+use client_stream::{ClientStream, Protocol, RequestBoundary, Timeouts};
+use request_watch::Requests;
+pub use request_watch::{REQUEST_TIMEOUT_GRACE, body_progress, watch_request};
+use tls_handshake::Handshake;
 
 /// Which limit turned a client away; the `limit` label of
 /// `gateway_limit_rejections_total`.
@@ -38,12 +48,16 @@ pub enum Limit {
     HeaderReadTimeout,
     BodyReadTimeout,
     TlsVersion,
-    /// A request whose Host or path is outside the grammar (400).
+    HandshakeTimeout,
+    WriteTimeout,
+    RequestTimeout,
+    /// A request whose Host, path or Content-Length is outside the grammar (400), or a
+    /// connection without a valid PROXY header where one is required.
     Malformed,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 11] = [
         Limit::MaxConnections,
         Limit::HeaderBytes,
         Limit::Headers,
@@ -51,6 +65,9 @@ impl Limit {
         Limit::HeaderReadTimeout,
         Limit::BodyReadTimeout,
         Limit::TlsVersion,
+        Limit::HandshakeTimeout,
+        Limit::WriteTimeout,
+        Limit::RequestTimeout,
         Limit::Malformed,
     ];
 
@@ -63,6 +80,9 @@ impl Limit {
             Limit::HeaderReadTimeout => "header_read_timeout",
             Limit::BodyReadTimeout => "body_read_timeout",
             Limit::TlsVersion => "min_version",
+            Limit::HandshakeTimeout => "handshake_timeout",
+            Limit::WriteTimeout => "write_timeout",
+            Limit::RequestTimeout => "request_timeout",
             Limit::Malformed => "malformed_request",
         }
     }
@@ -102,7 +122,10 @@ impl LimitReporter {
 /// The Pingora application behind one listener.
 pub struct ListenerApp {
     address: SocketAddr,
-    proxy: Arc<HttpProxy<Gateway>>,
+    requests: Arc<Requests>,
+    /// Pingora's TLS acceptor for a TLS listener (the handshake is ours to time).
+    tls: Option<Acceptor>,
+    h2c: bool,
     runtime: Arc<RuntimeHandle>,
     open: AtomicU32,
     limits: Arc<LimitReporter>,
@@ -112,53 +135,108 @@ impl ListenerApp {
     pub fn new(
         address: SocketAddr,
         proxy: HttpProxy<Gateway>,
+        tls: Option<Acceptor>,
         runtime: Arc<RuntimeHandle>,
         limits: Arc<LimitReporter>,
     ) -> Self {
+        let h2c = tls.is_none()
+            && proxy
+                .server_options
+                .as_ref()
+                .is_some_and(|options| options.h2c);
         Self {
             address,
-            proxy: Arc::new(proxy),
+            requests: Arc::new(Requests::new(proxy, Arc::clone(&limits))),
+            tls,
+            h2c,
             runtime,
             open: AtomicU32::new(0),
             limits,
         }
     }
-}
 
-/// What a new connection on a listener is held to, from the config being served now
-/// (reloads apply to the next connection).
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionPolicy {
-    pub limits: ListenerLimits,
-    pub min_version: Option<TlsVersion>,
-    pub proxy_protocol: bool,
-    /// Whether `peer` may send a PROXY header: any peer when `trusted_proxies` is
-    /// empty, else only those it lists.
-    pub may_proxy: bool,
-}
+    /// What a new connection is held to, from the config being served now (reloads
+    /// apply to the next connection).
+    fn current(&self, peer: Option<IpAddr>) -> ConnectionPolicy {
+        let runtime = self.runtime.snapshot();
+        let spec = runtime
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.address == self.address);
+        ConnectionPolicy {
+            limits: spec.map_or_else(ListenerLimits::default, |l| l.limits),
+            min_version: spec.and_then(|l| l.tls.as_ref().map(|t| t.min_version)),
+            proxy_protocol: spec.is_some_and(|l| l.proxy_protocol),
+            may_proxy: spec.is_some_and(|l| {
+                l.trusted_proxies.is_empty() || peer.is_some_and(|ip| l.trusts(ip))
+            }),
+        }
+    }
 
-pub fn current(
-    runtime: &RuntimeHandle,
-    address: SocketAddr,
-    peer: Option<IpAddr>,
-) -> ConnectionPolicy {
-    let runtime = runtime.snapshot();
-    let spec = runtime
-        .config
-        .listeners
-        .iter()
-        .find(|l| l.address == address);
-    ConnectionPolicy {
-        limits: spec.map_or_else(ListenerLimits::default, |l| l.limits),
-        min_version: spec.and_then(|l| l.tls.as_ref().map(|t| t.min_version)),
-        proxy_protocol: spec.is_some_and(|l| l.proxy_protocol),
-        may_proxy: spec
-            .is_some_and(|l| l.trusted_proxies.is_empty() || peer.is_some_and(|ip| l.trusts(ip))),
+    /// On a `proxy_protocol` listener, reads the PROXY header (before TLS) and makes
+    /// the client it names the connection's peer; None: the connection is done.
+    async fn proxy_header(&self, mut stream: Stream, policy: &ConnectionPolicy) -> Option<Stream> {
+        if !policy.proxy_protocol {
+            return Some(stream);
+        }
+        if !policy.may_proxy {
+            self.limits.fired(
+                Limit::Malformed,
+                "connection closed: a PROXY header from a peer outside trusted_proxies",
+            );
+            return None;
+        }
+        match proxy_protocol::read(&mut stream, policy.limits.header_read_timeout).await {
+            Ok(source) => {
+                if let Some(digest) = proxy_protocol::digest_for(&*stream, source) {
+                    stream.set_socket_digest(digest);
+                }
+                Some(stream)
+            }
+            Err(e) => {
+                self.limits
+                    .fired(Limit::Malformed, &format!("connection closed: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The TLS handshake, when this is a TLS listener; None: the connection is done.
+    async fn handshake(&self, stream: Stream, limits: &ListenerLimits) -> Option<Stream> {
+        let Some(acceptor) = &self.tls else {
+            return Some(stream);
+        };
+        match tls_handshake::accept(acceptor, stream, limits.handshake_timeout).await {
+            Handshake::Done(tls) => Some(tls),
+            Handshake::TimedOut => {
+                self.limits.fired(
+                    Limit::HandshakeTimeout,
+                    "connection closed: TLS handshake not complete within handshake_timeout",
+                );
+                None
+            }
+            Handshake::Failed(e) => {
+                tracing::debug!(listener = %self.address, error = %e, "TLS handshake failed");
+                None
+            }
+        }
     }
 }
 
-/// The connection's peer as the socket (or an earlier PROXY header) says.
-pub fn peer_ip<S: GetSocketDigest + ?Sized>(stream: &S) -> Option<IpAddr> {
+/// What a new connection on a listener is held to.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionPolicy {
+    limits: ListenerLimits,
+    min_version: Option<TlsVersion>,
+    proxy_protocol: bool,
+    /// Whether the peer may send a PROXY header: any peer when `trusted_proxies` is
+    /// empty, else only those it lists.
+    may_proxy: bool,
+}
+
+/// The connection's peer as the socket says.
+fn peer_ip(stream: &Stream) -> Option<IpAddr> {
     stream
         .get_socket_digest()
         .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
@@ -183,9 +261,7 @@ impl ServerApp for ListenerApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let mut stream = stream;
-        let tls = stream.get_ssl_digest().is_some();
-        let policy = current(&self.runtime, self.address, peer_ip(&*stream));
+        let policy = self.current(peer_ip(&stream));
         let (limits, min_version) = (policy.limits, policy.min_version);
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         self.limits.metrics.connections.inc();
@@ -197,6 +273,8 @@ impl ServerApp for ListenerApp {
             );
             return None;
         }
+        let stream = self.proxy_header(stream, &policy).await?;
+        let stream = self.handshake(stream, &limits).await?;
         // Backstop for the certificate resolver's check (see tls/sni.rs).
         if min_version == Some(TlsVersion::Tls13)
             && stream
@@ -209,49 +287,33 @@ impl ServerApp for ListenerApp {
             );
             return None;
         }
-        if policy.proxy_protocol && !tls && !policy.may_proxy {
-            self.limits.fired(
-                Limit::Malformed,
-                "connection closed: a PROXY header from a peer outside trusted_proxies",
-            );
-            return None;
-        }
-        // On TLS the header came before the handshake (`proxy_protocol::PreTls`).
-        let mut ahead = Vec::new();
-        if policy.proxy_protocol && !tls {
-            match proxy_protocol::read(&mut stream, limits.header_read_timeout).await {
-                Ok((source, rest)) => {
-                    if let Some(digest) = proxy_protocol::digest_for(&*stream, source) {
-                        stream.set_socket_digest(digest);
-                    }
-                    ahead = rest;
-                }
-                Err(e) => {
-                    self.limits
-                        .fired(Limit::Malformed, &format!("connection closed: {e}"));
-                    return None;
-                }
-            }
-        }
-        if stream.selected_alpn_proto() == Some(ALPN::H2) {
-            // HTTP/2 frames its own requests; its idle timeout is Pingora's h2 option.
-            return self.proxy.process_new(stream, shutdown).await;
-        }
+        let protocol = if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            Protocol::H2
+        } else {
+            Protocol::Http1 { h2c: self.h2c }
+        };
+        let timeouts = Timeouts {
+            header: limits.header_read_timeout,
+            write: limits.write_timeout,
+        };
         let boundary = Arc::new(RequestBoundary::default());
-        let mut stream = HeaderDeadline::new(
+        let mut stream = ClientStream::new(
             stream,
-            limits.header_read_timeout,
+            protocol,
+            timeouts,
             Arc::clone(&boundary),
             Arc::clone(&self.limits),
         );
-        if !stream.first_bytes(ahead).await {
+        // HTTP/2 is bounded by its own graceful shutdown (GOAWAY); only an HTTP/1
+        // request needs its first bytes read before Pingora sees the connection.
+        if protocol != Protocol::H2 && !stream.first_bytes().await {
             return None;
         }
         let stream: Stream = Box::new(stream);
-        header_deadline::scope(boundary, self.proxy.process_new(stream, shutdown)).await
+        client_stream::scope(boundary, self.requests.process_new(stream, shutdown)).await
     }
 
     async fn cleanup(&self) {
-        self.proxy.cleanup().await;
+        self.requests.cleanup().await;
     }
 }

@@ -1,23 +1,16 @@
 //! The PROXY protocol (HAProxy's, versions 1 and 2): a load balancer that forwards TCP
 //! says in the connection's first bytes who the client really is. On a listener with
 //! `proxy_protocol: true` every connection must start with such a header (as HAProxy's
-//! `accept-proxy` and Envoy's listener filter require), read before TLS on a TLS
-//! listener. The address it names replaces the peer address in the connection's socket
+//! `accept-proxy` and Envoy's listener filter require), read before the TLS handshake
+//! on a TLS listener. The address it names replaces the peer address in the connection's socket
 //! digest, so forwarding headers, access logs, plugins and `trusted_proxies` all see the
 //! client, not the balancer.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::listeners::PreTlsProcess;
-use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, SocketDigest, UniqueID};
+use pingora::protocols::{SocketDigest, UniqueID};
 use tokio::io::{AsyncRead, AsyncReadExt};
-
-use super::{Limit, LimitReporter};
-use crate::runtime::RuntimeHandle;
 
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// A v1 header is at most 107 bytes, CRLF included.
@@ -161,24 +154,38 @@ fn parse_v2(bytes: &[u8]) -> Result<Option<(Source, usize)>, HeaderError> {
     Ok(Some((source, total)))
 }
 
-/// Reads the header within `timeout`; the bytes read past it are returned to be served
-/// as the start of the connection.
-pub async fn read<S: AsyncRead + Unpin>(
+/// Reads the header within `timeout`, and not a byte past it: what follows (a TLS
+/// ClientHello, a request) stays in the stream for whoever reads next.
+pub async fn read<S: AsyncRead + Unpin + ?Sized>(
     stream: &mut S,
     timeout: Duration,
-) -> Result<(Source, Vec<u8>), HeaderError> {
+) -> Result<Source, HeaderError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut buffer = Vec::with_capacity(256);
+    let mut buffer = Vec::with_capacity(V1_MAX);
     loop {
-        if let Some((source, used)) = parse(&buffer)? {
-            return Ok((source, buffer.split_off(used)));
+        if let Some((source, _)) = parse(&buffer)? {
+            return Ok(source);
         }
-        let mut chunk = [0u8; 512];
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => buffer.extend_from_slice(&chunk[..n]),
+        let start = buffer.len();
+        buffer.resize(start + still_needed(&buffer), 0);
+        let read = tokio::time::timeout_at(deadline, stream.read_exact(&mut buffer[start..]));
+        if !matches!(read.await, Ok(Ok(_))) {
             // Closed, failed or too slow: there is no header to believe.
-            _ => return Err(HeaderError::Missing),
+            return Err(HeaderError::Missing);
         }
+    }
+}
+
+/// How many more bytes are certainly part of a header that `parse` found incomplete.
+fn still_needed(bytes: &[u8]) -> usize {
+    match bytes.first() {
+        None => 1,
+        // v2: the 16-byte fixed part, then the length it gives.
+        Some(b'\r') if bytes.len() < 16 => 16 - bytes.len(),
+        Some(b'\r') => 16 + usize::from(u16::from_be_bytes([bytes[14], bytes[15]])) - bytes.len(),
+        // v1 ends at CRLF: two more bytes at least, one when the last was CR.
+        Some(_) if bytes.last() == Some(&b'\r') => 1,
+        Some(_) => 2,
     }
 }
 
@@ -192,42 +199,6 @@ pub fn digest_for<S: UniqueID + ?Sized>(stream: &S, source: Source) -> Option<So
     let _ = digest.peer_addr.set(Some(client.into()));
     let _ = digest.local_addr.set(Some(dest.into()));
     Some(digest)
-}
-
-/// Reads the header on a TLS listener, before the handshake.
-pub struct PreTls {
-    pub address: SocketAddr,
-    pub runtime: Arc<RuntimeHandle>,
-    pub limits: Arc<LimitReporter>,
-}
-
-#[async_trait]
-impl PreTlsProcess for PreTls {
-    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
-        let policy = super::current(&self.runtime, self.address, super::peer_ip(&*stream));
-        if !policy.proxy_protocol {
-            return Ok(());
-        }
-        if !policy.may_proxy {
-            let detail = "connection closed: a PROXY header from a peer outside trusted_proxies";
-            self.limits.fired(Limit::Malformed, detail);
-            return pingora::Error::e_explain(pingora::ErrorType::AcceptError, detail);
-        }
-        match read(stream, policy.limits.header_read_timeout).await {
-            Ok((source, rest)) => {
-                stream.rewind(&rest);
-                if let Some(digest) = digest_for(stream, source) {
-                    stream.set_socket_digest(digest);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.limits
-                    .fired(Limit::Malformed, &format!("connection closed: {e}"));
-                pingora::Error::e_explain(pingora::ErrorType::AcceptError, e.to_string())
-            }
-        }
-    }
 }
 
 #[cfg(test)]

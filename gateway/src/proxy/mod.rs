@@ -30,6 +30,7 @@
 //!     timed from its first byte. Every call is recorded exactly once.
 
 mod call;
+mod deadline;
 mod fallback;
 mod headers;
 mod judge;
@@ -59,6 +60,7 @@ pub use headers::REQUEST_ID;
 pub use respond::GatewayError;
 
 use call::Call;
+use deadline::{Overrun, RequestDeadline};
 use fallback::{Admission, FallbackReason, PluginAnswer};
 use limits::BodyBudget;
 
@@ -103,6 +105,8 @@ pub struct RequestCtx {
     body: Option<BodyBudget>,
     /// The limit that ended this request, if one did.
     limit_hit: Option<Limit>,
+    /// The route's total deadline and the timeouts Pingora is given for it.
+    deadline: RequestDeadline,
     _in_flight: InFlightGuard,
 }
 
@@ -133,6 +137,7 @@ impl RequestCtx {
             Limit::Headers | Limit::HeaderBytes => GatewayError::HeadersTooLarge,
             Limit::BodyReadTimeout | Limit::HeaderReadTimeout => GatewayError::RequestTimeout,
             Limit::Malformed => GatewayError::BadRequest,
+            Limit::RequestTimeout => self.deadline.answer(),
             _ => GatewayError::BodyTooLarge,
         };
         session.set_keepalive(None);
@@ -201,6 +206,7 @@ impl ProxyHttp for Gateway {
             limits,
             body: None,
             limit_hit: None,
+            deadline: RequestDeadline::default(),
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -247,8 +253,8 @@ impl ProxyHttp for Gateway {
                 .await;
         }
         ctx.body = Some(budget);
-        let body_timeout = route.spec.limits.body_read_timeout;
-        session.set_read_timeout(Some(body_timeout.unwrap_or(ctx.limits.body_read_timeout)));
+        ctx.deadline =
+            RequestDeadline::start(session, &ctx.limits, &route.spec.limits, ctx.started);
         let admission = fallback::admit(&ctx.runtime, &route.upstream);
         ctx.route = Some(route);
         match admission {
@@ -281,11 +287,16 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let overrun = Overrun {
+            reporter: &self.limits,
+            limit_hit: &mut ctx.limit_hit,
+        };
+        ctx.deadline.on_body(session, end_of_stream, overrun)?;
         let (Some(budget), Some(chunk)) = (ctx.body.as_mut(), body.as_ref()) else {
             return Ok(());
         };
@@ -307,7 +318,13 @@ impl ProxyHttp for Gateway {
             .call
             .as_mut()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no admitted upstream call"))?;
-        Ok(call.peer())
+        let mut peer = call.peer();
+        let overrun = Overrun {
+            reporter: &self.limits,
+            limit_hit: &mut ctx.limit_hit,
+        };
+        ctx.deadline.bound_peer(&mut peer, overrun)?;
+        Ok(peer)
     }
 
     async fn upstream_request_filter(
@@ -400,6 +417,21 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        let overrun = Overrun {
+            reporter: &self.limits,
+            limit_hit: &mut ctx.limit_hit,
+        };
+        ctx.deadline.on_response_body(session, overrun)?;
+        Ok(None)
+    }
+
     fn fail_to_connect(
         &self,
         session: &mut Session,
@@ -428,7 +460,13 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if e.esource() == &ErrorSource::Downstream && e.etype() == &ErrorType::ReadTimedout {
+        if ctx.limit_hit.is_none() {
+            ctx.limit_hit = ctx.deadline.limit_of(e, &self.limits);
+        }
+        if ctx.limit_hit.is_none()
+            && e.esource() == &ErrorSource::Downstream
+            && e.etype() == &ErrorType::ReadTimedout
+        {
             self.limits.fired(
                 Limit::BodyReadTimeout,
                 "408: no request body bytes within body_read_timeout",
