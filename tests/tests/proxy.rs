@@ -105,9 +105,14 @@ routes:
 }
 
 #[tokio::test]
-async fn forwarding_headers_extend_the_chain() {
+async fn forwarding_headers_extend_a_trusted_proxys_chain() {
+    // From an untrusted peer the chain is replaced instead (tests/tests/adversarial.rs).
     let origin = start_origin(echo("svc")).await;
-    let gw = Gateway::start(&one_upstream(&[origin.addr()], "")).await;
+    let gw = Gateway::start_with_listener(
+        &one_upstream(&[origin.addr()], ""),
+        "    trusted_proxies: [\"127.0.0.1\"]\n",
+    )
+    .await;
     let mut conn = gw.conn().await;
     let response = conn
         .request(
@@ -134,7 +139,7 @@ async fn forwarding_headers_extend_the_chain() {
     );
     assert_eq!(
         json_str(&body, "/headers/forwarded"),
-        "for=203.0.113.7, for=127.0.0.1;proto=http;host=\"shop.example.com\""
+        "for=203.0.113.7, for=127.0.0.1;proto=http;host=shop.example.com"
     );
 }
 
