@@ -17,6 +17,7 @@ pub mod drain;
 pub mod events;
 pub mod failure_tally;
 pub mod health;
+pub mod limit;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

@@ -17,7 +17,7 @@ use prometheus::{
 
 use crate::breaker::{State, Transition};
 use crate::config::Config;
-use crate::listener::Limit;
+use crate::limit::Limit;
 
 pub struct Metrics {
     registry: Registry,

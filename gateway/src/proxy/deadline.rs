@@ -20,7 +20,8 @@ use pingora::prelude::*;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::config::{ListenerLimits, RouteLimits};
-use crate::listener::{Limit, LimitReporter};
+use crate::limit::Limit;
+use crate::listener::LimitReporter;
 
 use super::respond::GatewayError;
 

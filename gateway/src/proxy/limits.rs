@@ -6,7 +6,7 @@
 use pingora::http::RequestHeader;
 
 use crate::config::{ListenerLimits, RouteLimits};
-use crate::listener::Limit;
+use crate::limit::Limit;
 
 /// Bytes the header would take on the wire: request line and `name: value\r\n` lines.
 fn header_bytes(req: &RequestHeader) -> u64 {

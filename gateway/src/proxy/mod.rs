@@ -51,7 +51,8 @@ use pingora::{ErrorSource, ErrorType};
 use crate::classify::{CallResult, TransportError};
 use crate::config::{FallbackSpec, ListenerLimits, ListenerSpec};
 use crate::drain::{InFlight, InFlightGuard};
-use crate::listener::{Limit, LimitReporter};
+use crate::limit::Limit;
+use crate::listener::LimitReporter;
 use crate::routing::Route;
 use crate::runtime::{Runtime, RuntimeHandle};
 
