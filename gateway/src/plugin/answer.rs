@@ -1,0 +1,89 @@
+//! A fallback plugin's synthetic response, checked before any of it reaches a client.
+//! The plugin is untrusted code: what it answers is held to what a response the
+//! gateway writes itself may be. Apart from `proxy::fallback` so that `fuzz/` can
+//! drive it.
+
+use bytes::Bytes;
+
+use crate::config::StaticResponse;
+use crate::plugin::types;
+
+/// Headers the gateway frames itself; a plugin's copies are dropped.
+pub const FRAMING_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Checks a plugin's response: a real status, valid headers. Framing headers are
+/// dropped, names lower-cased.
+pub fn synthetic_response(response: types::SyntheticResponse) -> Result<StaticResponse, String> {
+    if !(200..=599).contains(&response.status) {
+        return Err(format!(
+            "status {} is not between 200 and 599",
+            response.status
+        ));
+    }
+    let mut headers = Vec::with_capacity(response.headers.len());
+    for (name, value) in response.headers {
+        let name = name.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || http::HeaderValue::from_str(&value).is_err()
+        {
+            return Err(format!("`{name}: {value}` is not a valid header"));
+        }
+        if !FRAMING_HEADERS.contains(&name.as_str()) {
+            headers.push((name, value));
+        }
+    }
+    Ok(StaticResponse {
+        status: response.status,
+        headers,
+        body: Bytes::from(response.body),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, headers: &[(&str, &str)]) -> types::SyntheticResponse {
+        types::SyntheticResponse {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn plugin_responses_keep_their_headers_but_not_framing() {
+        let response = synthetic_response(answer(
+            200,
+            &[
+                ("X-Fallback", "degraded"),
+                ("content-length", "999"),
+                ("transfer-encoding", "chunked"),
+                ("connection", "close"),
+            ],
+        ))
+        .expect("valid");
+        assert_eq!(
+            response.headers,
+            vec![("x-fallback".to_string(), "degraded".to_string())]
+        );
+        assert_eq!(response.body.as_ref(), b"{}");
+    }
+
+    #[test]
+    fn plugin_responses_with_bad_status_or_headers_are_refused() {
+        assert!(synthetic_response(answer(99, &[])).is_err());
+        assert!(synthetic_response(answer(600, &[])).is_err());
+        assert!(synthetic_response(answer(200, &[("bad header", "x")])).is_err());
+        assert!(synthetic_response(answer(200, &[("x-ok", "line\nbreak")])).is_err());
+    }
+}
