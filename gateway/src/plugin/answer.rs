@@ -1,7 +1,7 @@
 //! A fallback plugin's synthetic response, checked before any of it reaches a client.
 //! The plugin is untrusted code: what it answers is held to what a response the
-//! gateway writes itself may be. Apart from `proxy::fallback` so that `fuzz/` can
-//! drive it.
+//! gateway writes itself may be, and a refusal is one line safe to log. Apart from
+//! `proxy::fallback` so that `fuzz/` can drive it.
 
 use bytes::Bytes;
 
@@ -32,7 +32,12 @@ pub fn synthetic_response(response: types::SyntheticResponse) -> Result<StaticRe
         if http::HeaderName::from_bytes(name.as_bytes()).is_err()
             || http::HeaderValue::from_str(&value).is_err()
         {
-            return Err(format!("`{name}: {value}` is not a valid header"));
+            // Escaped: the refusal is logged, and must not end the log line.
+            return Err(format!(
+                "`{}: {}` is not a valid header",
+                name.escape_debug(),
+                value.escape_debug()
+            ));
         }
         if !FRAMING_HEADERS.contains(&name.as_str()) {
             headers.push((name, value));
@@ -85,5 +90,23 @@ mod tests {
         assert!(synthetic_response(answer(600, &[])).is_err());
         assert!(synthetic_response(answer(200, &[("bad header", "x")])).is_err());
         assert!(synthetic_response(answer(200, &[("x-ok", "line\nbreak")])).is_err());
+    }
+
+    #[test]
+    fn a_refusal_is_one_printable_line() {
+        // Found by fuzz/ (target `plugin_answer`): the plugin's bytes went into the
+        // log line as they were, so a plugin could write log lines of its own.
+        let problem = synthetic_response(answer(
+            200,
+            &[(
+                "x-ok",
+                "a\n2026-01-01T00:00:00Z  INFO forged: admin logged in\u{1b}[2J",
+            )],
+        ))
+        .expect_err("refused");
+        assert!(!problem.chars().any(char::is_control), "{problem:?}");
+        assert!(problem.contains("a\\n2026"), "{problem}");
+        let problem = synthetic_response(answer(200, &[("\u{2}\u{2}", "")])).expect_err("refused");
+        assert_eq!(problem, "`\\u{2}\\u{2}: ` is not a valid header");
     }
 }
