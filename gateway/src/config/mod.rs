@@ -32,7 +32,9 @@ pub use model::{
 pub use plugins::{
     MAX_PLUGIN_MEMORY, OnPluginError, PluginKind, PluginLimits, PluginSpec, WasmFile,
 };
-pub use resilience::{FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec, StaticResponse};
+pub use resilience::{
+    FRAMING_HEADERS, FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec, StaticResponse,
+};
 
 use error::Problems;
 use position::PositionIndex;

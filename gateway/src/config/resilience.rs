@@ -28,6 +28,16 @@ pub enum FallbackSpec {
     Plugin(String),
 }
 
+/// Headers the gateway writes itself on a response it makes (a static or plugin
+/// fallback): the framing of the body and of the connection.
+pub const FRAMING_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticResponse {
     pub status: u16,
@@ -370,7 +380,17 @@ pub fn fallback(raw: Option<RawFallback>, path: &KeyPath, problems: &mut Problem
             );
             continue;
         }
-        headers.push((name.to_ascii_lowercase(), value));
+        let name = name.to_ascii_lowercase();
+        if FRAMING_HEADERS.contains(&name.as_str()) {
+            problems.push(
+                path.key("headers").key(name.clone()),
+                format!(
+                    "`{name}` is written by the gateway itself (it frames the body); remove it"
+                ),
+            );
+            continue;
+        }
+        headers.push((name, value));
     }
     let body = match (raw.body, raw.json) {
         (Some(_), Some(_)) => {

@@ -89,6 +89,56 @@ fn unknown_keys_name_the_key() {
     assert!(found[0].contains("unknown field `raed`"), "{}", found[0]);
 }
 
+// Found by fuzz/ (target `config`, on a mutated seed): both were accepted, then a static
+// fallback sent `content-length` twice or framed its body wrongly, and an upstream got
+// a Host that is no authority.
+#[test]
+fn a_static_fallback_cannot_frame_its_own_body() {
+    let text = VALID.replace(
+        "    timeouts: { connect: 250ms, read: 5s }",
+        "    timeouts: { connect: 250ms, read: 5s }\n    breaker:\n      fallback:\n        status: 503\n        headers: { Content-Length: \"5\", Transfer-Encoding: chunked, x-ok: y }",
+    );
+    let found = errors(&text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].contains(
+            "fallback.headers.content-length: `content-length` is written by the gateway"
+        ),
+        "{}",
+        found[0]
+    );
+    assert!(
+        found[1].contains("fallback.headers.transfer-encoding"),
+        "{}",
+        found[1]
+    );
+}
+
+#[test]
+fn host_rewrite_must_be_an_authority() {
+    for bad in ["a:b:c", "[::1", "]x[", "host:", "a..b:99999"] {
+        let text = VALID.replace(
+            "    strip_prefix: true",
+            &format!("    strip_prefix: true\n    host_rewrite: \"{bad}\""),
+        );
+        let found = errors(&text);
+        assert_eq!(found.len(), 1, "{bad}: {found:#?}");
+        assert!(found[0].contains("routes[0].host_rewrite"), "{}", found[0]);
+    }
+    for good in [
+        "internal.example.com",
+        "internal.example.com:8080",
+        "[::1]:80",
+        "10.0.0.1",
+    ] {
+        let text = VALID.replace(
+            "    strip_prefix: true",
+            &format!("    strip_prefix: true\n    host_rewrite: \"{good}\""),
+        );
+        assert_eq!(errors(&text), Vec::<String>::new(), "{good}");
+    }
+}
+
 #[test]
 fn syntax_errors_carry_the_parser_position() {
     let found = errors("listeners:\n  - address: [unclosed\n");

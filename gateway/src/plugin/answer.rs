@@ -5,17 +5,9 @@
 
 use bytes::Bytes;
 
+pub use crate::config::FRAMING_HEADERS;
 use crate::config::StaticResponse;
 use crate::plugin::types;
-
-/// Headers the gateway frames itself; a plugin's copies are dropped.
-pub const FRAMING_HEADERS: &[&str] = &[
-    "connection",
-    "content-length",
-    "keep-alive",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// Checks a plugin's response: a real status, valid headers. Framing headers are
 /// dropped, names lower-cased.
@@ -39,6 +31,7 @@ pub fn synthetic_response(response: types::SyntheticResponse) -> Result<StaticRe
                 value.escape_debug()
             ));
         }
+        // The gateway frames the body itself: a plugin's copies are dropped.
         if !FRAMING_HEADERS.contains(&name.as_str()) {
             headers.push((name, value));
         }
