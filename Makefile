@@ -62,7 +62,8 @@ bench: setup bench-peers plugins
 	python3 benches/load/run.py
 
 # Fuzzing: one target after another, each for FUZZ_SECONDS, growing its corpus in
-# fuzz/corpus/<target>/; a crash stops here, its input saved in fuzz/artifacts/<target>/.
+# fuzz/corpus/<target>/ (hand-written inputs in fuzz/seeds/<target>/ are read too); a
+# crash stops here, its input saved in fuzz/artifacts/<target>/.
 # Without a network where the machine allows it, so that endpoint names in fuzzed
 # configs are never looked up.
 FUZZ_SECONDS ?= 60
@@ -75,6 +76,7 @@ fuzz: setup
 	$(CARGO) +nightly fuzz build --fuzz-dir fuzz
 	@for t in $(FUZZ_TARGETS); do \
 		echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
-		$(FUZZ_ISOLATE) $(CARGO) +nightly fuzz run --fuzz-dir fuzz $$t -- \
+		seeds=$$(test -d fuzz/seeds/$$t && echo fuzz/seeds/$$t); \
+		$(FUZZ_ISOLATE) $(CARGO) +nightly fuzz run --fuzz-dir fuzz $$t fuzz/corpus/$$t $$seeds -- \
 			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 || exit 1; \
 	done
