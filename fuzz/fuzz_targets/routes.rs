@@ -247,13 +247,13 @@ fn reference(
         .enumerate()
         .filter_map(|(i, route)| {
             let host_rank = match (&route.host, host.as_deref()) {
-                (HostMatch::Exact(exact), Some(h)) if h == exact => (0, 0),
+                (HostMatch::Exact(exact), Some(h)) if h == exact => (0, Reverse(0)),
                 (HostMatch::Wildcard(suffix), Some(h))
                     if h.len() > suffix.len() && h.ends_with(suffix.as_str()) =>
                 {
-                    (1, Reverse(suffix.len()).0.wrapping_neg())
+                    (1, Reverse(suffix.len()))
                 }
-                (HostMatch::Any, _) => (2, 0),
+                (HostMatch::Any, _) => (2, Reverse(0)),
                 _ => return None,
             };
             let path_rank = match &route.path {
