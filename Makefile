@@ -6,10 +6,13 @@
 #   make plugins build the example WebAssembly plugins (plugins/, wasm32-wasip2)
 #   make bench   criterion benches, reload benchmark, and the side-by-side load run
 #                against nginx and HAProxy (installs nginx, haproxy, wrk when missing)
+#   make fuzz    every cargo-fuzz target in fuzz/ for FUZZ_SECONDS each (default 60) on
+#                the corpora in fuzz/corpus/ (nightly; installs cargo-fuzz when missing;
+#                not part of `make test`)
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all demo test setup lint fmt check build alerts-test bench bench-peers plugins
+.PHONY: all demo test setup lint fmt check build alerts-test bench bench-peers plugins fuzz
 
 all: test
 
@@ -57,3 +60,23 @@ bench: setup bench-peers plugins
 	$(CARGO) bench -p gateway-benches --bench routes
 	$(CARGO) bench -p gateway-benches --bench reload
 	python3 benches/load/run.py
+
+# Fuzzing: one target after another, each for FUZZ_SECONDS, growing its corpus in
+# fuzz/corpus/<target>/ (hand-written inputs in fuzz/seeds/<target>/ are read too); a
+# crash stops here, its input saved in fuzz/artifacts/<target>/.
+# Without a network where the machine allows it, so that endpoint names in fuzzed
+# configs are never looked up.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= config path routes authority forwarded cidr plugin_answer
+FUZZ_ISOLATE = $(shell unshare -rn true 2>/dev/null && echo unshare -rn)
+
+fuzz: setup
+	@rustup toolchain list | grep -q '^nightly' || { echo "make fuzz needs the nightly toolchain: rustup toolchain install nightly --profile minimal" >&2; exit 1; }
+	@$(CARGO) +nightly fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	$(CARGO) +nightly fuzz build --fuzz-dir fuzz
+	@for t in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
+		seeds=$$(test -d fuzz/seeds/$$t && echo fuzz/seeds/$$t); \
+		$(FUZZ_ISOLATE) $(CARGO) +nightly fuzz run --fuzz-dir fuzz $$t fuzz/corpus/$$t $$seeds -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 || exit 1; \
+	done

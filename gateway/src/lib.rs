@@ -35,6 +35,9 @@ pub mod upgrade_socket;
 pub mod upstream;
 
 // A proxy allocates and frees small buffers on every request; mimalloc's thread-local
-// free lists beat glibc malloc there (measured in docs/PERFORMANCE.md).
+// free lists beat glibc malloc there (measured in docs/PERFORMANCE.md). Not under
+// cargo-fuzz (`--cfg fuzzing`): AddressSanitizer and libFuzzer's malloc limit only see
+// the system allocator.
+#[cfg(not(fuzzing))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

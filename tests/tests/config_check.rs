@@ -287,6 +287,12 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             "8:5: routes[0].host_rewrite: `a b` is not a host",
         ),
         (
+            // Found by fuzz/ (target `config`).
+            "host rewrite not an authority",
+            format!("{HEAD}{UPSTREAM}routes:\n  - upstream: api\n    host_rewrite: \"a:b:c\"\n"),
+            "8:5: routes[0].host_rewrite: `a:b:c` is not a host",
+        ),
+        (
             "duplicate route",
             format!(
                 "{HEAD}{UPSTREAM}routes:\n  - {{ match: {{ path_prefix: /a }}, upstream: api }}\n  - {{ match: {{ path_prefix: /a }}, upstream: api }}\n"
@@ -327,6 +333,13 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
                 "{HEAD}{UPSTREAM}    breaker:\n      fallback: {{ body: x, json: {{ a: 1 }} }}\n{ROUTE}"
             ),
             "7:7: upstreams.api.breaker.fallback: give `body` or `json`, not both",
+        ),
+        (
+            "fallback sets a framing header",
+            format!(
+                "{HEAD}{UPSTREAM}    breaker:\n      fallback: {{ status: 503, headers: {{ content-length: \"5\" }} }}\n{ROUTE}"
+            ),
+            "7:43: upstreams.api.breaker.fallback.headers.content-length: `content-length` frames the response",
         ),
         (
             "ejection percent",

@@ -34,7 +34,8 @@ pub use plugins::{
     PluginKind, PluginLimits, PluginSpec, WasmFile,
 };
 pub use resilience::{
-    FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec, StaticResponse, is_framing_header,
+    FRAMING_HEADERS, FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec, StaticResponse,
+    is_framing_header,
 };
 
 use error::Problems;

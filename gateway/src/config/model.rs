@@ -611,10 +611,11 @@ pub fn route_spec(
         }
     }
     if let Some(rewrite) = &raw.host_rewrite {
-        let ok = !rewrite.is_empty()
-            && rewrite
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+        // Sent as the upstream's Host: the authority grammar, as a client's must be.
+        let ok = rewrite
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+            && crate::syntax::authority::parse(rewrite.as_bytes()).is_ok();
         if !ok {
             problems.push(
                 path.key("host_rewrite"),

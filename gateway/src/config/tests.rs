@@ -89,6 +89,34 @@ fn unknown_keys_name_the_key() {
     assert!(found[0].contains("unknown field `raed`"), "{}", found[0]);
 }
 
+// Found by fuzz/ (target `config`, on a mutated seed): an upstream got a Host that is
+// no authority. (The same run found static fallbacks framing their own body, fixed
+// with config::resilience's own test.)
+#[test]
+fn host_rewrite_must_be_an_authority() {
+    for bad in ["a:b:c", "[::1", "]x[", "host:", "a..b:99999"] {
+        let text = VALID.replace(
+            "    strip_prefix: true",
+            &format!("    strip_prefix: true\n    host_rewrite: \"{bad}\""),
+        );
+        let found = errors(&text);
+        assert_eq!(found.len(), 1, "{bad}: {found:#?}");
+        assert!(found[0].contains("routes[0].host_rewrite"), "{}", found[0]);
+    }
+    for good in [
+        "internal.example.com",
+        "internal.example.com:8080",
+        "[::1]:80",
+        "10.0.0.1",
+    ] {
+        let text = VALID.replace(
+            "    strip_prefix: true",
+            &format!("    strip_prefix: true\n    host_rewrite: \"{good}\""),
+        );
+        assert_eq!(errors(&text), Vec::<String>::new(), "{good}");
+    }
+}
+
 #[test]
 fn syntax_errors_carry_the_parser_position() {
     let found = errors("listeners:\n  - address: [unclosed\n");

@@ -9,11 +9,13 @@
 //! - `wasi.rs`: WASI in which nothing waits, since calls run on the proxy's threads.
 //! - `instance.rs`: one plugin: instance pool, bounded calls, error accounting.
 //! - `convert.rs`: gateway types to and from WIT types.
+//! - `answer.rs`: a fallback plugin's response, checked before it reaches a client.
 //!
 //! A config's plugins load as a `PluginSet` before its runtime is built; a plugin whose
 //! declaration and bytes did not change is carried over whole (compiled component and
 //! warm instances), and a changed one reuses any compilation of the same bytes.
 
+pub mod answer;
 mod bindings;
 pub mod convert;
 mod engine;

@@ -9,7 +9,8 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 
 use crate::breaker::State;
-use crate::config::{FallbackSpec, StaticResponse, is_framing_header};
+use crate::config::FallbackSpec;
+use crate::plugin::answer::synthetic_response;
 use crate::plugin::{Exchange, PluginError, convert, types};
 use crate::runtime::Runtime;
 use crate::upstream::Upstream;
@@ -163,7 +164,7 @@ pub async fn ask_plugin(
         response: None,
     };
     match plugin.respond(context, exchange) {
-        Ok(types::FallbackAction::Respond(response)) => match synthetic(response) {
+        Ok(types::FallbackAction::Respond(response)) => match synthetic_response(response) {
             Ok(response) => {
                 metrics.fallback(upstream.name(), reason.as_str(), "plugin");
                 let status = response.status;
@@ -204,35 +205,6 @@ pub async fn ask_plugin(
         }
         Ok(types::FallbackAction::Decline) | Err(_) => Ok(PluginAnswer::Declined),
     }
-}
-
-/// Checks a plugin's response: a real status, valid headers. Its framing headers
-/// (`config::FRAMING_HEADERS`, which a static fallback may not set at all) are dropped:
-/// the gateway frames the response itself. Size bounds are checked by the plugin call.
-fn synthetic(response: types::SyntheticResponse) -> std::result::Result<StaticResponse, String> {
-    if !(200..=599).contains(&response.status) {
-        return Err(format!(
-            "status {} is not between 200 and 599",
-            response.status
-        ));
-    }
-    let mut headers = Vec::with_capacity(response.headers.len());
-    for (name, value) in response.headers {
-        let name = name.to_ascii_lowercase();
-        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
-            || http::HeaderValue::from_str(&value).is_err()
-        {
-            return Err(format!("`{name}: {value}` is not a valid header"));
-        }
-        if !is_framing_header(&name) {
-            headers.push((name, value));
-        }
-    }
-    Ok(StaticResponse {
-        status: response.status,
-        headers,
-        body: Bytes::from(response.body),
-    })
 }
 
 /// Writes `upstream`'s fallback response: its configured static response, or the
@@ -329,50 +301,4 @@ fn default_response(
         ("cache-control".to_string(), "no-store".to_string()),
     ];
     (503, headers, Bytes::from(body.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn answer(status: u16, headers: &[(&str, &str)]) -> types::SyntheticResponse {
-        types::SyntheticResponse {
-            status,
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-            body: b"{}".to_vec(),
-        }
-    }
-
-    #[test]
-    fn plugin_responses_keep_their_headers_but_not_framing() {
-        let response = synthetic(answer(
-            200,
-            &[
-                ("X-Fallback", "degraded"),
-                ("content-length", "999"),
-                ("transfer-encoding", "chunked"),
-                ("connection", "close"),
-                ("Proxy-Connection", "keep-alive"),
-                ("te", "trailers"),
-                ("trailer", "x-checksum"),
-            ],
-        ))
-        .expect("valid");
-        assert_eq!(
-            response.headers,
-            vec![("x-fallback".to_string(), "degraded".to_string())]
-        );
-        assert_eq!(response.body.as_ref(), b"{}");
-    }
-
-    #[test]
-    fn plugin_responses_with_bad_status_or_headers_are_refused() {
-        assert!(synthetic(answer(99, &[])).is_err());
-        assert!(synthetic(answer(600, &[])).is_err());
-        assert!(synthetic(answer(200, &[("bad header", "x")])).is_err());
-        assert!(synthetic(answer(200, &[("x-ok", "line\nbreak")])).is_err());
-    }
 }

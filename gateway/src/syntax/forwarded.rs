@@ -64,10 +64,10 @@ fn pair_value(value: &[u8], i: &mut usize) -> bool {
                         return true;
                     }
                     Some(b'\\') => match value.get(*i + 1) {
-                        Some(&b) if b == b'\t' || (0x20..=0x7e).contains(&b) => *i += 2,
+                        Some(&b) if is_qdtext_or_pair(b) => *i += 2,
                         _ => return false,
                     },
-                    Some(&b) if b == b'\t' || (0x20..=0x7e).contains(&b) => *i += 1,
+                    Some(&b) if is_qdtext_or_pair(b) => *i += 1,
                     _ => return false,
                 }
             }
@@ -82,7 +82,9 @@ fn pair_value(value: &[u8], i: &mut usize) -> bool {
     }
 }
 
-/// The gateway's own element: `for=`, `proto=` and, when known, `host=`.
+/// The gateway's own element: `for=`, `proto=` and, when known, `host=`. A host that
+/// no quoted-string can carry (a control byte, non-ASCII) is left out rather than
+/// written as something `is_valid` refuses.
 pub fn element(client: Option<IpAddr>, proto: &str, host: Option<&str>) -> String {
     let mut out = String::with_capacity(64);
     out.push_str("for=");
@@ -93,11 +95,17 @@ pub fn element(client: Option<IpAddr>, proto: &str, host: Option<&str>) -> Strin
     }
     out.push_str(";proto=");
     push_value(&mut out, proto);
-    if let Some(host) = host {
+    if let Some(host) = host.filter(|h| h.bytes().all(is_qdtext_or_pair)) {
         out.push_str(";host=");
         push_value(&mut out, host);
     }
     out
+}
+
+/// A byte a quoted-string may hold, escaped or not: HTAB, SP and visible ASCII (the
+/// obs-text that RFC 9110 still allows is refused by `is_valid`, so never written).
+fn is_qdtext_or_pair(b: u8) -> bool {
+    b == b'\t' || (0x20..=0x7e).contains(&b)
 }
 
 /// A token when it is one, otherwise a quoted-string with `"` and `\` escaped.
@@ -142,6 +150,20 @@ mod tests {
             "for=unknown;proto=http;host=\"x\\\", for=6.6.6.6;proto=https;a=\\\"\\\\\""
         );
         assert!(is_valid(hostile.as_bytes()));
+    }
+
+    #[test]
+    fn a_host_no_quoted_string_can_carry_is_left_out() {
+        // Found by fuzz/ (target `forwarded`): such a host made an invalid element.
+        for host in ["caf\u{e9}.example", "a\r\nx-evil: 1", "\u{0}", "a\u{7f}"] {
+            let element = element(None, "https", Some(host));
+            assert_eq!(element, "for=unknown;proto=https", "{host:?}");
+            assert!(is_valid(element.as_bytes()));
+        }
+        assert_eq!(
+            element(None, "http", Some("a b\tc")),
+            "for=unknown;proto=http;host=\"a b\tc\""
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!   opaque; `%00` is always refused;
 //! - any byte RFC 3986 does not allow in a path (space, `"`, `\`, `<`, controls,
 //!   non-ASCII, ...) is refused. The query is passed on as written, but may only hold
-//!   visible ASCII.
+//!   visible ASCII other than `"`, `<` and `>`.
 
 use super::{hex_value, is_sub_delim, is_unreserved};
 
@@ -61,9 +61,11 @@ pub fn normalize(target: &[u8], policy: PathPolicy) -> Result<Option<String>, Pa
         Some(at) => target.split_at(at),
         None => (target, &b""[..]),
     };
+    // `"`, `<` and `>` are visible but outside RFC 3986, and the `http` crate (so
+    // Pingora, and the URI the proxy rebuilds) refuses them in a query.
     if let Some(&bad) = query[1.min(query.len())..]
         .iter()
-        .find(|&&b| !(0x21..=0x7e).contains(&b) || b == b'#')
+        .find(|&&b| !(0x21..=0x7e).contains(&b) || matches!(b, b'#' | b'"' | b'<' | b'>'))
     {
         return Err(PathError::QueryCharacter(bad));
     }
@@ -259,6 +261,19 @@ mod tests {
         }
         assert_eq!(norm("/a?b c"), Err(PathError::QueryCharacter(b' ')));
         assert_eq!(norm("/a?b#c"), Err(PathError::QueryCharacter(b'#')));
+        // Found by fuzz/ (target `path`): a rewritten path with one of these in its
+        // query was not a URI the proxy could rebuild.
+        for (target, byte) in [
+            ("/api/public/%2e%2e/internal?a<1", b'<'),
+            ("/a?b>c", b'>'),
+            ("/a/./b?q=\"x\"", b'"'),
+        ] {
+            assert_eq!(
+                norm(target),
+                Err(PathError::QueryCharacter(byte)),
+                "{target}"
+            );
+        }
         assert_eq!(norm("a/b"), Err(PathError::NotOriginForm));
         assert_eq!(norm(""), Err(PathError::NotOriginForm));
     }

@@ -1,0 +1,108 @@
+//! A fallback plugin's synthetic response, checked before any of it reaches a client.
+//! The plugin is untrusted code: what it answers is held to what a response the
+//! gateway writes itself may be, and a refusal is one line safe to log. Apart from
+//! `proxy::fallback` so that `fuzz/` can drive it.
+
+use bytes::Bytes;
+
+pub use crate::config::FRAMING_HEADERS;
+use crate::config::{StaticResponse, is_framing_header};
+use crate::plugin::types;
+
+/// Checks a plugin's response: a real status, valid headers. Framing headers are
+/// dropped, names lower-cased.
+pub fn synthetic_response(response: types::SyntheticResponse) -> Result<StaticResponse, String> {
+    if !(200..=599).contains(&response.status) {
+        return Err(format!(
+            "status {} is not between 200 and 599",
+            response.status
+        ));
+    }
+    let mut headers = Vec::with_capacity(response.headers.len());
+    for (name, value) in response.headers {
+        let name = name.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || http::HeaderValue::from_str(&value).is_err()
+        {
+            // Escaped: the refusal is logged, and must not end the log line.
+            return Err(format!(
+                "`{}: {}` is not a valid header",
+                name.escape_debug(),
+                value.escape_debug()
+            ));
+        }
+        // The gateway frames the body itself: a plugin's copies are dropped.
+        if !is_framing_header(&name) {
+            headers.push((name, value));
+        }
+    }
+    Ok(StaticResponse {
+        status: response.status,
+        headers,
+        body: Bytes::from(response.body),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, headers: &[(&str, &str)]) -> types::SyntheticResponse {
+        types::SyntheticResponse {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn plugin_responses_keep_their_headers_but_not_framing() {
+        let response = synthetic_response(answer(
+            200,
+            &[
+                ("X-Fallback", "degraded"),
+                ("content-length", "999"),
+                ("transfer-encoding", "chunked"),
+                ("connection", "close"),
+                ("Proxy-Connection", "keep-alive"),
+                ("te", "trailers"),
+                ("trailer", "x-checksum"),
+            ],
+        ))
+        .expect("valid");
+        assert_eq!(
+            response.headers,
+            vec![("x-fallback".to_string(), "degraded".to_string())]
+        );
+        assert_eq!(response.body.as_ref(), b"{}");
+    }
+
+    #[test]
+    fn plugin_responses_with_bad_status_or_headers_are_refused() {
+        assert!(synthetic_response(answer(99, &[])).is_err());
+        assert!(synthetic_response(answer(600, &[])).is_err());
+        assert!(synthetic_response(answer(200, &[("bad header", "x")])).is_err());
+        assert!(synthetic_response(answer(200, &[("x-ok", "line\nbreak")])).is_err());
+    }
+
+    #[test]
+    fn a_refusal_is_one_printable_line() {
+        // Found by fuzz/ (target `plugin_answer`): the plugin's bytes went into the
+        // log line as they were, so a plugin could write log lines of its own.
+        let problem = synthetic_response(answer(
+            200,
+            &[(
+                "x-ok",
+                "a\n2026-01-01T00:00:00Z  INFO forged: admin logged in\u{1b}[2J",
+            )],
+        ))
+        .expect_err("refused");
+        assert!(!problem.chars().any(char::is_control), "{problem:?}");
+        assert!(problem.contains("a\\n2026"), "{problem}");
+        let problem = synthetic_response(answer(200, &[("\u{2}\u{2}", "")])).expect_err("refused");
+        assert_eq!(problem, "`\\u{2}\\u{2}: ` is not a valid header");
+    }
+}
