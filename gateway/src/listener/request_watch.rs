@@ -12,7 +12,10 @@
 //! cannot: h2 bodies, and waits whose per-read timeout restarts on every byte (an
 //! upstream or a client trickling).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,8 +24,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::{Limit, LimitReporter};
 use crate::proxy::Gateway;
@@ -46,11 +48,13 @@ pub fn body_progress(done: bool) {
     let _ = WATCH.try_with(|watch| watch.progress(done));
 }
 
+/// Armed and moved only from inside the request it watches, which runs on the task that
+/// polls `overdue` right after it (`process_new_http`'s `select!`): the watcher always
+/// sees the current deadlines without being notified, so no wake-up is ever needed
+/// beyond its own timer.
 #[derive(Debug, Default)]
 struct RequestWatch {
     state: Mutex<Watched>,
-    /// Wakes the watcher when a deadline is first set.
-    armed: Notify,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -90,14 +94,16 @@ impl RequestWatch {
     }
 
     fn arm(&self, deadline: Option<Instant>, h2_body: Option<Duration>) {
+        // Nothing to watch (most requests: HTTP/1 without a route request_timeout).
+        if deadline.is_none() && h2_body.is_none() {
+            return;
+        }
         let mut state = self.lock();
         state.request_deadline = deadline;
         state.body = h2_body.map(|timeout| BodyClock {
             timeout,
             due: Instant::now() + timeout,
         });
-        drop(state);
-        self.armed.notify_one();
     }
 
     fn progress(&self, done: bool) {
@@ -109,27 +115,25 @@ impl RequestWatch {
         }
     }
 
-    /// Resolves with the limit once a deadline has passed.
+    /// Resolves with the limit once a deadline has passed. Polled after every poll of
+    /// the request (see the type's comment); between polls only its timer wakes it.
     async fn overdue(&self) -> Limit {
-        loop {
-            let armed = self.armed.notified();
-            let next = self.lock().next();
-            let Some((at, _)) = next else {
-                armed.await;
-                continue;
+        let mut timer: Option<Pin<Box<Sleep>>> = None;
+        std::future::poll_fn(|cx| {
+            let Some((at, limit)) = self.lock().next() else {
+                return Poll::Pending;
             };
-            tokio::select! {
-                () = tokio::time::sleep_until(at) => {
-                    // Body progress may have moved the deadline while we slept.
-                    if let Some((at, limit)) = self.lock().next()
-                        && at <= Instant::now()
-                    {
-                        return limit;
-                    }
-                }
-                () = armed => {}
+            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if timer.deadline() != at {
+                // Body progress moved the deadline since the last poll.
+                timer.as_mut().reset(at);
             }
-        }
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(limit),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
     }
 }
 
