@@ -7,32 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gateway_tests::h2frame::{END_STREAM, HEADERS, PING, frame, hello};
 use gateway_tests::http::Conn;
 use gateway_tests::tls::{Ca, Client, h2_get, negotiated_alpn};
 use gateway_tests::{Gateway, Reply, Request, Scripted, echo, one_upstream, start_origin};
 use tokio::net::{TcpSocket, TcpStream};
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const END_STREAM: u8 = 0x1;
-
-/// One HTTP/2 frame as it goes on the wire.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// The preface and an empty SETTINGS frame: an h2 client that has said hello.
-fn hello() -> Vec<u8> {
-    let mut out = PREFACE.to_vec();
-    out.extend(frame(SETTINGS, 0, 0, &[]));
-    out
-}
 
 async fn rejections(gw: &Gateway, limit: &str) -> f64 {
     gw.metric(&format!(

@@ -12,6 +12,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use gateway_tests::h2frame::{
+    ACK, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, SETTINGS, frame, hello,
+};
 use gateway_tests::recording::{RecordingOrigin, Seen};
 use gateway_tests::{Gateway, Options};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -514,17 +517,6 @@ fn h2_variants() -> Vec<H2Variant> {
     ]
 }
 
-/// One HTTP/2 frame.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let length = u32::try_from(payload.len())
-        .expect("small frame")
-        .to_be_bytes();
-    let mut out = vec![length[1], length[2], length[3], kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
 /// An HPACK header block of literals without indexing (RFC 7541 §6.2.2), no Huffman:
 /// the fields go on the wire exactly as given, malformed ones included.
 fn header_block(fields: &[(String, String)]) -> Vec<u8> {
@@ -556,13 +548,25 @@ async fn send_h2(addr: std::net::SocketAddr, variant: &H2Variant, id: &str) -> H
         .iter()
         .map(|(n, v)| (n.to_string(), v.replace("{id}", id)))
         .collect();
-    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    wire.extend(frame(0x4, 0, 0, &[]));
-    let end_stream = if variant.data.is_empty() { 0x1 } else { 0 };
-    wire.extend(frame(0x1, 0x4 | end_stream, 1, &header_block(&fields)));
+    let mut wire = hello();
+    let end_stream = if variant.data.is_empty() {
+        END_STREAM
+    } else {
+        0
+    };
+    wire.extend(frame(
+        HEADERS,
+        END_HEADERS | end_stream,
+        1,
+        &header_block(&fields),
+    ));
     for (i, data) in variant.data.iter().enumerate() {
-        let last = if i + 1 == variant.data.len() { 0x1 } else { 0 };
-        wire.extend(frame(0x0, last, 1, data));
+        let last = if i + 1 == variant.data.len() {
+            END_STREAM
+        } else {
+            0
+        };
+        wire.extend(frame(DATA, last, 1, data));
     }
     stream.write_all(&wire).await.expect("send");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -581,10 +585,10 @@ async fn send_h2(addr: std::net::SocketAddr, variant: &H2Variant, id: &str) -> H
             let payload: Vec<u8> = buffer[9..9 + length].to_vec();
             buffer.drain(..9 + length);
             match (kind, stream_id) {
-                (0x4, 0) if flags & 0x1 == 0 => {
-                    let _ = stream.write_all(&frame(0x4, 0x1, 0, &[])).await;
+                (SETTINGS, 0) if flags & ACK == 0 => {
+                    let _ = stream.write_all(&frame(SETTINGS, ACK, 0, &[])).await;
                 }
-                (0x1, 1) => {
+                (HEADERS, 1) => {
                     // :status from the static table (indexes 8 to 14), when it is there.
                     status = payload.first().and_then(|b| match b {
                         0x88 => Some(200),
@@ -596,13 +600,13 @@ async fn send_h2(addr: std::net::SocketAddr, variant: &H2Variant, id: &str) -> H
                         0x8e => Some(500),
                         _ => None,
                     });
-                    if flags & 0x1 != 0 {
+                    if flags & END_STREAM != 0 {
                         return H2End::Response(status);
                     }
                 }
-                (0x0, 1) if flags & 0x1 != 0 => return H2End::Response(status),
-                (0x3, 1) => return H2End::Reset,
-                (0x7, _) => return H2End::GoAway,
+                (DATA, 1) if flags & END_STREAM != 0 => return H2End::Response(status),
+                (RST_STREAM, 1) => return H2End::Reset,
+                (GOAWAY, _) => return H2End::GoAway,
                 _ => {}
             }
         }

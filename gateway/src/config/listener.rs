@@ -12,6 +12,7 @@ use super::raw::{
     RawEncodedSlashes, RawListener, RawListenerLimits, RawListenerTls, RawPathPolicy,
     RawRouteLimits,
 };
+use super::units::HumanDuration;
 use crate::syntax::cidr::Cidr;
 use crate::syntax::path::{EncodedSlashes, PathPolicy};
 use crate::tls::{LoadedCertificate, load_certificate};
@@ -284,41 +285,38 @@ fn listener_limits(
             "must be whole seconds (0s closes each connection after its response)",
         );
     }
+    let max_body_bytes = body_bytes(
+        raw.max_body_bytes.map(|s| s.0),
+        &path.key("max_body_bytes"),
+        problems,
+    )
+    .unwrap_or(defaults.max_body_bytes);
+    // A duration limit: greater than zero when given, the default otherwise.
+    let mut timeout = |value: Option<HumanDuration>, key: &str, default: Duration| {
+        positive(value.map(|d| d.0), &path.key(key), problems).unwrap_or(default)
+    };
     ListenerLimits {
         max_header_bytes,
         max_headers,
-        max_body_bytes: body_bytes(
-            raw.max_body_bytes.map(|s| s.0),
-            &path.key("max_body_bytes"),
-            problems,
-        )
-        .unwrap_or(defaults.max_body_bytes),
-        header_read_timeout: positive(
-            raw.header_read_timeout.map(|d| d.0),
-            &path.key("header_read_timeout"),
-            problems,
-        )
-        .unwrap_or(defaults.header_read_timeout),
-        body_read_timeout: positive(
-            raw.body_read_timeout.map(|d| d.0),
-            &path.key("body_read_timeout"),
-            problems,
-        )
-        .unwrap_or(defaults.body_read_timeout),
+        max_body_bytes,
+        header_read_timeout: timeout(
+            raw.header_read_timeout,
+            "header_read_timeout",
+            defaults.header_read_timeout,
+        ),
+        body_read_timeout: timeout(
+            raw.body_read_timeout,
+            "body_read_timeout",
+            defaults.body_read_timeout,
+        ),
         keepalive_timeout,
         max_connections,
-        handshake_timeout: positive(
-            raw.handshake_timeout.map(|d| d.0),
-            &path.key("handshake_timeout"),
-            problems,
-        )
-        .unwrap_or(defaults.handshake_timeout),
-        write_timeout: positive(
-            raw.write_timeout.map(|d| d.0),
-            &path.key("write_timeout"),
-            problems,
-        )
-        .unwrap_or(defaults.write_timeout),
+        handshake_timeout: timeout(
+            raw.handshake_timeout,
+            "handshake_timeout",
+            defaults.handshake_timeout,
+        ),
+        write_timeout: timeout(raw.write_timeout, "write_timeout", defaults.write_timeout),
     }
 }
 
