@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gateway::classify::{CallResult, FailureWhen};
+use gateway::upstream::classify::{CallResult, FailureWhen};
 use gateway::config;
 use gateway::metrics::Metrics;
 use gateway::plugin::{Exchange, Plugin, PluginSet, types};

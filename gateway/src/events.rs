@@ -23,6 +23,7 @@ const HISTORY: usize = 20;
 pub struct EventHub {
     sender: broadcast::Sender<Arc<Value>>,
     history: Mutex<HashMap<String, VecDeque<Value>>>,
+    shadow_history: Mutex<HashMap<String, VecDeque<Value>>>,
     /// The config generation in service, stamped on every event.
     generation: AtomicU64,
     pub metrics: Arc<Metrics>,
@@ -44,6 +45,7 @@ impl EventHub {
         Self {
             sender: broadcast::channel(1024).0,
             history: Mutex::default(),
+            shadow_history: Mutex::default(),
             generation: AtomicU64::new(1),
             metrics,
         }
@@ -147,12 +149,21 @@ pub fn transition_json(
     })
 }
 
+/// A shadow transition in the words of its event: what the live breaker would do.
+fn would(to: crate::breaker::State) -> &'static str {
+    match to {
+        crate::breaker::State::Open => "open",
+        crate::breaker::State::HalfOpen => "half_open",
+        _ => "close",
+    }
+}
+
 /// The listener one upstream's breaker reports to: adds what that upstream has been
 /// failing with, then hands the transition to the hub.
 #[derive(Debug)]
 pub struct UpstreamEvents {
     pub hub: Arc<EventHub>,
-    pub failures: Arc<crate::failure_tally::FailureTally>,
+    pub failures: Arc<crate::upstream::failure_tally::FailureTally>,
 }
 
 impl TransitionListener for UpstreamEvents {
@@ -162,7 +173,66 @@ impl TransitionListener for UpstreamEvents {
     }
 }
 
+/// The listener of an upstream's shadow breaker: what the candidate policy would have
+/// done, never acted on.
+#[derive(Debug)]
+pub struct ShadowEvents {
+    pub hub: Arc<EventHub>,
+    pub failures: Arc<crate::upstream::failure_tally::FailureTally>,
+}
+
+impl TransitionListener for ShadowEvents {
+    fn on_transition(&self, t: &Transition) {
+        self.hub.shadow_transition(t, self.failures.top());
+    }
+}
+
 impl EventHub {
+    /// A shadow policy's transition: logged, kept in the upstream's shadow history and
+    /// broadcast as `shadow_transition` ("would open", "would close").
+    pub fn shadow_transition(&self, t: &Transition, top_failure: Option<(String, u32)>) {
+        tracing::info!(
+            target: "gateway::shadow",
+            upstream = &*t.breaker,
+            from = t.from.as_str(),
+            to = t.to.as_str(),
+            reason = t.reason.as_str(),
+            window_calls = t.window.calls,
+            window_failures = t.window.failures,
+            failure_rate = t.window.failure_rate(),
+            consecutive_failures = t.consecutive_failures,
+            "shadow breaker would {}",
+            would(t.to)
+        );
+        let mut event = transition_json(
+            t,
+            self.generation.load(Ordering::Relaxed),
+            top_failure.as_ref(),
+        );
+        event["type"] = json!("shadow_transition");
+        event["would"] = json!(would(t.to));
+        if let Ok(mut history) = self.shadow_history.lock() {
+            let list = history.entry(t.breaker.to_string()).or_default();
+            if list.len() == HISTORY {
+                list.pop_front();
+            }
+            list.push_back(event.clone());
+        }
+        self.publish(event);
+    }
+
+    /// The most recent shadow transitions of `upstream`, oldest first.
+    pub fn shadow_history(&self, upstream: &str) -> Vec<Value> {
+        self.shadow_history
+            .lock()
+            .map(|h| {
+                h.get(upstream)
+                    .map(|v| v.iter().cloned().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn transition(&self, t: &Transition, top_failure: Option<(String, u32)>) {
         tracing::warn!(
             target: "gateway::breaker",

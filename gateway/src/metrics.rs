@@ -22,6 +22,7 @@ use crate::limit::Limit;
 pub struct Metrics {
     registry: Registry,
     breaker_state: IntGaugeVec,
+    breaker_shadow_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
     breaker_rejections: IntCounterVec,
     upstream_requests: IntCounterVec,
@@ -192,6 +193,12 @@ impl Default for Metrics {
                 r,
                 "gateway_breaker_state",
                 "1 for the breaker's current state, 0 for the others.",
+                &["upstream", "state"],
+            ),
+            breaker_shadow_state: gauge(
+                r,
+                "gateway_breaker_shadow_state",
+                "The state `breaker.shadow`'s candidate policy would have the breaker in (1 for it, 0 for the others); it acts on nothing.",
                 &["upstream", "state"],
             ),
             breaker_transitions: counter(
@@ -414,6 +421,7 @@ impl Metrics {
     /// now, so they are rebuilt on every scrape).
     pub fn render(&self, state: impl FnOnce(&StateGauges<'_>)) -> String {
         self.breaker_state.reset();
+        self.breaker_shadow_state.reset();
         self.endpoint_ejected.reset();
         self.endpoint_healthy.reset();
         self.upstream_in_flight.reset();
@@ -434,12 +442,12 @@ pub struct StateGauges<'a> {
 impl StateGauges<'_> {
     /// Upstream `name`'s breaker is in `current` (1 for that state, 0 for the others).
     pub fn breaker(&self, name: &str, current: State) {
-        for state in State::ALL {
-            self.metrics
-                .breaker_state
-                .with_label_values(&[name, state.as_str()])
-                .set(i64::from(state == current));
-        }
+        one_hot(&self.metrics.breaker_state, name, current);
+    }
+
+    /// Where upstream `name`'s shadow policy would have its breaker.
+    pub fn shadow(&self, name: &str, current: State) {
+        one_hot(&self.metrics.breaker_shadow_state, name, current);
     }
 
     pub fn in_flight(&self, name: &str, requests: u32) {
@@ -458,6 +466,14 @@ impl StateGauges<'_> {
             .endpoint_healthy
             .with_label_values(&[name, endpoint])
             .set(i64::from(healthy));
+    }
+}
+
+fn one_hot(gauge: &IntGaugeVec, name: &str, current: State) {
+    for state in State::ALL {
+        gauge
+            .with_label_values(&[name, state.as_str()])
+            .set(i64::from(state == current));
     }
 }
 

@@ -10,14 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
-use crate::breaker::{Clock, CoarseClock};
+use crate::breaker::{Clock, CoarseClock, Mode};
 use crate::config::{Config, ConfigErrors, ListenerSpec, TlsVersion};
 use crate::events::EventHub;
 use crate::metrics::{Metrics, StateGauges};
+use crate::operator_modes::{OperatorModes, Override, StateError};
 use crate::plugin::PluginSet;
 use crate::routing::{Route, RouteTable};
 use crate::tls::{CertificateStore, SniTable};
-use crate::upstream::Upstream;
+use crate::upstream::{Fresh, Upstream};
 
 #[derive(Debug)]
 pub struct Runtime {
@@ -32,31 +33,42 @@ pub struct Runtime {
 
 impl Runtime {
     /// Compiles a checked config with its loaded plugins. Infallible: everything that
-    /// can fail was checked. Upstreams whose definition is unchanged from `previous`
-    /// are carried over whole: breaker state, ejections, bulkhead and in-flight counts
-    /// survive the reload.
+    /// can fail was checked. An upstream that `previous` has too keeps what it learnt
+    /// whatever else changed (`Upstream::succeed`); returns what starts fresh and why.
     pub fn build(
         config: Config,
         plugins: Arc<PluginSet>,
         generation: u64,
         events: &Arc<EventHub>,
         previous: Option<&Runtime>,
-    ) -> Self {
+    ) -> (Self, Vec<Fresh>) {
         let clock: Arc<dyn Clock> = Arc::new(CoarseClock);
+        let mut fresh = Vec::new();
         let upstreams: BTreeMap<String, Arc<Upstream>> = config
             .upstreams
             .values()
             .map(|spec| {
-                let kept = previous
-                    .and_then(|p| p.upstreams.get(&spec.name))
-                    .filter(|u| u.spec == *spec);
-                let upstream = match kept {
-                    Some(existing) => Arc::clone(existing),
-                    None => Arc::new(Upstream::new(
-                        spec.clone(),
-                        Arc::clone(&clock),
-                        Arc::clone(events),
-                    )),
+                let upstream = match previous.and_then(|p| p.upstreams.get(&spec.name)) {
+                    Some(existing) if existing.spec == *spec => Arc::clone(existing),
+                    Some(existing) => {
+                        let (upstream, lost) = Upstream::succeed(spec.clone(), existing);
+                        fresh.extend(lost);
+                        Arc::new(upstream)
+                    }
+                    None => {
+                        if previous.is_some() {
+                            fresh.push(Fresh {
+                                upstream: spec.name.clone(),
+                                part: "upstream".into(),
+                                why: "new upstream".into(),
+                            });
+                        }
+                        Arc::new(Upstream::new(
+                            spec.clone(),
+                            Arc::clone(&clock),
+                            Arc::clone(events),
+                        ))
+                    }
                 };
                 (spec.name.clone(), upstream)
             })
@@ -72,14 +84,33 @@ impl Runtime {
                 })
             })
             .collect();
-        Self {
+        let runtime = Self {
             config: Arc::new(config),
             generation,
             routes: RouteTable::new(routes),
             upstreams,
             plugins,
-        }
+        };
+        (runtime, fresh)
     }
+}
+
+/// Why the first snapshot could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("server.state_dir: {0}")]
+    State(#[from] StateError),
+}
+
+/// Where a breaker's mode comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModeSource {
+    /// `breaker.mode` in the file (automatic when not set).
+    File,
+    /// An operator's override through the admin API.
+    Override(Override),
 }
 
 /// The one global: the current snapshot.
@@ -91,6 +122,9 @@ pub struct RuntimeHandle {
     pub metrics: Arc<Metrics>,
     /// One per TLS listener the process started with; reloads replace their tables.
     certificates: BTreeMap<SocketAddr, Arc<CertificateStore>>,
+    /// Operators' mode overrides, for the life of the process and, with a state
+    /// directory, beyond.
+    pub modes: OperatorModes,
 }
 
 impl Runtime {
@@ -100,6 +134,9 @@ impl Runtime {
         for upstream in self.upstreams.values() {
             let name = upstream.name();
             gauges.breaker(name, upstream.breaker.state());
+            if let Some(shadow) = &upstream.shadow {
+                gauges.shadow(name, shadow.state());
+            }
             gauges.in_flight(name, upstream.bulkhead.in_flight());
             let ejected: Vec<_> = upstream.ejected().map(|e| e.addr).collect();
             for endpoint in &upstream.endpoints {
@@ -116,7 +153,8 @@ impl Runtime {
 
 impl RuntimeHandle {
     /// Loads the config's plugins and builds the first snapshot.
-    pub fn new(config: Config) -> Result<Self, ConfigErrors> {
+    pub fn new(config: Config) -> Result<Self, StartError> {
+        let modes = OperatorModes::open(config.server.state_dir.as_deref())?;
         let metrics = Arc::new(Metrics::default());
         let plugins = Arc::new(PluginSet::load(&config, None, &metrics)?);
         metrics.config_applied(&config);
@@ -126,13 +164,73 @@ impl RuntimeHandle {
             .iter()
             .filter_map(|l| Some((l.address, Arc::new(CertificateStore::new(sni_table(l)?)))))
             .collect();
-        Ok(Self {
+        let (runtime, _) = Runtime::build(config, plugins, 1, &events, None);
+        let handle = Self {
             metrics,
             certificates,
-            current: ArcSwap::from_pointee(Runtime::build(config, plugins, 1, &events, None)),
+            current: ArcSwap::from_pointee(runtime),
             generations: AtomicU64::new(1),
             events,
-        })
+            modes,
+        };
+        handle.apply_modes(&handle.snapshot());
+        Ok(handle)
+    }
+
+    /// Where `upstream`'s mode comes from, and the mode.
+    pub fn mode_of(&self, upstream: &Upstream) -> (Mode, ModeSource) {
+        match self.modes.get(upstream.name()) {
+            Some(o) => (o.mode, ModeSource::Override(o)),
+            None => (upstream.spec.breaker_mode, ModeSource::File),
+        }
+    }
+
+    /// An operator sets (`Some`) or clears (`None`, back to the file's mode) the mode
+    /// of `upstream`. Kept first, then acted on: a change that cannot be kept is not
+    /// made.
+    pub fn override_mode(
+        &self,
+        upstream: &Upstream,
+        value: Option<Override>,
+    ) -> Result<(), StateError> {
+        self.modes.set(upstream.name(), value)?;
+        self.apply_mode(upstream);
+        Ok(())
+    }
+
+    /// Takes the overrides another process had (graceful upgrade) and applies them.
+    pub fn adopt_overrides(
+        &self,
+        overrides: BTreeMap<String, Override>,
+    ) -> Result<(), StateError> {
+        self.modes.adopt(overrides)?;
+        self.apply_modes(&self.snapshot());
+        Ok(())
+    }
+
+    /// Puts every breaker of `runtime` in the mode it should be in, and forgets the
+    /// overrides of upstreams it no longer has.
+    fn apply_modes(&self, runtime: &Runtime) {
+        match self.modes.retain(|name| runtime.upstreams.contains_key(name)) {
+            Ok(gone) if !gone.is_empty() => tracing::info!(
+                target: "gateway::admin",
+                upstreams = ?gone,
+                "breaker overrides of removed upstreams forgotten"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(target: "gateway::admin", error = %e, "cannot update the breaker override file"),
+        }
+        for upstream in runtime.upstreams.values() {
+            self.apply_mode(upstream);
+        }
+    }
+
+    /// Puts `upstream`'s breaker in the mode it should be in (override, else file).
+    pub fn apply_mode(&self, upstream: &Upstream) {
+        let (mode, _) = self.mode_of(upstream);
+        if upstream.breaker.mode() != mode {
+            upstream.breaker.set_mode(mode);
+        }
     }
 
     /// The certificate resolver of a TLS listener the process started with.
@@ -147,9 +245,8 @@ impl RuntimeHandle {
 
     /// Loads the config's plugins (carrying over unchanged ones), then replaces the
     /// snapshot; requests already running keep theirs. A plugin that cannot load
-    /// changes nothing. Returns the new snapshot and the names of upstreams that start
-    /// fresh (new or changed).
-    pub fn apply(&self, config: Config) -> Result<(Arc<Runtime>, Vec<String>), ConfigErrors> {
+    /// changes nothing. Returns the new snapshot and what in it starts fresh, and why.
+    pub fn apply(&self, config: Config) -> Result<(Arc<Runtime>, Vec<Fresh>), ConfigErrors> {
         let previous = self.snapshot();
         let plugins = Arc::new(PluginSet::load(
             &config,
@@ -158,24 +255,14 @@ impl RuntimeHandle {
         )?);
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         self.events.set_generation(generation);
-        let runtime = Arc::new(Runtime::build(
+        let (runtime, fresh) = Runtime::build(
             config,
             plugins,
             generation,
             &self.events,
             Some(&previous),
-        ));
-        let fresh = runtime
-            .upstreams
-            .iter()
-            .filter(|(name, u)| {
-                previous
-                    .upstreams
-                    .get(*name)
-                    .is_none_or(|old| !Arc::ptr_eq(old, u))
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
+        );
+        let runtime = Arc::new(runtime);
         // New certificates serve the next handshake; open connections keep theirs.
         for listener in &runtime.config.listeners {
             if let (Some(store), Some(table)) = (
@@ -186,6 +273,7 @@ impl RuntimeHandle {
             }
         }
         self.current.store(Arc::clone(&runtime));
+        self.apply_modes(&runtime);
         self.metrics.config_applied(&runtime.config);
         Ok((runtime, fresh))
     }

@@ -34,11 +34,14 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
     // a config error like any other.
     let runtime = match RuntimeHandle::new(config) {
         Ok(runtime) => Arc::new(runtime),
-        Err(errors) => {
-            eprint!("{errors}");
+        Err(e) => {
+            eprint!("{e}");
             std::process::exit(2);
         }
     };
+    if !runtime.modes.persisted() {
+        tracing::info!("no server.state_dir: breaker mode overrides last until the process (and its upgrades) ends");
+    }
     let config = Arc::clone(&runtime.snapshot().config);
     let grace = config.server.shutdown_grace_period;
     // Before Pingora binds it (`--upgrade`) or sends to it (SIGQUIT): the directory
@@ -66,6 +69,14 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
         upgrade,
         ..Default::default()
     };
+    let handover = crate::handover::socket_path(&upgrade_socket);
+    if upgrade {
+        // Before Pingora waits for the sockets: the old process hands its state over
+        // first (handover.rs).
+        if let Err(e) = crate::handover::receive(&handover, Arc::clone(&runtime)) {
+            tracing::error!(target: "gateway::upgrade", socket = %handover.display(), error = %e, "cannot take the previous process's state; breakers start from their defaults");
+        }
+    }
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
@@ -104,7 +115,7 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
     ));
     server.add_service(pingora::services::background::background_service(
         "health checks",
-        crate::health::HealthChecker::new(Arc::clone(&runtime)),
+        crate::upstream::health::HealthChecker::new(Arc::clone(&runtime)),
     ));
 
     let mut phases = server.watch_execution_phase();
@@ -114,9 +125,11 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
             while let Ok(phase) = phases.blocking_recv() {
                 if matches!(phase, ExecutionPhase::ShutdownGracePeriod) {
                     let drained = in_flight.wait_idle(DRAIN_QUIET, grace);
+                    crate::handover::flush(Duration::from_secs(1));
                     tracing::info!(
                         drained,
                         left = in_flight.current(),
+                        forwarded_outcomes_dropped = crate::handover::dropped(),
                         "shutdown: in-flight requests finished"
                     );
                     std::process::exit(0);
@@ -134,7 +147,9 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
             upgrade_socket,
+            handover,
             euid,
+            runtime,
         }),
     });
     std::process::exit(0)
@@ -150,7 +165,9 @@ const UPGRADE_SOCKET_WAIT: Duration = Duration::from_secs(5);
 /// keeps serving.
 struct Signals {
     upgrade_socket: PathBuf,
+    handover: PathBuf,
     euid: u32,
+    runtime: Arc<RuntimeHandle>,
 }
 
 impl Signals {
@@ -163,6 +180,20 @@ impl Signals {
                 }
                 result => return result,
             }
+        }
+    }
+}
+
+impl Signals {
+    /// Before the sockets: the new process takes this one's state (handover.rs). A
+    /// failure is logged and the upgrade goes on: the new process then starts fresh.
+    async fn hand_state_over(&self) {
+        let (socket, runtime) = (self.handover.clone(), Arc::clone(&self.runtime));
+        let sent = tokio::task::spawn_blocking(move || crate::handover::send(&socket, &runtime)).await;
+        match sent {
+            Ok(Ok(())) => tracing::info!(target: "gateway::upgrade", "state handed over to the new process"),
+            Ok(Err(e)) => tracing::error!(target: "gateway::upgrade", error = %e, "state not handed over; the new process starts fresh"),
+            Err(e) => tracing::error!(target: "gateway::upgrade", error = %e, "state handover panicked"),
         }
     }
 }
@@ -183,7 +214,10 @@ impl ShutdownSignalWatch for Signals {
         loop {
             tokio::select! {
                 _ = quit.recv() => match self.upgrade_allowed().await {
-                    Ok(()) => return ShutdownSignal::GracefulUpgrade,
+                    Ok(()) => {
+                        self.hand_state_over().await;
+                        return ShutdownSignal::GracefulUpgrade;
+                    }
                     Err(e) => tracing::error!(
                         target: "gateway::upgrade",
                         socket = %self.upgrade_socket.display(),

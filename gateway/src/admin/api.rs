@@ -2,15 +2,42 @@
 
 use serde_json::{Value, json};
 
-use crate::breaker::{Mode, State};
-use crate::events::{EventHub, unix_ms};
+use crate::breaker::{Breaker, Mode, State};
+use crate::events::unix_ms;
+use crate::runtime::{ModeSource, RuntimeHandle};
 use crate::upstream::Upstream;
 
-pub fn breaker(upstream: &Upstream, events: &EventHub) -> Value {
-    let snapshot = upstream.breaker.snapshot();
-    let policy = upstream.breaker.policy();
+pub fn breaker(upstream: &Upstream, runtime: &RuntimeHandle) -> Value {
+    let events = &runtime.events;
+    let (_, source) = runtime.mode_of(upstream);
+    let mode_source = match source {
+        ModeSource::File => json!({ "from": "file", "file_mode": upstream.spec.breaker_mode.as_str() }),
+        ModeSource::Override(o) => json!({
+            "from": "override",
+            "file_mode": upstream.spec.breaker_mode.as_str(),
+            "since_unix_ms": o.since_unix_ms,
+            "by": o.by,
+            "token": o.token,
+            "persisted": runtime.modes.persisted(),
+        }),
+    };
+    let mut view = breaker_view(&upstream.breaker);
+    view["upstream"] = json!(upstream.name());
+    view["mode_source"] = mode_source;
+    view["transitions"] = json!(events.history(upstream.name()));
+    if let Some(shadow) = &upstream.shadow {
+        let mut shadow_view = breaker_view(shadow);
+        shadow_view["transitions"] = json!(events.shadow_history(upstream.name()));
+        view["shadow"] = shadow_view;
+    }
+    view
+}
+
+/// What one breaker (live or shadow) holds and decides by.
+fn breaker_view(breaker: &Breaker) -> Value {
+    let snapshot = breaker.snapshot();
+    let policy = breaker.policy();
     json!({
-        "upstream": upstream.name(),
         "state": snapshot.state.as_str(),
         "mode": snapshot.mode.as_str(),
         "since_unix_ms": unix_ms(snapshot.since),
@@ -39,7 +66,6 @@ pub fn breaker(upstream: &Upstream, events: &EventHub) -> Value {
             "slow_call_duration_ms": policy.slow_call.map(|s| s.duration.as_millis() as u64),
             "open_duration_ms": policy.open_duration.as_millis() as u64,
         },
-        "transitions": events.history(upstream.name()),
     })
 }
 

@@ -43,7 +43,9 @@ use serde_json::{Value, json};
 
 pub use refusal::REASONS as REFUSAL_REASONS;
 
+use crate::breaker::Mode;
 use crate::config::AdminSpec;
+use crate::operator_modes::Override;
 use crate::reload::{ReloadResult, Reloader};
 use crate::runtime::RuntimeHandle;
 use audit::Token;
@@ -168,7 +170,7 @@ impl AdminApp {
                 session.set_keepalive(None);
                 Reply::Json(refusal.status(), refusal.body())
             }
-            None => self.serve(session).await,
+            None => self.serve(session, peer, token).await,
         };
         let request = session.req_header();
         if state_change::is_state_change(&request.method) {
@@ -188,12 +190,11 @@ impl AdminApp {
         reply
     }
 
-    async fn serve(&self, session: &mut ServerSession) -> Reply {
+    async fn serve(&self, session: &mut ServerSession, peer: &Peer, token: Token) -> Reply {
         let req = session.req_header();
         let method = req.method.as_str().to_string();
         let path = req.uri.path().to_string();
         let runtime = self.runtime.snapshot();
-        let events = &self.runtime.events;
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let upstream = |name: &str| runtime.upstreams.get(name).cloned();
         let not_found = |name: &str| {
@@ -257,12 +258,12 @@ impl AdminApp {
                     runtime
                         .upstreams
                         .values()
-                        .map(|u| api::breaker(u, events))
+                        .map(|u| api::breaker(u, &self.runtime))
                         .collect::<Vec<_>>()
                 ),
             ),
             ("GET", ["api", "v1", "breakers", name]) => match upstream(name) {
-                Some(u) => Reply::Json(200, api::breaker(&u, events)),
+                Some(u) => Reply::Json(200, api::breaker(&u, &self.runtime)),
                 None => not_found(name),
             },
             ("PUT", ["api", "v1", "breakers", name, "state"]) => {
@@ -272,23 +273,41 @@ impl AdminApp {
                 let Some(body) = read_body(session).await else {
                     return Reply::Json(413, json!({ "code": "BODY_TOO_LARGE" }));
                 };
-                match api::requested_mode(&body) {
-                    Ok(mode) => {
-                        u.breaker.set_mode(mode);
-                        tracing::warn!(target: "gateway::admin", upstream = %name, mode = mode.as_str(), "breaker mode set by operator");
-                        Reply::Json(200, api::breaker(&u, events))
-                    }
+                let mode = match api::requested_mode(&body) {
+                    Ok(mode) => mode,
                     Err(message) => {
-                        Reply::Json(400, json!({ "code": "BAD_REQUEST", "message": message }))
+                        return Reply::Json(
+                            400,
+                            json!({ "code": "BAD_REQUEST", "message": message }),
+                        );
                     }
+                };
+                // `automatic` clears the override: the file's mode applies again.
+                let value = (mode != Mode::Automatic).then(|| Override {
+                    mode,
+                    since_unix_ms: crate::operator_modes::now_unix_ms(),
+                    by: peer.address.clone(),
+                    token: token == Token::Valid,
+                });
+                match self.runtime.override_mode(&u, value) {
+                    Ok(()) => {
+                        tracing::warn!(target: "gateway::admin", upstream = %name, mode = mode.as_str(), "breaker mode set by operator");
+                        Reply::Json(200, api::breaker(&u, &self.runtime))
+                    }
+                    Err(e) => not_kept(&e),
                 }
             }
             ("POST", ["api", "v1", "breakers", name, "reset"]) => match upstream(name) {
-                Some(u) => {
-                    u.breaker.reset();
-                    tracing::warn!(target: "gateway::admin", upstream = %name, "breaker reset by operator");
-                    Reply::Json(200, api::breaker(&u, events))
-                }
+                Some(u) => match self.runtime.override_mode(&u, None) {
+                    Ok(()) => {
+                        u.breaker.reset();
+                        // A file mode other than automatic applies again at once.
+                        self.runtime.apply_mode(&u);
+                        tracing::warn!(target: "gateway::admin", upstream = %name, "breaker reset by operator");
+                        Reply::Json(200, api::breaker(&u, &self.runtime))
+                    }
+                    Err(e) => not_kept(&e),
+                },
                 None => not_found(name),
             },
             ("GET", ["api", "v1", "events"]) => Reply::Stream,
@@ -298,6 +317,15 @@ impl AdminApp {
             ),
         }
     }
+}
+
+/// An override that could not be written to the state directory was not made.
+fn not_kept(e: &crate::operator_modes::StateError) -> Reply {
+    tracing::error!(target: "gateway::admin", error = %e, "breaker override not kept");
+    Reply::Json(
+        500,
+        json!({ "code": "STATE_NOT_KEPT", "message": format!("{e}; nothing was changed") }),
+    )
 }
 
 async fn write(

@@ -18,7 +18,7 @@ use super::clock::{Clock, Nanos};
 use super::events::{Reason, Transition, TransitionListener};
 use super::policy::{BreakerPolicy, TripCause};
 use super::state::{Mode, State, Word};
-use super::window::{Window, WindowCounts};
+use super::window::{Window, WindowContents, WindowCounts};
 
 /// What the caller decided about a finished call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,17 +162,44 @@ pub struct BreakerSnapshot {
     pub probe_successes: u32,
 }
 
+/// The settings a breaker judges by and the window they judge, swapped together: a
+/// record never reads one config's thresholds against another window.
+#[derive(Debug)]
+struct Regime {
+    policy: BreakerPolicy,
+    window: Arc<Window>,
+}
+
+/// What a new policy did to the window a breaker had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowCarried {
+    /// Same shape: the window itself was kept.
+    Kept,
+    /// Another kind or size: its calls were moved into the new shape where they fit.
+    Rebuilt { kept: u32, dropped: u32 },
+}
+
+/// A breaker's state in a form another process can adopt (graceful upgrade).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BreakerExport {
+    pub state: State,
+    /// Left of the open period, when open.
+    pub open_remaining: Option<Duration>,
+    pub reopens: u32,
+    pub consecutive_failures: u32,
+    pub window: WindowContents,
+}
+
 #[derive(Debug)]
 pub struct Breaker {
     /// Tells permits of different breakers apart.
     id: u64,
     name: Arc<str>,
-    policy: BreakerPolicy,
     clock: Arc<dyn Clock>,
     listener: Arc<dyn TransitionListener>,
     word: AtomicU64,
     open_until: AtomicU64,
-    window: ArcSwap<Window>,
+    regime: ArcSwap<Regime>,
     consecutive_failures: AtomicU32,
     rejections: AtomicU64,
     control: Mutex<Control>,
@@ -190,7 +217,6 @@ impl Breaker {
         Self {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             name: name.into(),
-            policy,
             word: AtomicU64::new(
                 Word {
                     state: State::Closed,
@@ -199,7 +225,10 @@ impl Breaker {
                 .pack(),
             ),
             open_until: AtomicU64::new(0),
-            window: ArcSwap::from_pointee(Window::new(policy.window)),
+            regime: ArcSwap::from_pointee(Regime {
+                policy,
+                window: Arc::new(Window::new(policy.window)),
+            }),
             consecutive_failures: AtomicU32::new(0),
             rejections: AtomicU64::new(0),
             control: Mutex::new(Control {
@@ -220,8 +249,76 @@ impl Breaker {
         &self.name
     }
 
-    pub fn policy(&self) -> &BreakerPolicy {
-        &self.policy
+    pub fn policy(&self) -> BreakerPolicy {
+        self.regime.load().policy
+    }
+
+    /// Applies a new policy from the next recorded call; state, the rest of an open
+    /// period, probes in flight and the consecutive-failure count stay. The window is
+    /// kept when its shape is unchanged, else rebuilt from its contents.
+    pub fn reconfigure(&self, policy: BreakerPolicy) -> Option<WindowCarried> {
+        let _control = self.lock();
+        let current = self.regime.load_full();
+        if current.policy == policy {
+            return None;
+        }
+        let (window, carried) = if current.policy.window == policy.window {
+            (Arc::clone(&current.window), WindowCarried::Kept)
+        } else {
+            let now = self.clock.now();
+            let restored = Window::restore(policy.window, &current.window.contents(now), now);
+            let carried = WindowCarried::Rebuilt {
+                kept: restored.kept,
+                dropped: restored.dropped,
+            };
+            (Arc::new(restored.window), carried)
+        };
+        self.regime.store(Arc::new(Regime { policy, window }));
+        Some(carried)
+    }
+
+    /// The automatic part of the state (closed, open with the rest of its period,
+    /// half-open) with its window and counts, for another process to adopt.
+    pub fn export(&self) -> BreakerExport {
+        let control = self.lock();
+        let word = self.word();
+        let now = self.clock.now();
+        BreakerExport {
+            state: word.state,
+            open_remaining: (word.state == State::Open)
+                .then(|| now.until(Nanos(self.open_until.load(Ordering::Acquire)))),
+            reopens: control.reopens,
+            consecutive_failures: self.consecutive_failures.load(Ordering::Acquire),
+            window: self.regime.load().window.contents(now),
+        }
+    }
+
+    /// Takes over an exported state. Operator states are neither adopted nor replaced
+    /// (modes are the caller's business); a half-open breaker starts its probes afresh. Returns the
+    /// calls of the window that did not fit this breaker's window.
+    pub fn adopt(&self, state: &BreakerExport) -> u32 {
+        let mut control = self.lock();
+        let now = self.clock.now();
+        let policy = self.regime.load().policy;
+        let restored = Window::restore(policy.window, &state.window, now);
+        self.regime.store(Arc::new(Regime {
+            policy,
+            window: Arc::new(restored.window),
+        }));
+        self.consecutive_failures
+            .store(state.consecutive_failures, Ordering::Release);
+        control.reopens = state.reopens;
+        let word = self.word();
+        let automatic = |s: State| matches!(s, State::Open | State::HalfOpen | State::Closed);
+        if automatic(state.state) && automatic(word.state) {
+            let remaining = state.open_remaining.unwrap_or_default();
+            self.open_until
+                .store(now.after(remaining).0, Ordering::Release);
+            control.probes_admitted = 0;
+            control.probe_successes = 0;
+            self.word.store(word.next(state.state).pack(), Ordering::Release);
+        }
+        restored.dropped
     }
 
     pub fn state(&self) -> State {
@@ -276,7 +373,10 @@ impl Breaker {
         control.outstanding.push(OutstandingProbe {
             id,
             epoch,
-            expires: self.clock.now().after(self.policy.half_open.probe_timeout),
+            expires: self
+                .clock
+                .now()
+                .after(self.policy().half_open.probe_timeout),
         });
         Permit {
             breaker_id: self.id,
@@ -313,6 +413,30 @@ impl Breaker {
         }
     }
 
+    /// Takes an outcome as if this breaker had admitted the call (when it would have):
+    /// how a shadow policy, which decides nothing, follows the live traffic. Returns
+    /// whether it would have admitted it; a call it would have rejected counts as a
+    /// rejection.
+    pub fn observe(self: &Arc<Self>, outcome: Outcome) -> bool {
+        match self.try_acquire() {
+            Ok(permit) => {
+                self.record(permit, outcome);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Records an outcome of a call another process admitted (graceful upgrade: the old
+    /// process's last requests). Counted only while closed or metrics-only, like any
+    /// call of the current episode; a probe's result belongs to the process that sent it.
+    pub fn record_elsewhere(&self, outcome: Outcome) {
+        let word = self.word();
+        if matches!(word.state, State::Closed | State::MetricsOnly) {
+            self.record_tracked(word.epoch, outcome);
+        }
+    }
+
     fn reject(&self, state: State, retry_after: Duration) -> Rejected {
         self.rejections.fetch_add(1, Ordering::Relaxed);
         Rejected { state, retry_after }
@@ -344,7 +468,8 @@ impl Breaker {
             word = next;
             event = Some(transition);
         }
-        let permitted = self.policy.half_open.permitted_requests.get();
+        let policy = self.policy();
+        let permitted = policy.half_open.permitted_requests.get();
         let result = match word.state {
             State::HalfOpen
                 if control.probes_admitted < permitted
@@ -353,7 +478,7 @@ impl Breaker {
                 Ok(self.probe_permit(&mut control, word.epoch))
             }
             State::HalfOpen => {
-                let hint = self.policy.open_duration.min(Duration::from_secs(1));
+                let hint = policy.open_duration.min(Duration::from_secs(1));
                 Err(self.reject(State::HalfOpen, hint))
             }
             // Changed while we waited for the lock: take the fast path again.
@@ -376,11 +501,12 @@ impl Breaker {
             return;
         }
         let failure = outcome.verdict == Verdict::Failure;
+        let regime = self.regime.load();
         let slow = outcome
             .slow
-            .unwrap_or_else(|| self.policy.is_slow(outcome.latency));
+            .unwrap_or_else(|| regime.policy.is_slow(outcome.latency));
         let now = self.clock.now();
-        let window = self.window.load();
+        let window = &regime.window;
         window.record(now, failure, slow);
         let consecutive = if failure {
             self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
@@ -396,7 +522,7 @@ impl Breaker {
             return;
         }
         let counts = window.counts(now);
-        if let Some(cause) = self.policy.trip_cause(counts, consecutive) {
+        if let Some(cause) = regime.policy.trip_cause(counts, consecutive) {
             self.trip(word, cause, counts, consecutive);
         }
     }
@@ -407,7 +533,7 @@ impl Breaker {
         if word != seen {
             return; // another request already moved the breaker on
         }
-        let open_for = self.policy.open_duration(0, self.entropy());
+        let open_for = self.policy().open_duration(0, self.entropy());
         let snapshot = Some((counts, consecutive));
         let (_, event) = self.transition(
             &mut control,
@@ -432,9 +558,10 @@ impl Breaker {
         if word.epoch != epoch || word.state != State::HalfOpen {
             return;
         }
+        let policy = self.policy();
         let slow = outcome
             .slow
-            .unwrap_or_else(|| self.policy.is_slow(outcome.latency));
+            .unwrap_or_else(|| policy.is_slow(outcome.latency));
         let event = match outcome.verdict {
             Verdict::Ignored => {
                 // An uninformative probe gives its place back.
@@ -446,7 +573,7 @@ impl Breaker {
             Verdict::Success if slow => Some(self.reopen(&mut control, word)),
             Verdict::Success => {
                 control.probe_successes += 1;
-                if control.probe_successes >= self.policy.half_open.success_threshold.get() {
+                if control.probe_successes >= policy.half_open.success_threshold.get() {
                     control.reopens = 0;
                     let (_, event) = self.transition(
                         &mut control,
@@ -472,7 +599,9 @@ impl Breaker {
 
     fn reopen_for(&self, control: &mut Control, word: Word, reason: Reason) -> Transition {
         control.reopens = control.reopens.saturating_add(1);
-        let open_for = self.policy.open_duration(control.reopens, self.entropy());
+        let open_for = self
+            .policy()
+            .open_duration(control.reopens, self.entropy());
         self.transition(control, word, State::Open, reason, Some(open_for), None)
             .1
     }
@@ -560,7 +689,7 @@ impl Breaker {
             mode: self.mode(),
             in_state_for: control.since.until(now),
             since: control.since_wall,
-            window: self.window.load().counts(now),
+            window: self.regime.load().window.counts(now),
             consecutive_failures: self.consecutive_failures.load(Ordering::Acquire),
             rejections: self.rejections.load(Ordering::Relaxed),
             open_remaining,
@@ -586,14 +715,18 @@ impl Breaker {
         let now = self.clock.now();
         let (window, consecutive) = snapshot.unwrap_or_else(|| {
             (
-                self.window.load().counts(now),
+                self.regime.load().window.counts(now),
                 self.consecutive_failures.load(Ordering::Acquire),
             )
         });
         if let Some(d) = open_for {
             self.open_until.store(now.after(d).0, Ordering::Release);
         }
-        self.window.store(Arc::new(Window::new(self.policy.window)));
+        let policy = self.policy();
+        self.regime.store(Arc::new(Regime {
+            policy,
+            window: Arc::new(Window::new(policy.window)),
+        }));
         self.consecutive_failures.store(0, Ordering::Release);
         control.probes_admitted = 0;
         control.probe_successes = 0;

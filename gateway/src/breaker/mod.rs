@@ -13,12 +13,14 @@ mod window;
 
 pub use clock::{Clock, CoarseClock, ManualClock, MonotonicClock, Nanos};
 pub use events::{Broadcast, NoListener, Reason, Transition, TransitionListener};
-pub use machine::{Breaker, BreakerSnapshot, Outcome, Permit, Rejected, Verdict};
+pub use machine::{
+    Breaker, BreakerExport, BreakerSnapshot, Outcome, Permit, Rejected, Verdict, WindowCarried,
+};
 pub use policy::{
     BackoffPolicy, BreakerPolicy, HalfOpenPolicy, SlowCallPolicy, TripCause, WindowPolicy,
 };
 pub use state::{Mode, State};
-pub use window::{Window, WindowCounts};
+pub use window::{Call, Slice, Window, WindowContents, WindowCounts};
 
 #[cfg(test)]
 mod tests;

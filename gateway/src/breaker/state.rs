@@ -3,7 +3,8 @@
 use std::fmt;
 
 /// Where a breaker is. The last three are set by an operator, never by traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum State {
     Closed,
     Open,
@@ -67,7 +68,8 @@ impl fmt::Display for State {
 }
 
 /// What an operator asks for: automatic operation or one of the operator states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
     Automatic,
     ForcedOpen,

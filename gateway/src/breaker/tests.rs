@@ -1038,3 +1038,192 @@ mod model {
         }
     }
 }
+
+#[test]
+fn a_new_policy_keeps_the_state_the_rest_of_the_open_period_and_the_window() {
+    let f = fixture(BreakerPolicy {
+        consecutive_failures: Some(nz(3)),
+        ..quiet()
+    });
+    f.open_it();
+    f.clock.advance(Duration::from_secs(4));
+    // Other thresholds, same window shape: nothing is lost.
+    let carried = f.breaker.reconfigure(BreakerPolicy {
+        consecutive_failures: Some(nz(5)),
+        open_duration: Duration::from_secs(60),
+        ..quiet()
+    });
+    assert_eq!(carried, Some(WindowCarried::Kept));
+    let snapshot = f.breaker.snapshot();
+    assert_eq!(snapshot.state, State::Open);
+    assert_eq!(snapshot.open_remaining, Some(Duration::from_secs(6)));
+    // The same policy again changes nothing.
+    assert_eq!(
+        f.breaker.reconfigure(f.breaker.policy()),
+        None,
+        "unchanged policy"
+    );
+    // The new threshold applies from the next call: after the probe fails and the
+    // breaker closes again later, 3 failures no longer trip it.
+    f.clock.advance(Duration::from_secs(6));
+    f.succeed();
+    f.succeed();
+    assert_eq!(f.breaker.state(), State::Closed);
+    for _ in 0..4 {
+        f.fail();
+    }
+    assert_eq!(f.breaker.state(), State::Closed, "5 now needed");
+    f.fail();
+    assert_eq!(f.breaker.state(), State::Open);
+    assert_eq!(
+        f.breaker.snapshot().open_remaining,
+        Some(Duration::from_secs(60))
+    );
+}
+
+#[test]
+fn a_window_of_another_shape_is_rebuilt_from_the_calls_it_held() {
+    let f = fixture(quiet());
+    for _ in 0..6 {
+        f.fail();
+    }
+    for _ in 0..4 {
+        f.succeed();
+    }
+    // Count 10 -> count 5: the last five calls (one failure, four successes) stay.
+    let carried = f.breaker.reconfigure(BreakerPolicy {
+        window: WindowPolicy::Count { size: nzu(5) },
+        ..quiet()
+    });
+    assert_eq!(
+        carried,
+        Some(WindowCarried::Rebuilt {
+            kept: 5,
+            dropped: 5
+        })
+    );
+    assert_eq!(
+        f.breaker.snapshot().window,
+        WindowCounts {
+            calls: 5,
+            failures: 1,
+            slow: 0
+        }
+    );
+    // Count -> time: calls carry no time, so none can be placed.
+    let carried = f.breaker.reconfigure(BreakerPolicy {
+        window: WindowPolicy::Time {
+            size: Duration::from_secs(10),
+            buckets: nzu(5),
+        },
+        ..quiet()
+    });
+    assert_eq!(
+        carried,
+        Some(WindowCarried::Rebuilt {
+            kept: 0,
+            dropped: 5
+        })
+    );
+}
+
+#[test]
+fn a_time_window_is_rebucketed_by_age() {
+    let sec = Duration::from_secs;
+    let policy = |size: u64, buckets: usize| BreakerPolicy {
+        window: WindowPolicy::Time {
+            size: sec(size),
+            buckets: nzu(buckets),
+        },
+        ..quiet()
+    };
+    let f = fixture(policy(10, 10));
+    f.clock.advance(sec(100));
+    f.fail(); // at 100 s
+    f.clock.advance(sec(6));
+    f.succeed(); // at 106 s
+    f.clock.advance(sec(1)); // now 107 s
+    // Into 20 s in 4 buckets: both fit.
+    assert_eq!(
+        f.breaker.reconfigure(policy(20, 4)),
+        Some(WindowCarried::Rebuilt {
+            kept: 2,
+            dropped: 0
+        })
+    );
+    // Into 5 s: the failure, 7 s old, falls outside.
+    assert_eq!(
+        f.breaker.reconfigure(policy(5, 5)),
+        Some(WindowCarried::Rebuilt {
+            kept: 1,
+            dropped: 1
+        })
+    );
+    assert_eq!(f.breaker.snapshot().window.failures, 0);
+}
+
+#[test]
+fn an_exported_state_is_adopted_with_its_remaining_open_time() {
+    let f = fixture(BreakerPolicy {
+        consecutive_failures: Some(nz(2)),
+        ..quiet()
+    });
+    f.open_it();
+    f.clock.advance(Duration::from_secs(3));
+    let exported = f.breaker.export();
+    assert_eq!(exported.state, State::Open);
+    assert_eq!(exported.open_remaining, Some(Duration::from_secs(7)));
+
+    // Another process: its own clock, its own breaker.
+    let g = fixture(BreakerPolicy {
+        consecutive_failures: Some(nz(2)),
+        ..quiet()
+    });
+    g.clock.advance(Duration::from_secs(1000));
+    assert_eq!(g.breaker.adopt(&exported), 0);
+    let snapshot = g.breaker.snapshot();
+    assert_eq!(snapshot.state, State::Open);
+    assert_eq!(snapshot.open_remaining, Some(Duration::from_secs(7)));
+    assert!(g.breaker.try_acquire().is_err(), "still rejecting");
+    g.clock.advance(Duration::from_secs(7));
+    assert!(g.breaker.try_acquire().is_ok_and(|p| p.is_probe()));
+
+    // An operator state is neither exported into nor overwritten by an adoption.
+    let h = fixture(quiet());
+    h.breaker.set_mode(Mode::ForcedOpen);
+    h.breaker.adopt(&exported);
+    assert_eq!(h.breaker.state(), State::ForcedOpen);
+}
+
+#[test]
+fn a_shadow_observes_without_deciding_and_records_elsewhere_only_when_closed() {
+    let f = fixture(BreakerPolicy {
+        consecutive_failures: Some(nz(2)),
+        ..quiet()
+    });
+    assert!(f.breaker.observe(Outcome::failure(ms(1))));
+    assert!(f.breaker.observe(Outcome::failure(ms(1))));
+    assert_eq!(f.breaker.state(), State::Open);
+    assert!(
+        !f.breaker.observe(Outcome::success(ms(1))),
+        "an open shadow would have rejected the call"
+    );
+    assert_eq!(f.breaker.snapshot().rejections, 1);
+
+    let g = fixture(BreakerPolicy {
+        consecutive_failures: Some(nz(2)),
+        ..quiet()
+    });
+    g.breaker.record_elsewhere(Outcome::failure(ms(1)));
+    g.breaker.record_elsewhere(Outcome::failure(ms(1)));
+    assert_eq!(g.breaker.state(), State::Open, "outcomes from elsewhere trip it");
+    g.clock.advance(Duration::from_secs(10));
+    let probe = g.breaker.try_acquire().expect("probe");
+    g.breaker.record_elsewhere(Outcome::failure(ms(1)));
+    assert_eq!(
+        g.breaker.state(),
+        State::HalfOpen,
+        "a forwarded outcome is no probe"
+    );
+    g.breaker.record(probe, Outcome::success(ms(1)));
+}

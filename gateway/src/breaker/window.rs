@@ -10,7 +10,7 @@ use super::clock::Nanos;
 use super::policy::WindowPolicy;
 
 /// Counts of the calls a window currently holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct WindowCounts {
     pub calls: u32,
     pub failures: u32,
@@ -64,6 +64,109 @@ impl Window {
             Window::Time(w) => w.counts(now),
         }
     }
+
+    /// What the window holds at `now`, in a form independent of its clock.
+    pub fn contents(&self, now: Nanos) -> WindowContents {
+        match self {
+            Window::Count(w) => WindowContents::Calls(w.calls_oldest_first()),
+            Window::Time(w) => WindowContents::Slices(w.slices(now)),
+        }
+    }
+
+    /// A window of `policy`'s shape holding what `contents` can give it at `now`: calls
+    /// in order into a count window (the oldest dropped when it is smaller), slices by
+    /// their age into a time window (re-bucketed; those older than it dropped). Calls
+    /// without a time cannot be placed in a time window: they are dropped.
+    pub fn restore(policy: WindowPolicy, contents: &WindowContents, now: Nanos) -> Restored {
+        let window = Window::new(policy);
+        let held = contents.calls();
+        match (&window, contents) {
+            (Window::Count(w), WindowContents::Calls(calls)) => {
+                let kept = &calls[calls.len().saturating_sub(w.slots.len())..];
+                for call in kept {
+                    w.record(call.failed, call.slow);
+                }
+            }
+            (Window::Count(w), WindowContents::Slices(slices)) => {
+                // Oldest slice first; within a slice the order is unknown.
+                let mut calls: Vec<Call> = slices
+                    .iter()
+                    .rev()
+                    .flat_map(|s| s.counts.as_calls())
+                    .collect();
+                let drop = calls.len().saturating_sub(w.slots.len());
+                calls.drain(..drop);
+                for call in calls {
+                    w.record(call.failed, call.slow);
+                }
+            }
+            (Window::Time(w), WindowContents::Slices(slices)) => {
+                for slice in slices {
+                    w.add(now, slice.age, slice.counts);
+                }
+            }
+            (Window::Time(_), WindowContents::Calls(_)) => {}
+        }
+        let kept = window.counts(now).calls;
+        Restored {
+            window,
+            kept,
+            dropped: held.saturating_sub(kept),
+        }
+    }
+}
+
+/// A window rebuilt from another's contents, and how many calls made it across.
+#[derive(Debug)]
+pub struct Restored {
+    pub window: Window,
+    pub kept: u32,
+    pub dropped: u32,
+}
+
+/// One call a count window remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Call {
+    pub failed: bool,
+    pub slow: bool,
+}
+
+/// The counts of one slice of a time window, and how long ago the slice began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Slice {
+    pub age: Duration,
+    pub counts: WindowCounts,
+}
+
+/// A window's contents, to carry across a reload that changes its shape or into another
+/// process.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowContents {
+    /// Oldest first.
+    Calls(Vec<Call>),
+    /// Newest first.
+    Slices(Vec<Slice>),
+}
+
+impl WindowContents {
+    pub fn calls(&self) -> u32 {
+        match self {
+            WindowContents::Calls(calls) => u32::try_from(calls.len()).unwrap_or(u32::MAX),
+            WindowContents::Slices(slices) => slices.iter().map(|s| s.counts.calls).sum(),
+        }
+    }
+}
+
+impl WindowCounts {
+    /// Calls with these counts (failed ones first; a slow call is a failed one when it
+    /// can be): a time slice does not remember more.
+    fn as_calls(self) -> impl Iterator<Item = Call> {
+        (0..self.calls).map(move |i| Call {
+            failed: i < self.failures,
+            slow: i < self.slow,
+        })
+    }
 }
 
 const PRESENT: u8 = 1;
@@ -110,6 +213,19 @@ impl CountWindow {
         }
     }
 
+    fn calls_oldest_first(&self) -> Vec<Call> {
+        let len = self.slots.len();
+        let next = (self.next.load(Ordering::Acquire) % len as u64) as usize;
+        (0..len)
+            .map(|k| self.slots[(next + k) % len].load(Ordering::Acquire))
+            .filter(|code| code & PRESENT != 0)
+            .map(|code| Call {
+                failed: code & FAILED != 0,
+                slow: code & SLOW != 0,
+            })
+            .collect()
+    }
+
     fn counts(&self) -> WindowCounts {
         // Concurrent records can leave a total briefly behind its slots; never below zero.
         let read =
@@ -151,6 +267,26 @@ struct Bucket {
     shards: [Shard; SHARDS],
 }
 
+impl Bucket {
+    fn clear(&self) {
+        for shard in &self.shards {
+            shard.calls.store(0, Ordering::Relaxed);
+            shard.failures.store(0, Ordering::Relaxed);
+            shard.slow.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn counts(&self) -> WindowCounts {
+        let mut counts = WindowCounts::default();
+        for shard in &self.shards {
+            counts.calls += shard.calls.load(Ordering::Relaxed);
+            counts.failures += shard.failures.load(Ordering::Relaxed);
+            counts.slow += shard.slow.load(Ordering::Relaxed);
+        }
+        counts
+    }
+}
+
 /// Calls in the last `size`: a ring of buckets, each one slice of time.
 #[derive(Debug)]
 pub struct TimeWindow {
@@ -183,11 +319,7 @@ impl TimeWindow {
         {
             // This bucket held an expired slice: start it over. A record racing this
             // rotation may be lost; windows are statistics, not ledgers.
-            for shard in &bucket.shards {
-                shard.calls.store(0, Ordering::Relaxed);
-                shard.failures.store(0, Ordering::Relaxed);
-                shard.slow.store(0, Ordering::Relaxed);
-            }
+            bucket.clear();
         }
         let shard = &bucket.shards[shard_index()];
         shard.calls.fetch_add(1, Ordering::Relaxed);
@@ -197,6 +329,52 @@ impl TimeWindow {
         if slow {
             shard.slow.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The slices inside the window at `now`, newest first.
+    fn slices(&self, now: Nanos) -> Vec<Slice> {
+        let slice = self.slice(now);
+        let oldest = (slice + 1).saturating_sub(self.buckets.len() as u64);
+        let mut held: Vec<(u64, WindowCounts)> = self
+            .buckets
+            .iter()
+            .filter_map(|bucket| {
+                let id = bucket.slice.load(Ordering::Acquire).checked_sub(1)?;
+                (oldest..=slice)
+                    .contains(&id)
+                    .then(|| (id, bucket.counts()))
+            })
+            .filter(|(_, counts)| counts.calls > 0)
+            .collect();
+        held.sort_by(|a, b| b.0.cmp(&a.0));
+        held.into_iter()
+            .map(|(id, counts)| Slice {
+                // From the slice's start: a restore places it no later than it was.
+                age: Duration::from_nanos(now.0.saturating_sub(id * self.slice_nanos)),
+                counts,
+            })
+            .collect()
+    }
+
+    /// Adds `counts` to the slice that held the time `age` before `now` (nothing when
+    /// that is outside the window).
+    fn add(&self, now: Nanos, age: Duration, counts: WindowCounts) {
+        let age = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
+        let Some(at) = now.0.checked_sub(age) else {
+            return;
+        };
+        let (slice, current) = (self.slice(Nanos(at)), self.slice(now));
+        if current - slice >= self.buckets.len() as u64 {
+            return;
+        }
+        let bucket = &self.buckets[(slice % self.buckets.len() as u64) as usize];
+        if bucket.slice.swap(slice + 1, Ordering::AcqRel) != slice + 1 {
+            bucket.clear();
+        }
+        let shard = &bucket.shards[0];
+        shard.calls.fetch_add(counts.calls, Ordering::Relaxed);
+        shard.failures.fetch_add(counts.failures, Ordering::Relaxed);
+        shard.slow.fetch_add(counts.slow, Ordering::Relaxed);
     }
 
     fn counts(&self, now: Nanos) -> WindowCounts {
@@ -209,11 +387,10 @@ impl TimeWindow {
             if held == 0 || held - 1 < oldest || held - 1 > slice {
                 continue;
             }
-            for shard in &bucket.shards {
-                counts.calls += shard.calls.load(Ordering::Relaxed);
-                counts.failures += shard.failures.load(Ordering::Relaxed);
-                counts.slow += shard.slow.load(Ordering::Relaxed);
-            }
+            let held = bucket.counts();
+            counts.calls += held.calls;
+            counts.failures += held.failures;
+            counts.slow += held.slow;
         }
         counts
     }

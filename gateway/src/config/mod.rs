@@ -198,7 +198,7 @@ fn check(
         Value::Null => RawServer::default(),
         value => section(value, &server_path, problems).unwrap_or_default(),
     };
-    let server = model::server_spec(server, &server_path, problems);
+    let server = model::server_spec(server, source, &server_path, problems);
 
     let listeners_path = root.key("listeners");
     let listeners = match take("listeners") {

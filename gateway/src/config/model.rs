@@ -13,11 +13,11 @@ use super::error::{KeyPath, Problems};
 use super::listener::{ListenerSpec, RouteLimits};
 use super::plugins::{OnPluginError, PluginSpec};
 use super::raw::{
-    RawAdmin, RawLoadBalancing, RawProtocol, RawRoute, RawServer, RawUpstream, RawUpstreamTls,
+    RawAdmin, RawLoadBalancing, RawMode, RawProtocol, RawRoute, RawServer, RawUpstream, RawUpstreamTls,
 };
 use super::resilience::{self, FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec};
-use crate::breaker::BreakerPolicy;
-use crate::classify::FailureWhen;
+use crate::breaker::{BreakerPolicy, Mode};
+use crate::upstream::classify::FailureWhen;
 use crate::tls::{CaBundle, load_ca_bundle};
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
@@ -49,6 +49,9 @@ pub struct ServerSpec {
     /// Unix socket over which a new process takes the listening sockets (`run --upgrade`),
     /// in a directory only this process's uid can reach.
     pub upgrade_socket: PathBuf,
+    /// Operator overrides are written here (a private directory); None: kept in memory
+    /// only, lost at restart.
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -81,6 +84,10 @@ pub struct UpstreamSpec {
     /// Bulkhead: requests beyond this many in flight are answered at once.
     pub max_concurrent_requests: Option<NonZeroU32>,
     pub breaker: BreakerPolicy,
+    /// `breaker.mode`: what the breaker does when no operator override is set.
+    pub breaker_mode: Mode,
+    /// `breaker.shadow`: a candidate policy that only reports what it would do.
+    pub shadow: Option<BreakerPolicy>,
     pub failure_when: FailureWhen,
     /// A predicate plugin that replaces `failure_when`.
     pub predicate: Option<String>,
@@ -121,6 +128,8 @@ impl UpstreamSpec {
             timeouts: Timeouts::default(),
             max_concurrent_requests: None,
             breaker: Default::default(),
+            breaker_mode: Mode::Automatic,
+            shadow: None,
             failure_when: Default::default(),
             predicate: None,
             on_plugin_error: Default::default(),
@@ -193,7 +202,12 @@ const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
 ];
 
-pub fn server_spec(raw: RawServer, path: &KeyPath, problems: &mut Problems) -> ServerSpec {
+pub fn server_spec(
+    raw: RawServer,
+    source: &Path,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> ServerSpec {
     let default_threads = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
     let threads = match raw.threads {
         None => default_threads,
@@ -216,7 +230,30 @@ pub fn server_spec(raw: RawServer, path: &KeyPath, problems: &mut Problems) -> S
             &path.key("upgrade_socket"),
             problems,
         ),
+        state_dir: state_dir(raw.state_dir, source, &path.key("state_dir"), problems),
     }
+}
+
+/// The state directory: given (relative to the config file), else systemd's
+/// `$STATE_DIRECTORY`, else none. Like the upgrade socket's, it must be private: whoever
+/// can write there can force a breaker open.
+fn state_dir(
+    raw: Option<String>,
+    source: &Path,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> Option<PathBuf> {
+    let dir = match raw {
+        Some(text) => super::resolve_relative(source, &text),
+        None => PathBuf::from(std::env::var_os("STATE_DIRECTORY")?),
+    };
+    let euid = crate::upgrade_socket::effective_uid();
+    if dir.exists() {
+        if let Err(e) = crate::upgrade_socket::check_private_dir(&dir, euid) {
+            problems.push(path.clone(), e.to_string());
+        }
+    }
+    Some(dir)
 }
 
 /// The upgrade socket's path, given or the default, checked for safety: another local
@@ -421,6 +458,8 @@ pub fn upstream_spec(
     let breaker_path = path.key("breaker");
     let mut predicate = None;
     let mut on_plugin_error = OnPluginError::default();
+    let mut breaker_mode = Mode::Automatic;
+    let mut shadow = None;
     let (breaker, failure_when, fallback) = match raw.breaker {
         None => (
             BreakerPolicy::default(),
@@ -429,6 +468,12 @@ pub fn upstream_spec(
         ),
         Some(mut raw_breaker) => {
             predicate = raw_breaker.predicate.take();
+            if let Some(mode) = raw_breaker.mode.take() {
+                breaker_mode = mode.into();
+            }
+            if let Some(raw) = raw_breaker.shadow.take() {
+                shadow = resilience::shadow_policy(*raw, &breaker_path.key("shadow"), problems);
+            }
             if let Some(raw) = raw_breaker.on_plugin_error.take() {
                 if predicate.is_none() {
                     problems.push(
@@ -482,6 +527,8 @@ pub fn upstream_spec(
         timeouts,
         max_concurrent_requests,
         breaker,
+        breaker_mode,
+        shadow,
         failure_when,
         predicate,
         on_plugin_error,
@@ -740,5 +787,16 @@ fn upstream_tls(
         verify,
         ca,
         ca_file,
+    }
+}
+
+impl From<RawMode> for Mode {
+    fn from(raw: RawMode) -> Self {
+        match raw {
+            RawMode::Automatic => Self::Automatic,
+            RawMode::ForcedOpen => Self::ForcedOpen,
+            RawMode::Disabled => Self::Disabled,
+            RawMode::MetricsOnly => Self::MetricsOnly,
+        }
     }
 }

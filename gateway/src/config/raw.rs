@@ -28,6 +28,8 @@ pub struct RawServer {
     pub access_log: Option<bool>,
     pub watch_config: Option<bool>,
     pub upgrade_socket: Option<String>,
+    /// Where operator overrides are kept across restarts.
+    pub state_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +225,19 @@ pub struct RawBreaker {
     pub predicate: Option<String>,
     pub on_plugin_error: Option<RawOnPluginError>,
     pub fallback: Option<RawFallback>,
+    /// The operator mode the file asks for (an admin API override wins while set).
+    pub mode: Option<RawMode>,
+    /// A candidate policy evaluated on the same outcomes, acting on nothing.
+    pub shadow: Option<Box<RawBreaker>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMode {
+    Automatic,
+    ForcedOpen,
+    Disabled,
+    MetricsOnly,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

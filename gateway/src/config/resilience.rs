@@ -13,7 +13,7 @@ use super::raw::{
 };
 use super::units::WindowSize;
 use crate::breaker::{BackoffPolicy, BreakerPolicy, SlowCallPolicy, WindowPolicy};
-use crate::classify::{FailureWhen, TransportError};
+use crate::upstream::classify::{FailureWhen, TransportError};
 
 /// What a client gets when the upstream is not called (breaker open, bulkhead full) or
 /// failed without an answer.
@@ -62,6 +62,35 @@ pub struct OutlierSpec {
     pub max_ejection: Duration,
     /// Never eject more than this share of the pool (0-100).
     pub max_ejection_percent: u8,
+}
+
+/// Checks `breaker.shadow`: the same thresholds as `breaker`, judged on the live
+/// breaker's outcomes. What decides an outcome, what a client gets, and modes belong to
+/// the live breaker only.
+pub fn shadow_policy(
+    raw: RawBreaker,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> Option<BreakerPolicy> {
+    let before = problems.0.len();
+    let live_only = [
+        ("failure_when", raw.failure_when.is_some()),
+        ("predicate", raw.predicate.is_some()),
+        ("on_plugin_error", raw.on_plugin_error.is_some()),
+        ("fallback", raw.fallback.is_some()),
+        ("mode", raw.mode.is_some()),
+        ("shadow", raw.shadow.is_some()),
+    ];
+    for (key, set) in live_only {
+        if set {
+            problems.push(
+                path.key(key),
+                "a shadow policy judges the live breaker's outcomes and acts on nothing: only thresholds (window, minimum_requests, failure_rate, consecutive_failures, slow_call, open_duration, backoff, half_open) belong here",
+            );
+        }
+    }
+    let policy = breaker_policy(Some(raw), path, problems);
+    (problems.0.len() == before).then_some(policy)
 }
 
 /// Checks a `breaker:` block; `None` (no block) gives the documented defaults.

@@ -6,7 +6,7 @@ use pingora::http::ResponseHeader;
 
 use super::types;
 use crate::breaker::State;
-use crate::classify::{Judgement, TransportError};
+use crate::upstream::classify::{Judgement, TransportError};
 
 pub fn response(head: &ResponseHeader) -> types::ResponseInfo {
     types::ResponseInfo {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::breaker::{Outcome, Permit, Rejected, State};
-use crate::bulkhead::BulkheadSlot;
-use crate::classify::{CallResult, Judgement};
+use crate::upstream::bulkhead::BulkheadSlot;
+use crate::upstream::classify::{CallResult, Judgement};
 use crate::plugin::{Plugin, types};
 use crate::runtime::Runtime;
 use crate::upstream::{EndpointLease, Upstream};
@@ -193,6 +193,10 @@ impl Call {
             metrics.duration.observe(latency.as_secs_f64());
         }
         self.upstream.breaker.record(permit, outcome);
+        if let Some(shadow) = &self.upstream.shadow {
+            shadow.observe(outcome);
+        }
+        crate::handover::forward(&self.upstream, outcome);
         if let (Some(lease), Some(failed)) = (&self.lease, failed) {
             self.upstream.report(lease.index(), failed);
         }

@@ -12,7 +12,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 
 use super::call::Call;
-use crate::classify::{CallResult, Judgement};
+use crate::upstream::classify::{CallResult, Judgement};
 use crate::config::OnPluginError;
 use crate::plugin::{Exchange, convert, types};
 
@@ -80,7 +80,7 @@ fn ask(
     session: &Session,
     route: &String,
     response: Option<(types::ResponseInfo, &http::HeaderMap)>,
-    error: Option<crate::classify::TransportError>,
+    error: Option<crate::upstream::classify::TransportError>,
     result: CallResult,
 ) -> Judgement {
     let Some(plugin) = &call.predicate else {

@@ -48,7 +48,7 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 
-use crate::classify::{CallResult, TransportError};
+use crate::upstream::classify::{CallResult, TransportError};
 use crate::config::{FallbackSpec, ListenerLimits, ListenerSpec};
 use crate::drain::{InFlight, InFlightGuard};
 use crate::limit::Limit;

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::config::{self, Config, LoadError};
 use crate::events::unix_ms;
 use crate::runtime::RuntimeHandle;
+use crate::upstream::Fresh;
 
 pub use signal::spawn as spawn_sighup;
 pub use watch::spawn as spawn_watcher;
@@ -25,8 +26,9 @@ pub enum ReloadResult {
     Applied {
         generation: u64,
         hash: String,
-        /// Upstreams that start fresh (new or changed); the others kept their state.
-        fresh_upstreams: Vec<String>,
+        /// What starts fresh (a new upstream or endpoint, a window rebuilt into another
+        /// shape), and why; everything else kept its state.
+        fresh_upstreams: Vec<Fresh>,
         /// Sections that changed but only take effect on restart or graceful upgrade.
         needs_restart: Vec<&'static str>,
     },
@@ -68,6 +70,15 @@ pub struct Reloader {
 }
 
 /// Sections a running process cannot change: they need a restart or graceful upgrade.
+/// `upstream part: why; ...` for the log line.
+fn fresh_summary(fresh: &[Fresh]) -> String {
+    let parts: Vec<String> = fresh
+        .iter()
+        .map(|f| format!("{} {}: {}", f.upstream, f.part, f.why))
+        .collect();
+    parts.join("; ")
+}
+
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut sections = Vec::new();
     // Certificates and limits reload in place; sockets and protocols do not.
@@ -143,7 +154,7 @@ impl Reloader {
                     trigger,
                     generation = runtime.generation,
                     %hash,
-                    fresh_upstreams = ?fresh_upstreams,
+                    fresh_upstreams = %fresh_summary(&fresh_upstreams),
                     "config reloaded"
                 );
                 if !needs_restart.is_empty() {

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 #[derive(Debug)]
 pub struct Bulkhead {
-    limit: Option<u32>,
+    /// 0: no limit. Changed in place by a reload, so requests admitted under the old
+    /// config still count against the new limit.
+    limit: AtomicU32,
     in_flight: AtomicU32,
 }
 
@@ -17,15 +19,20 @@ pub struct BulkheadSlot(Arc<Bulkhead>);
 impl Bulkhead {
     pub fn new(limit: Option<u32>) -> Self {
         Self {
-            limit,
+            limit: AtomicU32::new(limit.unwrap_or(0)),
             in_flight: AtomicU32::new(0),
         }
+    }
+
+    pub fn set_limit(&self, limit: Option<u32>) {
+        self.limit.store(limit.unwrap_or(0), Ordering::Release);
     }
 
     /// A slot, or None when `limit` requests are already in flight.
     pub fn try_enter(self: &Arc<Self>) -> Option<BulkheadSlot> {
         let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.limit.is_some_and(|limit| now > limit) {
+        let limit = self.limit.load(Ordering::Acquire);
+        if limit != 0 && now > limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return None;
         }

@@ -2,6 +2,7 @@
 //! so that retries cannot multiply the load on an upstream that is already failing.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::breaker::{Clock, Window, WindowPolicy};
@@ -10,8 +11,9 @@ use crate::breaker::{Clock, Window, WindowPolicy};
 /// lock-free sliding windows the breakers use.
 #[derive(Debug)]
 pub struct RetryBudget {
-    ratio: f64,
-    min_per_second: u32,
+    /// The ratio's bits (f64): a reload changes it in place, keeping the history.
+    ratio: AtomicU64,
+    min_per_second: AtomicU32,
     requests: Window,
     retries: Window,
 }
@@ -29,11 +31,16 @@ fn ten_seconds() -> Window {
 impl RetryBudget {
     pub fn new(ratio: f64, min_per_second: u32) -> Self {
         Self {
-            ratio,
-            min_per_second,
+            ratio: AtomicU64::new(ratio.to_bits()),
+            min_per_second: AtomicU32::new(min_per_second),
             requests: ten_seconds(),
             retries: ten_seconds(),
         }
+    }
+
+    pub fn reconfigure(&self, ratio: f64, min_per_second: u32) {
+        self.ratio.store(ratio.to_bits(), Ordering::Relaxed);
+        self.min_per_second.store(min_per_second, Ordering::Relaxed);
     }
 
     pub fn record_request(&self, clock: &dyn Clock) {
@@ -45,8 +52,9 @@ impl RetryBudget {
         let now = clock.now();
         let requests = f64::from(self.requests.counts(now).calls);
         let retries = u64::from(self.retries.counts(now).calls);
-        let allowed =
-            u64::from(self.min_per_second) * SPAN.as_secs() + (self.ratio * requests) as u64;
+        let ratio = f64::from_bits(self.ratio.load(Ordering::Relaxed));
+        let min_per_second = self.min_per_second.load(Ordering::Relaxed);
+        let allowed = u64::from(min_per_second) * SPAN.as_secs() + (ratio * requests) as u64;
         if retries >= allowed {
             return false;
         }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::classify::{CallResult, TransportError};
+use crate::upstream::classify::{CallResult, TransportError};
 
 /// Counts per status code (100-599) and per transport error kind; atomics only.
 #[derive(Debug)]
@@ -38,17 +38,27 @@ impl FailureTally {
         }
     }
 
+    /// The most frequent failure and its count, without starting over (a shadow
+    /// transition must not take the live breaker's explanation away).
+    pub fn top(&self) -> Option<(String, u32)> {
+        self.most(|n| n.load(Ordering::Relaxed))
+    }
+
     /// The most frequent failure and its count, then starts over.
     pub fn take_top(&self) -> Option<(String, u32)> {
+        self.most(|n| n.swap(0, Ordering::Relaxed))
+    }
+
+    fn most(&self, read: impl Fn(&AtomicU32) -> u32) -> Option<(String, u32)> {
         let statuses = self
             .statuses
             .iter()
             .enumerate()
-            .map(|(i, n)| ((i + 100).to_string(), n.swap(0, Ordering::Relaxed)));
+            .map(|(i, n)| ((i + 100).to_string(), read(n)));
         let errors = TransportError::ALL
             .iter()
             .zip(&self.errors)
-            .map(|(kind, n)| (kind.as_str().to_string(), n.swap(0, Ordering::Relaxed)));
+            .map(|(kind, n)| (kind.as_str().to_string(), read(n)));
         statuses
             .chain(errors)
             .filter(|(_, n)| *n > 0)

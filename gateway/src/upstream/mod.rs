@@ -1,45 +1,27 @@
 //! Upstream pools: endpoints, load balancing, outlier ejection, and the resilience
 //! state every request to the pool goes through (breaker, bulkhead).
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub mod bulkhead;
+pub mod classify;
+pub mod endpoint;
+pub mod failure_tally;
+pub mod health;
+pub mod retry_budget;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::breaker::{Breaker, Clock, Nanos};
-use crate::bulkhead::Bulkhead;
-use crate::config::{LoadBalancing, OutlierSpec, Protocol, UpstreamSpec};
-use crate::events::{EventHub, UpstreamEvents};
-use crate::failure_tally::FailureTally;
+use crate::breaker::{Breaker, BreakerPolicy, Clock, Nanos, WindowCarried, WindowPolicy};
+use crate::config::{LoadBalancing, OutlierSpec, UpstreamSpec};
+use crate::events::{EventHub, ShadowEvents, UpstreamEvents};
 use crate::metrics::UpstreamMetrics;
-use crate::retry_budget::RetryBudget;
-
-/// One address of a pool.
-#[derive(Debug)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    /// Requests currently sent to this endpoint (least-requests balancing).
-    in_flight: AtomicUsize,
-    /// Connection template: cloning it is cheaper than building one per request.
-    peer: HttpPeer,
-    consecutive_failures: AtomicU32,
-    /// Clock time until which the endpoint gets no traffic (0: not ejected).
-    ejected_until: AtomicU64,
-    /// Ejections in a row; each one lasts longer. Reset by a success after returning.
-    ejections: AtomicU32,
-    /// Active health: true until health checks say otherwise.
-    healthy: AtomicBool,
-    /// Consecutive health-check results in the same direction.
-    health_streak: AtomicU32,
-}
-
-impl Endpoint {
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
-    }
-}
+use bulkhead::Bulkhead;
+pub use endpoint::Endpoint;
+use failure_tally::FailureTally;
+use retry_budget::RetryBudget;
 
 /// A named pool of endpoints.
 #[derive(Debug)]
@@ -47,16 +29,36 @@ pub struct Upstream {
     pub spec: UpstreamSpec,
     pub endpoints: Vec<Endpoint>,
     pub breaker: Arc<Breaker>,
+    /// `breaker.shadow`: fed the same outcomes, decides nothing.
+    pub shadow: Option<Arc<Breaker>>,
     pub bulkhead: Arc<Bulkhead>,
-    pub retry_budget: RetryBudget,
+    pub retry_budget: Arc<RetryBudget>,
     pub metrics: UpstreamMetrics,
     /// What calls failed with since the breaker's last transition.
     pub failures: Arc<FailureTally>,
     next: AtomicUsize,
     pub clock: Arc<dyn Clock>,
     pub events: Arc<EventHub>,
-    /// Serializes ejection decisions so the pool-share cap holds.
-    ejecting: Mutex<()>,
+    /// Serializes ejection decisions so the pool-share cap holds (shared with the
+    /// snapshots it succeeds, whose requests report to the same endpoints).
+    ejecting: Arc<Mutex<()>>,
+}
+
+/// An upstream's state in a form another process can adopt.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamExport {
+    pub breaker: crate::breaker::BreakerExport,
+    pub shadow: Option<crate::breaker::BreakerExport>,
+    pub endpoints: Vec<endpoint::EndpointExport>,
+}
+
+/// Something a rebuilt upstream could not carry over from the one it replaces.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Fresh {
+    pub upstream: String,
+    /// What starts fresh: `upstream`, `endpoint 10.0.0.1:80`, `window`, `shadow`.
+    pub part: String,
+    pub why: String,
 }
 
 impl Upstream {
@@ -64,47 +66,7 @@ impl Upstream {
         let endpoints = spec
             .endpoints
             .iter()
-            .map(|addr| {
-                let tls = spec.tls.as_ref();
-                // Without a name (only allowed with `verify: false`), the address: rustls
-                // needs a server name, and sends no SNI for an IP.
-                let sni = tls.map_or_else(String::new, |t| {
-                    if t.server_name.is_empty() {
-                        addr.ip().to_string()
-                    } else {
-                        t.server_name.clone()
-                    }
-                });
-                let mut peer = HttpPeer::new(*addr, tls.is_some(), sni);
-                if let Some(tls) = tls {
-                    peer.options.verify_cert = tls.verify;
-                    peer.options.verify_hostname = tls.verify;
-                    peer.options.ca = tls.ca.as_ref().map(|ca| Arc::clone(&ca.certificates));
-                }
-                // Pingora pools connections by address and SNI, not by CA bundle: keep
-                // each upstream's pool its own so a connection verified under one
-                // upstream's trust settings never serves another's.
-                peer.group_key = pool_group(&spec.name);
-                if spec.protocol == Protocol::Http2 {
-                    // Over TLS, ALPN h2 only; in plaintext, h2c with prior knowledge.
-                    peer.options.set_http_version(2, 2);
-                }
-                let t = spec.timeouts;
-                peer.options.connection_timeout = Some(t.connect);
-                peer.options.read_timeout = Some(t.read);
-                peer.options.write_timeout = Some(t.write);
-                peer.options.idle_timeout = Some(t.idle);
-                Endpoint {
-                    addr: *addr,
-                    in_flight: AtomicUsize::new(0),
-                    peer,
-                    consecutive_failures: AtomicU32::new(0),
-                    ejected_until: AtomicU64::new(0),
-                    ejections: AtomicU32::new(0),
-                    healthy: AtomicBool::new(true),
-                    health_streak: AtomicU32::new(0),
-                }
-            })
+            .map(|addr| Endpoint::new(*addr, &spec, Arc::default()))
             .collect();
         let failures = Arc::new(FailureTally::default());
         let listener = Arc::new(UpstreamEvents {
@@ -117,11 +79,14 @@ impl Upstream {
             Arc::clone(&clock),
             listener,
         ));
+        let shadow = spec
+            .shadow
+            .map(|policy| shadow_breaker(&spec.name, policy, &clock, &events, &failures));
         let bulkhead = Arc::new(Bulkhead::new(spec.max_concurrent_requests.map(|n| n.get())));
-        let retry_budget = RetryBudget::new(
+        let retry_budget = Arc::new(RetryBudget::new(
             spec.retries.budget_ratio,
             spec.retries.budget_min_per_second,
-        );
+        ));
         let metrics = events.metrics.for_upstream(&spec.name);
         Self {
             metrics,
@@ -129,13 +94,130 @@ impl Upstream {
             spec,
             endpoints,
             breaker,
+            shadow,
             bulkhead,
             retry_budget,
             next: AtomicUsize::new(0),
             clock,
             events,
-            ejecting: Mutex::new(()),
+            ejecting: Arc::default(),
         }
+    }
+
+    /// The same upstream under a new definition. Everything learnt is carried over:
+    /// the breaker (state, the rest of an open period, probes in flight, counts; its
+    /// window kept, or rebuilt when its shape changed), the shadow policy's breaker,
+    /// the bulkhead's in-flight count, the retry budget, and per endpoint address
+    /// load, ejection and health. New settings apply from the next call. Returns what
+    /// could not be carried over.
+    pub fn succeed(spec: UpstreamSpec, previous: &Upstream) -> (Self, Vec<Fresh>) {
+        let mut fresh = Vec::new();
+        let mut note = |part: String, why: String| {
+            fresh.push(Fresh {
+                upstream: spec.name.clone(),
+                part,
+                why,
+            });
+        };
+        let endpoints = spec
+            .endpoints
+            .iter()
+            .map(|addr| {
+                let kept = previous.endpoints.iter().find(|e| e.addr == *addr);
+                let state = match kept {
+                    Some(e) => Arc::clone(&e.state),
+                    None => {
+                        note(format!("endpoint {addr}"), "new endpoint".into());
+                        Arc::default()
+                    }
+                };
+                Endpoint::new(*addr, &spec, state)
+            })
+            .collect();
+        if let Some(WindowCarried::Rebuilt { kept, dropped }) =
+            previous.breaker.reconfigure(spec.breaker)
+        {
+            note(
+                "window".into(),
+                rebuilt(previous.spec.breaker.window, spec.breaker.window, kept, dropped),
+            );
+        }
+        let shadow = match (spec.shadow, &previous.shadow) {
+            (Some(policy), Some(existing)) => {
+                if let Some(WindowCarried::Rebuilt { kept, dropped }) = existing.reconfigure(policy)
+                {
+                    let was = previous.spec.shadow.map_or(policy.window, |p| p.window);
+                    note(
+                        "shadow window".into(),
+                        rebuilt(was, policy.window, kept, dropped),
+                    );
+                }
+                Some(Arc::clone(existing))
+            }
+            (Some(policy), None) => {
+                note("shadow".into(), "new shadow policy".into());
+                Some(shadow_breaker(
+                    &spec.name,
+                    policy,
+                    &previous.clock,
+                    &previous.events,
+                    &previous.failures,
+                ))
+            }
+            (None, _) => None,
+        };
+        previous
+            .bulkhead
+            .set_limit(spec.max_concurrent_requests.map(|n| n.get()));
+        previous
+            .retry_budget
+            .reconfigure(spec.retries.budget_ratio, spec.retries.budget_min_per_second);
+        let upstream = Self {
+            metrics: previous.metrics.clone(),
+            failures: Arc::clone(&previous.failures),
+            endpoints,
+            breaker: Arc::clone(&previous.breaker),
+            shadow,
+            bulkhead: Arc::clone(&previous.bulkhead),
+            retry_budget: Arc::clone(&previous.retry_budget),
+            next: AtomicUsize::new(previous.next.load(Ordering::Relaxed)),
+            clock: Arc::clone(&previous.clock),
+            events: Arc::clone(&previous.events),
+            ejecting: Arc::clone(&previous.ejecting),
+            spec,
+        };
+        (upstream, fresh)
+    }
+
+    /// What this pool learnt, for another process to adopt (graceful upgrade).
+    pub fn export(&self) -> UpstreamExport {
+        let now = self.clock.now();
+        UpstreamExport {
+            breaker: self.breaker.export(),
+            shadow: self.shadow.as_ref().map(|s| s.export()),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| e.state.export(e.addr, now))
+                .collect(),
+        }
+    }
+
+    /// Takes over what another process's pool of the same name learnt; endpoints are
+    /// matched by address, the rest of theirs is ignored. Operator modes are not part
+    /// of it. Returns the window calls that did not fit.
+    pub fn adopt(&self, state: &UpstreamExport) -> u32 {
+        let now = self.clock.now();
+        for endpoint in &self.endpoints {
+            if let Some(theirs) = state.endpoints.iter().find(|e| e.address == endpoint.addr) {
+                endpoint.state.adopt(theirs, now);
+                endpoint.state.settle(&self.spec);
+            }
+        }
+        if let (Some(shadow), Some(theirs)) = (&self.shadow, &state.shadow) {
+            shadow.adopt(theirs);
+        }
+        self.breaker.adopt(&state.breaker)
     }
 
     pub fn name(&self) -> &str {
@@ -144,7 +226,7 @@ impl Upstream {
 
     fn available(&self, index: usize, now: Nanos) -> bool {
         let endpoint = &self.endpoints[index];
-        endpoint.ejected_until.load(Ordering::Acquire) <= now.0 && endpoint.is_healthy()
+        endpoint.state.ejected_until.load(Ordering::Acquire) <= now.0 && endpoint.is_healthy()
     }
 
     /// Whether an open breaker may let probes through: always, unless health checks
@@ -163,10 +245,10 @@ impl Upstream {
         let endpoint = &self.endpoints[index];
         let healthy = endpoint.is_healthy();
         if passed == healthy {
-            endpoint.health_streak.store(0, Ordering::Release);
+            endpoint.state.health_streak.store(0, Ordering::Release);
             return None;
         }
-        let streak = endpoint.health_streak.fetch_add(1, Ordering::AcqRel) + 1;
+        let streak = endpoint.state.health_streak.fetch_add(1, Ordering::AcqRel) + 1;
         let needed = if passed {
             check.healthy_threshold
         } else {
@@ -175,8 +257,8 @@ impl Upstream {
         if streak < needed.get() {
             return None;
         }
-        endpoint.health_streak.store(0, Ordering::Release);
-        endpoint.healthy.store(passed, Ordering::Release);
+        endpoint.state.health_streak.store(0, Ordering::Release);
+        endpoint.state.healthy.store(passed, Ordering::Release);
         self.events
             .endpoint_health(self.name(), endpoint.addr, passed);
         Some(passed)
@@ -187,7 +269,7 @@ impl Upstream {
         let now = self.clock.now();
         self.endpoints
             .iter()
-            .filter(move |e| e.ejected_until.load(Ordering::Acquire) > now.0)
+            .filter(move |e| e.state.ejected_until.load(Ordering::Acquire) > now.0)
     }
 
     /// Chooses an endpoint, skipping ejected ones (unless every one is), and counts the
@@ -226,11 +308,12 @@ impl Upstream {
                         .filter(|b| usable(*b))
                         .unwrap_or(a),
                 };
-                let load = |i: usize| self.endpoints[i].in_flight.load(Ordering::Relaxed);
+                let load = |i: usize| self.endpoints[i].state.in_flight.load(Ordering::Relaxed);
                 if load(b) < load(a) { b } else { a }
             }
         };
         self.endpoints[index]
+            .state
             .in_flight
             .fetch_add(1, Ordering::Relaxed);
         EndpointLease {
@@ -246,17 +329,17 @@ impl Upstream {
         };
         let endpoint = &self.endpoints[index];
         if !failed {
-            if endpoint.consecutive_failures.load(Ordering::Relaxed) != 0 {
-                endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+            if endpoint.state.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                endpoint.state.consecutive_failures.store(0, Ordering::Relaxed);
             }
-            if endpoint.ejections.load(Ordering::Relaxed) != 0
+            if endpoint.state.ejections.load(Ordering::Relaxed) != 0
                 && self.available(index, self.clock.now())
             {
-                endpoint.ejections.store(0, Ordering::Relaxed);
+                endpoint.state.ejections.store(0, Ordering::Relaxed);
             }
             return;
         }
-        let failures = endpoint.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let failures = endpoint.state.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
         if failures >= spec.consecutive_failures.get() {
             self.try_eject(index, spec, failures);
         }
@@ -276,13 +359,14 @@ impl Upstream {
         if ejected + 1 > allowed {
             return; // ejecting more would leave too little of the pool
         }
-        let repeats = endpoint.ejections.fetch_add(1, Ordering::AcqRel);
+        let repeats = endpoint.state.ejections.fetch_add(1, Ordering::AcqRel);
         let factor = 1u32.checked_shl(repeats.min(16)).unwrap_or(u32::MAX);
         let period = spec.ejection.saturating_mul(factor).min(spec.max_ejection);
         endpoint
+            .state
             .ejected_until
             .store(now.after(period).0, Ordering::Release);
-        endpoint.consecutive_failures.store(0, Ordering::Release);
+        endpoint.state.consecutive_failures.store(0, Ordering::Release);
         self.events
             .endpoint_ejected(self.name(), endpoint.addr, period, failures);
     }
@@ -290,7 +374,7 @@ impl Upstream {
     /// Time until an ejected endpoint returns, for the admin API.
     pub fn ejected_for(&self, endpoint: &Endpoint) -> Option<Duration> {
         let now = self.clock.now();
-        let until = Nanos(endpoint.ejected_until.load(Ordering::Acquire));
+        let until = Nanos(endpoint.state.ejected_until.load(Ordering::Acquire));
         (until > now).then(|| now.until(until))
     }
 }
@@ -318,20 +402,13 @@ impl EndpointLease {
 
 impl Drop for EndpointLease {
     fn drop(&mut self) {
-        self.endpoint().in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint().state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// A stable key per upstream name for Pingora's connection pool.
-fn pool_group(name: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut hasher);
-    hasher.finish()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
     use std::num::NonZeroU32;
 
     use super::*;
@@ -383,7 +460,7 @@ mod tests {
         assert!(
             p.endpoints
                 .iter()
-                .all(|e| e.in_flight.load(Ordering::Relaxed) == 0)
+                .all(|e| e.state.in_flight.load(Ordering::Relaxed) == 0)
         );
     }
 
@@ -433,4 +510,31 @@ mod tests {
             assert_ne!(p.lease(Some(1)).index(), 1);
         }
     }
+}
+
+/// How a window's rebuild reads in the reload log.
+fn rebuilt(from: WindowPolicy, to: WindowPolicy, kept: u32, dropped: u32) -> String {
+    let shape = |w: WindowPolicy| match w {
+        WindowPolicy::Count { size } => format!("the last {size} calls"),
+        WindowPolicy::Time { size, buckets } => format!("{size:?} in {buckets} buckets"),
+    };
+    format!(
+        "window changed from {} to {}: {kept} calls re-bucketed, {dropped} dropped",
+        shape(from),
+        shape(to)
+    )
+}
+
+fn shadow_breaker(
+    name: &str,
+    policy: BreakerPolicy,
+    clock: &Arc<dyn Clock>,
+    events: &Arc<EventHub>,
+    failures: &Arc<FailureTally>,
+) -> Arc<Breaker> {
+    let listener = Arc::new(ShadowEvents {
+        hub: Arc::clone(events),
+        failures: Arc::clone(failures),
+    });
+    Arc::new(Breaker::new(name, policy, Arc::clone(clock), listener))
 }
