@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gateway::upstream::classify::{CallResult, FailureWhen};
 use gateway::config;
 use gateway::metrics::Metrics;
 use gateway::plugin::{Exchange, Plugin, PluginSet, types};
+use gateway::upstream::classify::{CallResult, FailureWhen};
 use gateway_tests::plugin_entry;
 use pingora::http::RequestHeader;
 

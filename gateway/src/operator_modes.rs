@@ -269,7 +269,11 @@ mod tests {
             .mode(0o700)
             .create(&state)
             .expect("dir");
-        fs::write(state.join(FILE), b"{\"version\": 1, \"overrides\": {\"api\": 7}}").expect("write");
+        fs::write(
+            state.join(FILE),
+            b"{\"version\": 1, \"overrides\": {\"api\": 7}}",
+        )
+        .expect("write");
         let err = OperatorModes::open(Some(&state)).expect_err("corrupt");
         assert!(
             err.to_string().contains(FILE),

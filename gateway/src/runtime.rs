@@ -199,10 +199,7 @@ impl RuntimeHandle {
     }
 
     /// Takes the overrides another process had (graceful upgrade) and applies them.
-    pub fn adopt_overrides(
-        &self,
-        overrides: BTreeMap<String, Override>,
-    ) -> Result<(), StateError> {
+    pub fn adopt_overrides(&self, overrides: BTreeMap<String, Override>) -> Result<(), StateError> {
         self.modes.adopt(overrides)?;
         self.apply_modes(&self.snapshot());
         Ok(())
@@ -211,14 +208,19 @@ impl RuntimeHandle {
     /// Puts every breaker of `runtime` in the mode it should be in, and forgets the
     /// overrides of upstreams it no longer has.
     fn apply_modes(&self, runtime: &Runtime) {
-        match self.modes.retain(|name| runtime.upstreams.contains_key(name)) {
+        match self
+            .modes
+            .retain(|name| runtime.upstreams.contains_key(name))
+        {
             Ok(gone) if !gone.is_empty() => tracing::info!(
                 target: "gateway::admin",
                 upstreams = ?gone,
                 "breaker overrides of removed upstreams forgotten"
             ),
             Ok(_) => {}
-            Err(e) => tracing::error!(target: "gateway::admin", error = %e, "cannot update the breaker override file"),
+            Err(e) => {
+                tracing::error!(target: "gateway::admin", error = %e, "cannot update the breaker override file")
+            }
         }
         for upstream in runtime.upstreams.values() {
             self.apply_mode(upstream);
@@ -255,13 +257,8 @@ impl RuntimeHandle {
         )?);
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         self.events.set_generation(generation);
-        let (runtime, fresh) = Runtime::build(
-            config,
-            plugins,
-            generation,
-            &self.events,
-            Some(&previous),
-        );
+        let (runtime, fresh) =
+            Runtime::build(config, plugins, generation, &self.events, Some(&previous));
         let runtime = Arc::new(runtime);
         // New certificates serve the next handshake; open connections keep theirs.
         for listener in &runtime.config.listeners {

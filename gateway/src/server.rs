@@ -40,7 +40,9 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
         }
     };
     if !runtime.modes.persisted() {
-        tracing::info!("no server.state_dir: breaker mode overrides last until the process (and its upgrades) ends");
+        tracing::info!(
+            "no server.state_dir: breaker mode overrides last until the process (and its upgrades) ends"
+        );
     }
     let config = Arc::clone(&runtime.snapshot().config);
     let grace = config.server.shutdown_grace_period;
@@ -115,7 +117,10 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
     ));
     server.add_service(pingora::services::background::background_service(
         "health checks",
-        crate::upstream::health::HealthChecker::new(Arc::clone(&runtime)),
+        crate::upstream::health::HealthChecker::new({
+            let runtime = Arc::clone(&runtime);
+            Box::new(move || runtime.snapshot().upstreams.values().cloned().collect())
+        }),
     ));
 
     let mut phases = server.watch_execution_phase();
@@ -189,11 +194,18 @@ impl Signals {
     /// failure is logged and the upgrade goes on: the new process then starts fresh.
     async fn hand_state_over(&self) {
         let (socket, runtime) = (self.handover.clone(), Arc::clone(&self.runtime));
-        let sent = tokio::task::spawn_blocking(move || crate::handover::send(&socket, &runtime)).await;
+        let sent =
+            tokio::task::spawn_blocking(move || crate::handover::send(&socket, &runtime)).await;
         match sent {
-            Ok(Ok(())) => tracing::info!(target: "gateway::upgrade", "state handed over to the new process"),
-            Ok(Err(e)) => tracing::error!(target: "gateway::upgrade", error = %e, "state not handed over; the new process starts fresh"),
-            Err(e) => tracing::error!(target: "gateway::upgrade", error = %e, "state handover panicked"),
+            Ok(Ok(())) => {
+                tracing::info!(target: "gateway::upgrade", "state handed over to the new process")
+            }
+            Ok(Err(e)) => {
+                tracing::error!(target: "gateway::upgrade", error = %e, "state not handed over; the new process starts fresh")
+            }
+            Err(e) => {
+                tracing::error!(target: "gateway::upgrade", error = %e, "state handover panicked")
+            }
         }
     }
 }

@@ -206,7 +206,7 @@ async fn invalid_edits_change_nothing_and_say_why() {
 }
 
 #[tokio::test]
-async fn an_open_breaker_survives_an_unrelated_reload_and_a_changed_one_starts_fresh() {
+async fn an_open_breaker_survives_reloads_whether_its_upstream_changed_or_not() {
     let failing = start_origin(Arc::new(|_: &Request| Reply::text(500, "down"))).await;
     let other = start_origin(echo("other")).await;
     let body = |other_read: &str, open: &str| {
@@ -222,7 +222,7 @@ async fn an_open_breaker_survives_an_unrelated_reload_and_a_changed_one_starts_f
 
     std::fs::write(&gw.config_path, gw.config_with(&body("6s", "60s"))).expect("write");
     let reply = gw.admin("POST", "/admin/reload", &[], b"").await.json();
-    assert_eq!(reply["fresh_upstreams"], serde_json::json!(["other"]));
+    assert_eq!(reply["fresh_upstreams"], serde_json::json!([]), "{reply}");
     assert_eq!(
         gw.get("/flaky").await.status,
         503,
@@ -230,15 +230,25 @@ async fn an_open_breaker_survives_an_unrelated_reload_and_a_changed_one_starts_f
     );
     assert_eq!(failing.stats().requests(), 1);
 
+    // Its own breaker settings change: still open, for the rest of the period it had.
     std::fs::write(&gw.config_path, gw.config_with(&body("6s", "30s"))).expect("write");
     let reply = gw.admin("POST", "/admin/reload", &[], b"").await.json();
-    assert_eq!(reply["fresh_upstreams"], serde_json::json!(["flaky"]));
-    assert_eq!(
-        gw.get("/flaky").await.status,
-        500,
-        "a changed breaker starts closed"
+    assert_eq!(reply["fresh_upstreams"], serde_json::json!([]), "{reply}");
+    let response = gw.get("/flaky").await;
+    assert_eq!(response.status, 503, "a changed breaker keeps its state");
+    assert_eq!(response.header("x-gateway-fallback"), Some("circuit_open"));
+    let view = gw
+        .admin("GET", "/api/v1/breakers/flaky", &[], b"")
+        .await
+        .json();
+    assert!(
+        view["open_remaining_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 30_000),
+        "the open period it had, not the new 30 s: {view}"
     );
-    assert_eq!(failing.stats().requests(), 2);
+    assert_eq!(view["thresholds"]["open_duration_ms"], 30_000);
+    assert_eq!(failing.stats().requests(), 1);
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ pub fn breaker(upstream: &Upstream, runtime: &RuntimeHandle) -> Value {
     let events = &runtime.events;
     let (_, source) = runtime.mode_of(upstream);
     let mode_source = match source {
-        ModeSource::File => json!({ "from": "file", "file_mode": upstream.spec.breaker_mode.as_str() }),
+        ModeSource::File => {
+            json!({ "from": "file", "file_mode": upstream.spec.breaker_mode.as_str() })
+        }
         ModeSource::Override(o) => json!({
             "from": "override",
             "file_mode": upstream.spec.breaker_mode.as_str(),

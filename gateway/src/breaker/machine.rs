@@ -316,7 +316,8 @@ impl Breaker {
                 .store(now.after(remaining).0, Ordering::Release);
             control.probes_admitted = 0;
             control.probe_successes = 0;
-            self.word.store(word.next(state.state).pack(), Ordering::Release);
+            self.word
+                .store(word.next(state.state).pack(), Ordering::Release);
         }
         restored.dropped
     }
@@ -599,9 +600,7 @@ impl Breaker {
 
     fn reopen_for(&self, control: &mut Control, word: Word, reason: Reason) -> Transition {
         control.reopens = control.reopens.saturating_add(1);
-        let open_for = self
-            .policy()
-            .open_duration(control.reopens, self.entropy());
+        let open_for = self.policy().open_duration(control.reopens, self.entropy());
         self.transition(control, word, State::Open, reason, Some(open_for), None)
             .1
     }

@@ -1216,7 +1216,11 @@ fn a_shadow_observes_without_deciding_and_records_elsewhere_only_when_closed() {
     });
     g.breaker.record_elsewhere(Outcome::failure(ms(1)));
     g.breaker.record_elsewhere(Outcome::failure(ms(1)));
-    assert_eq!(g.breaker.state(), State::Open, "outcomes from elsewhere trip it");
+    assert_eq!(
+        g.breaker.state(),
+        State::Open,
+        "outcomes from elsewhere trip it"
+    );
     g.clock.advance(Duration::from_secs(10));
     let probe = g.breaker.try_acquire().expect("probe");
     g.breaker.record_elsewhere(Outcome::failure(ms(1)));

@@ -346,7 +346,7 @@ impl TimeWindow {
             })
             .filter(|(_, counts)| counts.calls > 0)
             .collect();
-        held.sort_by(|a, b| b.0.cmp(&a.0));
+        held.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
         held.into_iter()
             .map(|(id, counts)| Slice {
                 // From the slice's start: a restore places it no later than it was.

@@ -13,12 +13,13 @@ use super::error::{KeyPath, Problems};
 use super::listener::{ListenerSpec, RouteLimits};
 use super::plugins::{OnPluginError, PluginSpec};
 use super::raw::{
-    RawAdmin, RawLoadBalancing, RawMode, RawProtocol, RawRoute, RawServer, RawUpstream, RawUpstreamTls,
+    RawAdmin, RawLoadBalancing, RawMode, RawProtocol, RawRoute, RawServer, RawUpstream,
+    RawUpstreamTls,
 };
 use super::resilience::{self, FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec};
 use crate::breaker::{BreakerPolicy, Mode};
-use crate::upstream::classify::FailureWhen;
 use crate::tls::{CaBundle, load_ca_bundle};
+use crate::upstream::classify::FailureWhen;
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 
@@ -248,10 +249,10 @@ fn state_dir(
         None => PathBuf::from(std::env::var_os("STATE_DIRECTORY")?),
     };
     let euid = crate::upgrade_socket::effective_uid();
-    if dir.exists() {
-        if let Err(e) = crate::upgrade_socket::check_private_dir(&dir, euid) {
-            problems.push(path.clone(), e.to_string());
-        }
+    if dir.exists()
+        && let Err(e) = crate::upgrade_socket::check_private_dir(&dir, euid)
+    {
+        problems.push(path.clone(), e.to_string());
     }
     Some(dir)
 }

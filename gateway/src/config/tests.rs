@@ -186,3 +186,47 @@ fn slow_client_deadlines_are_read_with_safe_defaults() {
         assert!(found.starts_with(expected), "{found} / {expected}");
     }
 }
+
+#[test]
+fn breaker_mode_and_shadow_are_checked() {
+    let text = r#"
+listeners:
+  - address: "127.0.0.1:8080"
+upstreams:
+  api:
+    endpoints: ["127.0.0.1:9001"]
+    breaker:
+      mode: forced_open
+      shadow: { consecutive_failures: 3, window: { kind: count, size: 10 }, minimum_requests: 5 }
+routes:
+  - upstream: api
+"#;
+    let config = parse(text, Path::new("test.yaml")).expect("valid");
+    let api = &config.upstreams["api"];
+    assert_eq!(api.breaker_mode, crate::breaker::Mode::ForcedOpen);
+    let shadow = api.shadow.expect("shadow policy");
+    assert_eq!(shadow.consecutive_failures.map(|n| n.get()), Some(3));
+    assert_eq!(
+        shadow.failure_rate, None,
+        "naming a condition replaces the default"
+    );
+
+    let found = errors(&text.replace("mode: forced_open", "mode: sometimes"));
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("upstreams.api.breaker.mode") && e.contains("sometimes")),
+        "{found:?}"
+    );
+    let found = errors(&text.replace(
+        "consecutive_failures: 3,",
+        "consecutive_failures: 3, failure_when: { statuses: [500] },",
+    ));
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("upstreams.api.breaker.shadow.failure_when")
+                && e.contains("acts on nothing")),
+        "{found:?}"
+    );
+}

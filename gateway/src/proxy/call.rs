@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::breaker::{Outcome, Permit, Rejected, State};
-use crate::upstream::bulkhead::BulkheadSlot;
-use crate::upstream::classify::{CallResult, Judgement};
 use crate::plugin::{Plugin, types};
 use crate::runtime::Runtime;
+use crate::upstream::bulkhead::BulkheadSlot;
+use crate::upstream::classify::{CallResult, Judgement};
 use crate::upstream::{EndpointLease, Upstream};
 
 use super::fallback::FallbackReason;

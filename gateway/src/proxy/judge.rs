@@ -12,9 +12,9 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 
 use super::call::Call;
-use crate::upstream::classify::{CallResult, Judgement};
 use crate::config::OnPluginError;
 use crate::plugin::{Exchange, convert, types};
+use crate::upstream::classify::{CallResult, Judgement};
 
 /// The response head arrived.
 pub fn at_head(call: &mut Call, session: &Session, route: &String, head: &ResponseHeader) {

@@ -48,13 +48,13 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{ErrorSource, ErrorType};
 
-use crate::upstream::classify::{CallResult, TransportError};
 use crate::config::{FallbackSpec, ListenerLimits, ListenerSpec};
 use crate::drain::{InFlight, InFlightGuard};
 use crate::limit::Limit;
 use crate::listener::LimitReporter;
 use crate::routing::Route;
 use crate::runtime::{Runtime, RuntimeHandle};
+use crate::upstream::classify::{CallResult, TransportError};
 
 pub use fallback::{FALLBACK_HEADER, FALLBACK_UPSTREAM_HEADER};
 pub use headers::REQUEST_ID;

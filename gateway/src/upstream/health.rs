@@ -13,15 +13,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::HealthCheckSpec;
-use crate::runtime::RuntimeHandle;
+use crate::upstream::Upstream;
+
+/// The pools in service now: asked every round, so a reload changes what is checked.
+pub type CurrentUpstreams = Box<dyn Fn() -> Vec<Arc<Upstream>> + Send + Sync>;
 
 pub struct HealthChecker {
-    runtime: Arc<RuntimeHandle>,
+    upstreams: CurrentUpstreams,
 }
 
 impl HealthChecker {
-    pub fn new(runtime: Arc<RuntimeHandle>) -> Self {
-        Self { runtime }
+    pub fn new(upstreams: CurrentUpstreams) -> Self {
+        Self { upstreams }
     }
 }
 
@@ -30,11 +33,9 @@ impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut next_due: std::collections::HashMap<String, Instant> = Default::default();
         loop {
-            // The current snapshot each round: a reload changes what is checked.
-            let runtime = self.runtime.snapshot();
             let now = Instant::now();
             let mut wake = now + Duration::from_secs(1);
-            for upstream in runtime.upstreams.values() {
+            for upstream in &(self.upstreams)() {
                 let Some(check) = upstream.spec.health_check.clone() else {
                     continue;
                 };

@@ -139,7 +139,12 @@ impl Upstream {
         {
             note(
                 "window".into(),
-                rebuilt(previous.spec.breaker.window, spec.breaker.window, kept, dropped),
+                rebuilt(
+                    previous.spec.breaker.window,
+                    spec.breaker.window,
+                    kept,
+                    dropped,
+                ),
             );
         }
         let shadow = match (spec.shadow, &previous.shadow) {
@@ -169,9 +174,10 @@ impl Upstream {
         previous
             .bulkhead
             .set_limit(spec.max_concurrent_requests.map(|n| n.get()));
-        previous
-            .retry_budget
-            .reconfigure(spec.retries.budget_ratio, spec.retries.budget_min_per_second);
+        previous.retry_budget.reconfigure(
+            spec.retries.budget_ratio,
+            spec.retries.budget_min_per_second,
+        );
         let upstream = Self {
             metrics: previous.metrics.clone(),
             failures: Arc::clone(&previous.failures),
@@ -330,7 +336,10 @@ impl Upstream {
         let endpoint = &self.endpoints[index];
         if !failed {
             if endpoint.state.consecutive_failures.load(Ordering::Relaxed) != 0 {
-                endpoint.state.consecutive_failures.store(0, Ordering::Relaxed);
+                endpoint
+                    .state
+                    .consecutive_failures
+                    .store(0, Ordering::Relaxed);
             }
             if endpoint.state.ejections.load(Ordering::Relaxed) != 0
                 && self.available(index, self.clock.now())
@@ -339,7 +348,11 @@ impl Upstream {
             }
             return;
         }
-        let failures = endpoint.state.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let failures = endpoint
+            .state
+            .consecutive_failures
+            .fetch_add(1, Ordering::AcqRel)
+            + 1;
         if failures >= spec.consecutive_failures.get() {
             self.try_eject(index, spec, failures);
         }
@@ -366,7 +379,10 @@ impl Upstream {
             .state
             .ejected_until
             .store(now.after(period).0, Ordering::Release);
-        endpoint.state.consecutive_failures.store(0, Ordering::Release);
+        endpoint
+            .state
+            .consecutive_failures
+            .store(0, Ordering::Release);
         self.events
             .endpoint_ejected(self.name(), endpoint.addr, period, failures);
     }
@@ -402,8 +418,38 @@ impl EndpointLease {
 
 impl Drop for EndpointLease {
     fn drop(&mut self) {
-        self.endpoint().state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint()
+            .state
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// How a window's rebuild reads in the reload log.
+fn rebuilt(from: WindowPolicy, to: WindowPolicy, kept: u32, dropped: u32) -> String {
+    let shape = |w: WindowPolicy| match w {
+        WindowPolicy::Count { size } => format!("the last {size} calls"),
+        WindowPolicy::Time { size, buckets } => format!("{size:?} in {buckets} buckets"),
+    };
+    format!(
+        "window changed from {} to {}: {kept} calls re-bucketed, {dropped} dropped",
+        shape(from),
+        shape(to)
+    )
+}
+
+fn shadow_breaker(
+    name: &str,
+    policy: BreakerPolicy,
+    clock: &Arc<dyn Clock>,
+    events: &Arc<EventHub>,
+    failures: &Arc<FailureTally>,
+) -> Arc<Breaker> {
+    let listener = Arc::new(ShadowEvents {
+        hub: Arc::clone(events),
+        failures: Arc::clone(failures),
+    });
+    Arc::new(Breaker::new(name, policy, Arc::clone(clock), listener))
 }
 
 #[cfg(test)]
@@ -510,31 +556,4 @@ mod tests {
             assert_ne!(p.lease(Some(1)).index(), 1);
         }
     }
-}
-
-/// How a window's rebuild reads in the reload log.
-fn rebuilt(from: WindowPolicy, to: WindowPolicy, kept: u32, dropped: u32) -> String {
-    let shape = |w: WindowPolicy| match w {
-        WindowPolicy::Count { size } => format!("the last {size} calls"),
-        WindowPolicy::Time { size, buckets } => format!("{size:?} in {buckets} buckets"),
-    };
-    format!(
-        "window changed from {} to {}: {kept} calls re-bucketed, {dropped} dropped",
-        shape(from),
-        shape(to)
-    )
-}
-
-fn shadow_breaker(
-    name: &str,
-    policy: BreakerPolicy,
-    clock: &Arc<dyn Clock>,
-    events: &Arc<EventHub>,
-    failures: &Arc<FailureTally>,
-) -> Arc<Breaker> {
-    let listener = Arc::new(ShadowEvents {
-        hub: Arc::clone(events),
-        failures: Arc::clone(failures),
-    });
-    Arc::new(Breaker::new(name, policy, Arc::clone(clock), listener))
 }
