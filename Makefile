@@ -19,7 +19,7 @@ all: test
 # Native build prerequisites (pingora builds C code with cmake), promtool for the alert
 # rule tests, and the plugin target.
 setup:
-	@bash scripts/ensure-packages.sh cmake:cmake cc:build-essential promtool:prometheus
+	@bash scripts/ensure-packages.sh cmake:cmake cc:build-essential promtool:prometheus redis-server:redis-server
 	@# RUSTUP_AUTO_INSTALL=0 on these machines: add the listed target ourselves (quick when present).
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 

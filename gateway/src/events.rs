@@ -7,13 +7,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::breaker::{Transition, TransitionListener};
+use crate::breaker::{Mode, Reason, State, Transition, TransitionListener, WindowCounts};
 use crate::metrics::Metrics;
 
 /// Transitions kept per upstream for `GET /api/v1/breakers/{upstream}`.
@@ -27,6 +27,43 @@ pub struct EventHub {
     /// The config generation in service, stamped on every event.
     generation: AtomicU64,
     pub metrics: Arc<Metrics>,
+    /// Where this instance's own moves go to be shared with the fleet (cluster/).
+    fleet: OnceLock<FleetOutbox>,
+}
+
+/// What this instance tells the rest of the fleet.
+#[derive(Debug, Clone)]
+pub enum FleetNote {
+    /// One of its breakers moved on its own evidence.
+    Transition {
+        upstream: String,
+        to: State,
+        open_remaining: Option<Duration>,
+        reason: &'static str,
+        window: WindowCounts,
+    },
+    /// An operator set (`Automatic`: cleared) a mode override here.
+    Mode {
+        upstream: String,
+        mode: Mode,
+        since_unix_ms: u64,
+        by: String,
+    },
+    /// An operator reset a breaker here.
+    Reset {
+        upstream: String,
+        since_unix_ms: u64,
+        by: String,
+    },
+}
+
+/// A bounded queue to the fleet link: a request thread never waits on it.
+#[derive(Debug)]
+pub struct FleetOutbox {
+    pub sender: tokio::sync::mpsc::Sender<FleetNote>,
+    pub dropped: prometheus::IntCounter,
+    /// 1 while the link is up.
+    pub connected: prometheus::IntGauge,
 }
 
 impl Default for EventHub {
@@ -48,6 +85,26 @@ impl EventHub {
             shadow_history: Mutex::default(),
             generation: AtomicU64::new(1),
             metrics,
+            fleet: OnceLock::new(),
+        }
+    }
+
+    /// From now on, this instance's own moves are offered to the fleet.
+    pub fn connect_fleet(&self, outbox: FleetOutbox) {
+        let _ = self.fleet.set(outbox);
+    }
+
+    /// Whether the fleet link is up; None without a cluster.
+    pub fn fleet_connected(&self) -> Option<bool> {
+        self.fleet.get().map(|f| f.connected.get() == 1)
+    }
+
+    /// Queues `note` for the fleet when there is one; a full queue drops it (counted).
+    pub fn tell_fleet(&self, note: FleetNote) {
+        if let Some(fleet) = self.fleet.get()
+            && fleet.sender.try_send(note).is_err()
+        {
+            fleet.dropped.inc();
         }
     }
 
@@ -146,6 +203,8 @@ pub fn transition_json(
         "open_for_ms": t.open_for.map(|d| d.as_millis() as u64),
         "config_generation": generation,
         "top_failure": top_failure.map(|(what, count)| json!({ "kind": what, "count": count })),
+        "origin": t.remote.as_ref().map_or("local", |r| &*r.instance),
+        "remote_reason": t.remote.as_ref().map(|r| &*r.reason),
     })
 }
 
@@ -252,6 +311,19 @@ impl EventHub {
             "breaker transition"
         );
         self.metrics.transition(t);
+        let own_evidence = !matches!(
+            t.reason,
+            Reason::Operator(_) | Reason::Reset | Reason::Adopted
+        );
+        if own_evidence && matches!(t.to, State::Open | State::HalfOpen | State::Closed) {
+            self.tell_fleet(FleetNote::Transition {
+                upstream: t.breaker.to_string(),
+                to: t.to,
+                open_remaining: t.open_for,
+                reason: t.reason.as_str(),
+                window: t.window,
+            });
+        }
         let event = transition_json(
             t,
             self.generation.load(Ordering::Relaxed),

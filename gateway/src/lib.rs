@@ -9,6 +9,7 @@ pub mod admin;
 pub mod alerts;
 pub mod breaker;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod drain;

@@ -45,6 +45,22 @@ pub struct Metrics {
     limit_rejections: IntCounterVec,
     certificate_expiry: IntGaugeVec,
     admin_refusals: IntCounterVec,
+    cluster_connected: IntGaugeVec,
+    cluster_messages: IntCounterVec,
+    cluster_lag: HistogramVec,
+}
+
+/// Handles for the fleet link (cluster/), labelled with the cluster's name; resolved only
+/// when a cluster is configured, so a lone gateway exports none of these series.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    pub connected: IntGauge,
+    pub sent: IntCounter,
+    pub received: IntCounter,
+    /// Not sent (queue full, Redis down) or not applicable (unreadable, stale).
+    pub dropped: IntCounter,
+    /// From a remote transition's sending to its adoption here.
+    pub lag: Histogram,
 }
 
 /// Handles for one listener, resolved when it starts.
@@ -308,6 +324,27 @@ impl Default for Metrics {
                 &["listener", "certificate"],
             ),
             admin_refusals,
+            cluster_connected: gauge(
+                r,
+                "gateway_cluster_connected",
+                "1 while the link to the fleet's Redis is up, 0 while this instance stands alone.",
+                &["cluster"],
+            ),
+            cluster_messages: counter(
+                r,
+                "gateway_cluster_messages_total",
+                "Fleet messages sent, received, or dropped (queue full, Redis down, unreadable).",
+                &["cluster", "direction"],
+            ),
+            cluster_lag: histogram(
+                r,
+                HistogramOpts::new(
+                    "gateway_cluster_apply_lag_seconds",
+                    "Time from another instance's transition to its adoption here (wall clocks).",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["cluster"],
+            ),
             registry,
         }
     }
@@ -351,6 +388,17 @@ impl Metrics {
     }
 
     /// An admin request refused; `reason` is one of `admin::REFUSAL_REASONS`.
+    pub fn for_cluster(&self, name: &str) -> ClusterMetrics {
+        let messages = |direction| self.cluster_messages.with_label_values(&[name, direction]);
+        ClusterMetrics {
+            connected: self.cluster_connected.with_label_values(&[name]),
+            sent: messages("sent"),
+            received: messages("received"),
+            dropped: messages("dropped"),
+            lag: self.cluster_lag.with_label_values(&[name]),
+        }
+    }
+
     pub fn admin_refused(&self, reason: &str) {
         self.admin_refusals.with_label_values(&[reason]).inc();
     }

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::breaker::{Clock, CoarseClock, Mode};
 use crate::config::{Config, ConfigErrors, ListenerSpec, TlsVersion};
-use crate::events::EventHub;
+use crate::events::{EventHub, FleetNote};
 use crate::metrics::{Metrics, StateGauges};
 use crate::operator_modes::{OperatorModes, Override, StateError};
 use crate::plugin::PluginSet;
@@ -185,15 +185,54 @@ impl RuntimeHandle {
         }
     }
 
-    /// An operator sets (`Some`) or clears (`None`, back to the file's mode) the mode
-    /// of `upstream`. Kept first, then acted on: a change that cannot be kept is not
-    /// made.
+    /// An operator here sets (`Some`) or clears (`None`, back to the file's mode) the
+    /// mode of `upstream`, and the fleet is told. Kept first, then acted on: a change
+    /// that cannot be kept is not made.
     pub fn override_mode(
         &self,
         upstream: &Upstream,
         value: Option<Override>,
     ) -> Result<(), StateError> {
+        let note = FleetNote::Mode {
+            upstream: upstream.name().to_string(),
+            mode: value.as_ref().map_or(Mode::Automatic, |o| o.mode),
+            since_unix_ms: value
+                .as_ref()
+                .map_or_else(crate::operator_modes::now_unix_ms, |o| o.since_unix_ms),
+            by: value.as_ref().map_or_else(String::new, |o| o.by.clone()),
+        };
+        self.fleet_mode(upstream, value)?;
+        self.events.tell_fleet(note);
+        Ok(())
+    }
+
+    /// Another instance's operator set or cleared the mode of `upstream` (cluster/).
+    pub fn fleet_mode(
+        &self,
+        upstream: &Upstream,
+        value: Option<Override>,
+    ) -> Result<(), StateError> {
         self.modes.set(upstream.name(), value)?;
+        self.apply_mode(upstream);
+        Ok(())
+    }
+
+    /// An operator here resets `upstream`'s breaker: closed, automatic, window cleared;
+    /// a file mode other than automatic applies again at once. The fleet is told.
+    pub fn reset(&self, upstream: &Upstream, by: &str) -> Result<(), StateError> {
+        self.fleet_reset(upstream)?;
+        self.events.tell_fleet(FleetNote::Reset {
+            upstream: upstream.name().to_string(),
+            since_unix_ms: crate::operator_modes::now_unix_ms(),
+            by: by.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Another instance's operator reset `upstream` (cluster/).
+    pub fn fleet_reset(&self, upstream: &Upstream) -> Result<(), StateError> {
+        self.modes.set(upstream.name(), None)?;
+        upstream.breaker.reset();
         self.apply_mode(upstream);
         Ok(())
     }

@@ -115,6 +115,12 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
         reloader,
         &config.admin,
     ));
+    if let Some(cluster) = config.cluster.clone() {
+        server.add_service(pingora::services::background::background_service(
+            "fleet link",
+            crate::cluster::FleetLink::new(cluster, Arc::clone(&runtime)),
+        ));
+    }
     server.add_service(pingora::services::background::background_service(
         "health checks",
         crate::upstream::health::HealthChecker::new({

@@ -4,6 +4,7 @@
 pub mod h2frame;
 pub mod http;
 pub mod recording;
+pub mod redis;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};

@@ -25,6 +25,14 @@ pub fn breaker(upstream: &Upstream, runtime: &RuntimeHandle) -> Value {
     };
     let mut view = breaker_view(&upstream.breaker);
     view["upstream"] = json!(upstream.name());
+    view["origin"] = json!(
+        upstream
+            .breaker
+            .snapshot()
+            .origin
+            .as_deref()
+            .unwrap_or("local")
+    );
     view["mode_source"] = mode_source;
     view["transitions"] = json!(events.history(upstream.name()));
     if let Some(shadow) = &upstream.shadow {
@@ -82,7 +90,7 @@ fn status_word(upstream: &Upstream, usable: usize) -> &'static str {
     }
 }
 
-pub fn upstream_health(upstream: &Upstream) -> Value {
+pub fn upstream_health(upstream: &Upstream, runtime: &RuntimeHandle) -> Value {
     let ejected: Vec<_> = upstream.ejected().map(|e| e.addr).collect();
     let endpoints: Vec<Value> = upstream
         .endpoints
@@ -112,6 +120,8 @@ pub fn upstream_health(upstream: &Upstream) -> Value {
         "usable_endpoints": usable,
         "endpoints": endpoints,
         "in_flight": upstream.bulkhead.in_flight(),
+        // With a cluster: whether this instance hears the fleet or stands alone.
+        "fleet": runtime.events.fleet_connected().map(|up| if up { "connected" } else { "alone" }),
     })
 }
 

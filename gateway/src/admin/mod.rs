@@ -248,7 +248,7 @@ impl AdminApp {
                     runtime
                         .upstreams
                         .values()
-                        .map(|u| api::upstream_health(u))
+                        .map(|u| api::upstream_health(u, &self.runtime))
                         .collect::<Vec<_>>()
                 ),
             ),
@@ -298,11 +298,8 @@ impl AdminApp {
                 }
             }
             ("POST", ["api", "v1", "breakers", name, "reset"]) => match upstream(name) {
-                Some(u) => match self.runtime.override_mode(&u, None) {
+                Some(u) => match self.runtime.reset(&u, &peer.address) {
                     Ok(()) => {
-                        u.breaker.reset();
-                        // A file mode other than automatic applies again at once.
-                        self.runtime.apply_mode(&u);
                         tracing::warn!(target: "gateway::admin", upstream = %name, "breaker reset by operator");
                         Reply::Json(200, api::breaker(&u, &self.runtime))
                     }

@@ -19,6 +19,8 @@ pub enum Reason {
     ProbesSucceeded,
     Operator(Mode),
     Reset,
+    /// Another instance of the fleet made this move (`Transition::remote` says who, why).
+    Adopted,
 }
 
 impl Reason {
@@ -33,6 +35,7 @@ impl Reason {
             Reason::ProbesSucceeded => "probes_succeeded",
             Reason::Operator(_) => "operator",
             Reason::Reset => "reset",
+            Reason::Adopted => "adopted",
         }
     }
 }
@@ -50,6 +53,24 @@ pub struct Transition {
     pub consecutive_failures: u32,
     /// For transitions to open: how long it stays open.
     pub open_for: Option<Duration>,
+    /// Adopted from another instance: which, and its reason.
+    pub remote: Option<Remote>,
+}
+
+/// Where an adopted transition came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub instance: Arc<str>,
+    pub reason: Arc<str>,
+}
+
+/// A move another instance made, offered to this one's breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteMove {
+    /// It opened, with this much of its open period left.
+    Opened { remaining: Duration },
+    /// It closed: its probes succeeded.
+    Closed,
 }
 
 /// Receives every transition. Called outside the breaker's lock, on the thread of the

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use super::clock::{Clock, Nanos};
-use super::events::{Reason, Transition, TransitionListener};
+use super::events::{Reason, Remote, RemoteMove, Transition, TransitionListener};
 use super::policy::{BreakerPolicy, TripCause};
 use super::state::{Mode, State, Word};
 use super::window::{Window, WindowContents, WindowCounts};
@@ -144,6 +144,8 @@ struct Control {
     reopens: u32,
     since: Nanos,
     since_wall: SystemTime,
+    /// The instance the current state was adopted from (None: decided here).
+    origin: Option<Arc<str>>,
 }
 
 /// A read-only view for the admin API and metrics.
@@ -160,6 +162,8 @@ pub struct BreakerSnapshot {
     pub open_remaining: Option<Duration>,
     pub probes_admitted: u32,
     pub probe_successes: u32,
+    /// The instance the current state was adopted from (None: decided here).
+    pub origin: Option<Arc<str>>,
 }
 
 /// The settings a breaker judges by and the window they judge, swapped together: a
@@ -239,6 +243,7 @@ impl Breaker {
                 reopens: 0,
                 since: now,
                 since_wall: SystemTime::now(),
+                origin: None,
             }),
             clock,
             listener,
@@ -628,6 +633,33 @@ impl Breaker {
             .then(|| self.reopen_for(control, word, Reason::ProbeTimedOut))
     }
 
+    /// Another instance of the fleet moved its breaker for this upstream. A remote open
+    /// is adopted by a closed or half-open breaker, for the rest of the other's open
+    /// period (an open one keeps its own period: nothing extends an open period, so the
+    /// fleet cannot hold itself open). A remote close ends an open period here early:
+    /// the breaker goes half-open and its own probes decide. Operator states ignore
+    /// both. Returns whether the breaker moved.
+    pub fn adopt_remote(&self, remote_move: RemoteMove, remote: Remote) -> bool {
+        let mut control = self.lock();
+        let word = self.word();
+        let (to, open_for) = match (remote_move, word.state) {
+            (RemoteMove::Opened { remaining }, State::Closed | State::HalfOpen)
+                if !remaining.is_zero() =>
+            {
+                (State::Open, Some(remaining))
+            }
+            (RemoteMove::Closed, State::Open) => (State::HalfOpen, None),
+            _ => return false,
+        };
+        let (_, mut event) =
+            self.transition(&mut control, word, to, Reason::Adopted, open_for, None);
+        control.origin = Some(Arc::clone(&remote.instance));
+        event.remote = Some(remote);
+        drop(control);
+        self.emit(Some(event));
+        true
+    }
+
     /// Operator override: force open, disable, metrics-only, or back to automatic.
     pub fn set_mode(&self, mode: Mode) -> Option<Transition> {
         self.operator_move(|current| {
@@ -694,6 +726,7 @@ impl Breaker {
             open_remaining,
             probes_admitted: control.probes_admitted,
             probe_successes: control.probe_successes,
+            origin: control.origin.clone(),
         };
         drop(control);
         self.emit(event);
@@ -731,6 +764,7 @@ impl Breaker {
         control.probe_successes = 0;
         control.since = now;
         control.since_wall = SystemTime::now();
+        control.origin = None;
         let next = from.next(to);
         self.word.store(next.pack(), Ordering::Release);
         let event = Transition {
@@ -742,6 +776,7 @@ impl Breaker {
             window,
             consecutive_failures: consecutive,
             open_for,
+            remote: None,
         };
         (next, event)
     }

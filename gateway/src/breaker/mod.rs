@@ -12,7 +12,9 @@ mod state;
 mod window;
 
 pub use clock::{Clock, CoarseClock, ManualClock, MonotonicClock, Nanos};
-pub use events::{Broadcast, NoListener, Reason, Transition, TransitionListener};
+pub use events::{
+    Broadcast, NoListener, Reason, Remote, RemoteMove, Transition, TransitionListener,
+};
 pub use machine::{
     Breaker, BreakerExport, BreakerSnapshot, Outcome, Permit, Rejected, Verdict, WindowCarried,
 };

@@ -5,6 +5,7 @@
 //! (values, references) -> every problem reported together with file:line:column.
 //! serde_yaml is called from this module only, so a fork can replace it in one place.
 
+mod cluster;
 mod error;
 mod listener;
 mod model;
@@ -20,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 use sha2::{Digest, Sha256};
 
+pub use cluster::ClusterSpec;
 pub use error::{ConfigError, ConfigErrors, KeyPath, Position, Segment};
 pub use listener::{
     CertificateSpec, ListenerLimits, ListenerSpec, MAX_HEADER_BYTES, MAX_HEADERS, RouteLimits,
@@ -218,6 +220,13 @@ fn check(
     let admin = model::admin_spec(admin, &admin_path, problems);
     model::check_admin_apart(&admin, &listeners, &admin_path, problems);
 
+    let cluster_path = root.key("cluster");
+    let cluster = match take("cluster") {
+        Value::Null => None,
+        value => section::<cluster::RawCluster>(value, &cluster_path, problems)
+            .and_then(|raw| cluster::cluster_spec(raw, source, &cluster_path, problems)),
+    };
+
     let plugins_path = root.key("plugins");
     let raw_plugins: RawPlugins = match take("plugins") {
         Value::Null => RawPlugins::new(),
@@ -291,6 +300,7 @@ fn check(
         server,
         listeners,
         admin,
+        cluster,
         plugins,
         upstreams,
         routes: routes.into_iter().map(|(_, route)| route).collect(),

@@ -33,6 +33,8 @@ pub struct Config {
     pub server: ServerSpec,
     pub listeners: Vec<ListenerSpec>,
     pub admin: AdminSpec,
+    /// Sharing with the rest of the fleet; None: this instance stands alone.
+    pub cluster: Option<super::ClusterSpec>,
     pub plugins: BTreeMap<String, PluginSpec>,
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     pub routes: Vec<RouteSpec>,

@@ -14,6 +14,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "server",
     "listeners",
     "admin",
+    "cluster",
     "plugins",
     "upstreams",
     "routes",

@@ -92,6 +92,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server != new.server {
         sections.push("server");
     }
+    if old.cluster != new.cluster {
+        sections.push("cluster");
+    }
     sections
 }
 
