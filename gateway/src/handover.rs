@@ -20,10 +20,10 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,8 +34,8 @@ use crate::upstream::{Upstream, UpstreamExport};
 
 /// Next to the upgrade socket.
 pub const SOCKET_FILE: &str = "handover.sock";
-/// How long the old process waits for the new one to take the state.
-const WAIT: Duration = Duration::from_secs(5);
+/// How long the old process gives the new one to take the state, all told.
+const WAIT: Duration = Duration::from_secs(2);
 /// The state line's limit: far above what thousands of upstreams need.
 const MAX_STATE_BYTES: u64 = 64 << 20;
 /// One forwarded outcome's line.
@@ -67,19 +67,37 @@ pub fn socket_path(upgrade_socket: &Path) -> PathBuf {
 
 struct Forwarder {
     queue: SyncSender<Forwarded>,
+    /// Off once the handover failed or the new process stopped reading.
+    active: AtomicBool,
     /// Queued and not yet written.
     pending: AtomicU64,
     dropped: AtomicU64,
+    /// Opens the writer once the new process has acknowledged the state line (its
+    /// drop, on failure, ends the writer).
+    gate: Mutex<Option<SyncSender<()>>>,
+}
+
+impl Forwarder {
+    /// Nothing more is forwarded; what is queued is counted as dropped.
+    fn stop(&self) {
+        self.active.store(false, Ordering::Release);
+        let left = self.pending.swap(0, Ordering::AcqRel);
+        self.dropped.fetch_add(left, Ordering::Relaxed);
+        self.gate.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
 }
 
 static FORWARDER: OnceLock<Forwarder> = OnceLock::new();
 
-/// Called for every recorded outcome: nothing (one atomic load) until this process
-/// has handed its state over.
+/// Called for every outcome a breaker counted: nothing (one atomic load) until this
+/// process has handed its state over.
 pub fn forward(upstream: &Upstream, outcome: Outcome) {
     let Some(forwarder) = FORWARDER.get() else {
         return;
     };
+    if !forwarder.active.load(Ordering::Acquire) {
+        return;
+    }
     let line = Forwarded {
         upstream: upstream.name().to_string(),
         failed: match outcome.verdict {
@@ -105,8 +123,8 @@ pub fn flush(limit: Duration) {
     let Some(forwarder) = FORWARDER.get() else {
         return;
     };
-    let deadline = std::time::Instant::now() + limit;
-    while forwarder.pending.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + limit;
+    while forwarder.pending.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -118,6 +136,13 @@ pub fn dropped() -> u64 {
         .map_or(0, |f| f.dropped.load(Ordering::Relaxed))
 }
 
+/// The upgrade did not happen after all (the new process went away): stop forwarding.
+pub fn abandon() {
+    if let Some(forwarder) = FORWARDER.get() {
+        forwarder.stop();
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
     #[error("no process listens on `{}` (a new binary without state handover?): {source}", path.display())]
@@ -125,6 +150,8 @@ pub enum HandoverError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("`{}` is this process's own listener, not a new process's", .0.display())]
+    OwnSocket(PathBuf),
     #[error("handing the state over through `{}` failed: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -132,75 +159,102 @@ pub enum HandoverError {
     },
     #[error("the new process did not take the state: it answered `{0}`")]
     Refused(String),
+    #[error("a handover already ran in this process")]
+    Again,
 }
 
 /// The old process's side, on SIGQUIT: forward outcomes from now on, send the state,
-/// wait for the new process to have applied it.
+/// wait for the new process to have applied it; all within `WAIT`, so the new process
+/// is still waiting for the sockets afterwards (Pingora gives up after about 5 s).
 pub fn send(socket: &Path, runtime: &RuntimeHandle) -> Result<(), HandoverError> {
+    let deadline = Instant::now() + WAIT;
     let io = |source| HandoverError::Io {
         path: socket.to_path_buf(),
         source,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|source| HandoverError::Connect {
+    let stream = UnixStream::connect(socket).map_err(|source| HandoverError::Connect {
         path: socket.to_path_buf(),
         source,
     })?;
-    stream.set_read_timeout(Some(WAIT)).map_err(io)?;
-    stream.set_write_timeout(Some(WAIT)).map_err(io)?;
-    let writer = stream.try_clone().map_err(io)?;
-    start_forwarding(writer);
-    let snapshot = runtime.snapshot();
-    let state = State {
-        version: VERSION,
-        upstreams: snapshot
-            .upstreams
-            .iter()
-            .map(|(name, u)| (name.clone(), u.export()))
-            .collect(),
-        overrides: runtime.modes.all(),
-    };
-    let mut line = serde_json::to_vec(&state).map_err(|e| io(std::io::Error::other(e)))?;
-    line.push(b'\n');
-    // The forwarder writes on a clone of this stream only once `ok` came back: the
-    // state line is the first on the socket.
-    stream.write_all(&line).map_err(io)?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .take(64)
-        .read_line(&mut answer)
-        .map_err(io)?;
-    match answer.trim() {
-        "ok" => {
-            if let Some(forwarder) = FORWARDER_READY.get() {
-                let _ = forwarder.send(());
-            }
-            Ok(())
-        }
-        other => Err(HandoverError::Refused(other.to_string())),
+    // A process that never got a connection on its own listener (it was started by an
+    // older binary) must not take its own state.
+    let peer = rustix::net::sockopt::socket_peercred(&stream).map_err(|e| io(e.into()))?;
+    if peer.pid == rustix::process::getpid() {
+        return Err(HandoverError::OwnSocket(socket.to_path_buf()));
     }
+    let writer = stream.try_clone().map_err(io)?;
+    let forwarder = start_forwarding(writer).ok_or(HandoverError::Again)?;
+    let sent = (|| {
+        let snapshot = runtime.snapshot();
+        let state = State {
+            version: VERSION,
+            upstreams: snapshot
+                .upstreams
+                .iter()
+                .map(|(name, u)| (name.clone(), u.export()))
+                .collect(),
+            overrides: runtime.modes.all(),
+        };
+        let mut line = serde_json::to_vec(&state).map_err(|e| io(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        // The forwarder writes on a clone of this stream only once `ok` came back: the
+        // state line is the first on the socket.
+        let mut stream = &stream;
+        for chunk in line.chunks(64 * 1024) {
+            stream.set_write_timeout(Some(left(deadline))).map_err(io)?;
+            stream.write_all(chunk).map_err(io)?;
+        }
+        stream.set_read_timeout(Some(left(deadline))).map_err(io)?;
+        let mut answer = String::new();
+        BufReader::new(stream)
+            .take(64)
+            .read_line(&mut answer)
+            .map_err(io)?;
+        match answer.trim() {
+            "ok" => Ok(()),
+            other => Err(HandoverError::Refused(other.to_string())),
+        }
+    })();
+    let gate = forwarder
+        .gate
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match (&sent, gate) {
+        (Ok(()), Some(gate)) => {
+            let _ = gate.send(());
+        }
+        _ => forwarder.stop(),
+    }
+    sent
 }
 
-/// Opens the gate once the state line has been acknowledged.
-static FORWARDER_READY: OnceLock<SyncSender<()>> = OnceLock::new();
+/// What is left until `deadline`, never zero (a zero timeout means none).
+fn left(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
+}
 
-fn start_forwarding(mut stream: UnixStream) {
+/// Installs the forwarder (once per process) and its writer thread, gated until the
+/// state line is acknowledged.
+fn start_forwarding(mut stream: UnixStream) -> Option<&'static Forwarder> {
     let (queue, outcomes) = mpsc::sync_channel::<Forwarded>(QUEUE);
-    let (ready, gate) = mpsc::sync_channel::<()>(1);
-    if FORWARDER
+    let (gate, opened) = mpsc::sync_channel::<()>(1);
+    FORWARDER
         .set(Forwarder {
             queue,
+            active: AtomicBool::new(true),
             pending: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            gate: Mutex::new(Some(gate)),
         })
-        .is_err()
-        || FORWARDER_READY.set(ready).is_err()
-    {
-        return; // a second SIGQUIT: the first handover's forwarder stays
-    }
+        .ok()?;
+    let forwarder = FORWARDER.get()?;
     let spawned = std::thread::Builder::new()
         .name("handover".into())
         .spawn(move || {
-            if gate.recv().is_err() {
+            if opened.recv().is_err() {
                 return;
             }
             for outcome in outcomes {
@@ -208,18 +262,23 @@ fn start_forwarding(mut stream: UnixStream) {
                     line.push(b'\n');
                     stream.write_all(&line).is_ok()
                 });
-                if let Some(forwarder) = FORWARDER.get() {
-                    forwarder.pending.fetch_sub(1, Ordering::AcqRel);
-                }
                 if !written {
+                    forwarder.stop();
                     return;
                 }
+                forwarder.pending.fetch_sub(1, Ordering::AcqRel);
             }
         });
     if let Err(e) = spawned {
         tracing::error!(target: "gateway::upgrade", error = %e, "cannot start the outcome forwarder");
+        forwarder.stop();
     }
+    Some(forwarder)
 }
+
+/// How long `run --upgrade` waits for the old process to connect: Pingora's own wait
+/// for the sockets is about 5 s, after which the new process exits anyway.
+const ACCEPT_WAIT: Duration = Duration::from_secs(10);
 
 /// The new process's side (`run --upgrade`): listens before Pingora waits for the
 /// sockets; takes the first connection's state, then its outcomes until it closes.
@@ -231,19 +290,47 @@ pub fn receive(socket: &Path, runtime: Arc<RuntimeHandle>) -> std::io::Result<()
         _ => {}
     }
     let listener = UnixListener::bind(socket)?;
+    listener.set_nonblocking(true)?;
     let path = socket.to_path_buf();
     std::thread::Builder::new()
         .name("handover".into())
         .spawn(move || {
-            let result = listener
-                .accept()
-                .and_then(|(stream, _)| take_state(stream, &runtime));
+            let accepted = accept_within(&listener, ACCEPT_WAIT);
+            // One connection only; the path is free for the next process at once.
+            drop(listener);
+            let _ = std::fs::remove_file(&path);
+            let result = match accepted {
+                Ok(Some(stream)) => take_state(stream, &runtime),
+                Ok(None) => {
+                    tracing::warn!(target: "gateway::upgrade", "no state was handed over (the previous process is an older binary?); breakers start from their defaults");
+                    return;
+                }
+                Err(e) => Err(e),
+            };
             if let Err(e) = result {
                 tracing::error!(target: "gateway::upgrade", error = %e, "state handover failed; breakers start from their defaults");
             }
-            let _ = std::fs::remove_file(&path);
         })?;
     Ok(())
+}
+
+fn accept_within(listener: &UnixListener, limit: Duration) -> std::io::Result<Option<UnixStream>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                return Ok(Some(stream));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn take_state(stream: UnixStream, runtime: &RuntimeHandle) -> std::io::Result<()> {

@@ -118,10 +118,18 @@ impl OperatorModes {
     }
 
     /// Sets (`Some`) or clears (`None`) the override of `upstream`, written to disk
-    /// before it counts: a change that could not be kept is not made.
-    pub fn set(&self, upstream: &str, value: Option<Override>) -> Result<(), StateError> {
+    /// before it counts (a change that could not be kept is not made), then calls `act`
+    /// with the override's mode, under the same lock as `with`: a reload deciding modes
+    /// at the same moment sees the change either wholly or not at all.
+    pub fn set(
+        &self,
+        upstream: &str,
+        value: Option<Override>,
+        act: impl FnOnce(Option<Mode>),
+    ) -> Result<(), StateError> {
         let mut overrides = self.lock();
         let mut next = overrides.clone();
+        let mode = value.as_ref().map(|o| o.mode);
         match value {
             Some(o) => next.insert(upstream.to_string(), o),
             None => next.remove(upstream),
@@ -130,7 +138,15 @@ impl OperatorModes {
             self.write(&next)?;
             *overrides = next;
         }
+        act(mode);
         Ok(())
+    }
+
+    /// Calls `act` with the mode of the override of `upstream` in force, under the lock
+    /// every change takes.
+    pub fn with<R>(&self, upstream: &str, act: impl FnOnce(Option<Mode>) -> R) -> R {
+        let overrides = self.lock();
+        act(overrides.get(upstream).map(|o| o.mode))
     }
 
     /// Forgets overrides of upstreams that no longer exist; keeps the file in step.
@@ -146,14 +162,17 @@ impl OperatorModes {
         Ok(gone)
     }
 
-    /// Takes another process's overrides (graceful upgrade): they replace these.
+    /// Takes another process's overrides (graceful upgrade): they replace these, in
+    /// memory even when they cannot be written (an operator's forced-open must not
+    /// vanish with an upgrade; the error says they will not outlive this process).
     pub fn adopt(&self, overrides: BTreeMap<String, Override>) -> Result<(), StateError> {
         let mut current = self.lock();
-        if *current != overrides {
-            self.write(&overrides)?;
-            *current = overrides;
+        if *current == overrides {
+            return Ok(());
         }
-        Ok(())
+        let written = self.write(&overrides);
+        *current = overrides;
+        written
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Override>> {
@@ -184,7 +203,12 @@ impl OperatorModes {
                 .open(&temp)?;
             out.write_all(&bytes)?;
             out.sync_all()?;
-            fs::rename(&temp, file)
+            fs::rename(&temp, file)?;
+            // The rename itself survives a power loss only once the directory is synced.
+            match file.parent() {
+                Some(dir) => fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            }
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&temp);
@@ -251,12 +275,14 @@ mod tests {
         let dir = Scratch::new("reopen");
         let state = dir.path().join("state");
         let modes = OperatorModes::open(Some(&state)).expect("open");
-        modes.set("api", Some(forced("127.0.0.1:1"))).expect("set");
+        modes
+            .set("api", Some(forced("127.0.0.1:1")), |_| {})
+            .expect("set");
         let mode = fs::metadata(&state).expect("dir").permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         let again = OperatorModes::open(Some(&state)).expect("reopen");
         assert_eq!(again.get("api"), Some(forced("127.0.0.1:1")));
-        again.set("api", None).expect("clear");
+        again.set("api", None, |_| {}).expect("clear");
         let third = OperatorModes::open(Some(&state)).expect("reopen");
         assert_eq!(third.get("api"), None);
     }
@@ -287,8 +313,8 @@ mod tests {
     #[test]
     fn retain_forgets_removed_upstreams() {
         let modes = OperatorModes::open(None).expect("memory");
-        modes.set("api", Some(forced("a"))).expect("set");
-        modes.set("gone", Some(forced("b"))).expect("set");
+        modes.set("api", Some(forced("a")), |_| {}).expect("set");
+        modes.set("gone", Some(forced("b")), |_| {}).expect("set");
         let gone = modes.retain(|n| n == "api").expect("retain");
         assert_eq!(gone, vec!["gone".to_string()]);
         assert!(modes.get("api").is_some() && modes.get("gone").is_none());

@@ -144,7 +144,7 @@ impl Runtime {
                     name,
                     &endpoint.addr.to_string(),
                     ejected.contains(&endpoint.addr),
-                    endpoint.is_healthy(),
+                    upstream.is_healthy(endpoint),
                 );
             }
         }
@@ -212,9 +212,9 @@ impl RuntimeHandle {
         upstream: &Upstream,
         value: Option<Override>,
     ) -> Result<(), StateError> {
-        self.modes.set(upstream.name(), value)?;
-        self.apply_mode(upstream);
-        Ok(())
+        self.modes.set(upstream.name(), value, |mode| {
+            put_in_mode(upstream, mode.unwrap_or(upstream.spec.breaker_mode));
+        })
     }
 
     /// An operator here resets `upstream`'s breaker: closed, automatic, window cleared;
@@ -231,17 +231,16 @@ impl RuntimeHandle {
 
     /// Another instance's operator reset `upstream` (cluster/).
     pub fn fleet_reset(&self, upstream: &Upstream) -> Result<(), StateError> {
-        self.modes.set(upstream.name(), None)?;
-        upstream.breaker.reset();
-        self.apply_mode(upstream);
-        Ok(())
+        self.modes.set(upstream.name(), None, |_| {
+            upstream.breaker.reset_into(upstream.spec.breaker_mode);
+        })
     }
 
     /// Takes the overrides another process had (graceful upgrade) and applies them.
     pub fn adopt_overrides(&self, overrides: BTreeMap<String, Override>) -> Result<(), StateError> {
-        self.modes.adopt(overrides)?;
+        let written = self.modes.adopt(overrides);
         self.apply_modes(&self.snapshot());
-        Ok(())
+        written
     }
 
     /// Puts every breaker of `runtime` in the mode it should be in, and forgets the
@@ -266,12 +265,12 @@ impl RuntimeHandle {
         }
     }
 
-    /// Puts `upstream`'s breaker in the mode it should be in (override, else file).
+    /// Puts `upstream`'s breaker in the mode it should be in (override, else file),
+    /// deciding under the overrides' lock.
     pub fn apply_mode(&self, upstream: &Upstream) {
-        let (mode, _) = self.mode_of(upstream);
-        if upstream.breaker.mode() != mode {
-            upstream.breaker.set_mode(mode);
-        }
+        self.modes.with(upstream.name(), |mode| {
+            put_in_mode(upstream, mode.unwrap_or(upstream.spec.breaker_mode));
+        });
     }
 
     /// The certificate resolver of a TLS listener the process started with.
@@ -308,10 +307,17 @@ impl RuntimeHandle {
                 store.replace(table);
             }
         }
-        self.current.store(Arc::clone(&runtime));
+        // Modes first: a new upstream the file forces open never serves closed.
         self.apply_modes(&runtime);
+        self.current.store(Arc::clone(&runtime));
         self.metrics.config_applied(&runtime.config);
         Ok((runtime, fresh))
+    }
+}
+
+fn put_in_mode(upstream: &Upstream, mode: Mode) {
+    if upstream.breaker.mode() != mode {
+        upstream.breaker.set_mode(mode);
     }
 }
 

@@ -234,7 +234,20 @@ impl ShutdownSignalWatch for Signals {
                 _ = quit.recv() => match self.upgrade_allowed().await {
                     Ok(()) => {
                         self.hand_state_over().await;
-                        return ShutdownSignal::GracefulUpgrade;
+                        // Still there? Pingora would stop this process even when the
+                        // sockets could not be sent.
+                        match upgrade_socket::check_listener(&self.upgrade_socket, self.euid) {
+                            Ok(()) => return ShutdownSignal::GracefulUpgrade,
+                            Err(e) => {
+                                crate::handover::abandon();
+                                tracing::error!(
+                                    target: "gateway::upgrade",
+                                    socket = %self.upgrade_socket.display(),
+                                    error = %e,
+                                    "upgrade refused: the new process went away during the state handover; still serving"
+                                );
+                            }
+                        }
                     }
                     Err(e) => tracing::error!(
                         target: "gateway::upgrade",

@@ -98,7 +98,7 @@ pub fn upstream_health(upstream: &Upstream, runtime: &RuntimeHandle) -> Value {
         .map(|e| {
             json!({
                 "address": e.addr.to_string(),
-                "healthy": e.is_healthy(),
+                "healthy": upstream.is_healthy(e),
                 "ejected": ejected.contains(&e.addr),
                 "ejected_for_ms": upstream.ejected_for(e).map(|d| d.as_millis() as u64),
             })
@@ -107,7 +107,7 @@ pub fn upstream_health(upstream: &Upstream, runtime: &RuntimeHandle) -> Value {
     let usable = upstream
         .endpoints
         .iter()
-        .filter(|e| e.is_healthy() && !ejected.contains(&e.addr))
+        .filter(|e| upstream.is_healthy(e) && !ejected.contains(&e.addr))
         .count();
     let snapshot = upstream.breaker.snapshot();
     json!({

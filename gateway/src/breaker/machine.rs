@@ -316,7 +316,10 @@ impl Breaker {
         let word = self.word();
         let automatic = |s: State| matches!(s, State::Open | State::HalfOpen | State::Closed);
         if automatic(state.state) && automatic(word.state) {
-            let remaining = state.open_remaining.unwrap_or_default();
+            let remaining = state
+                .open_remaining
+                .unwrap_or_default()
+                .min(self.longest_open());
             self.open_until
                 .store(now.after(remaining).0, Ordering::Release);
             control.probes_admitted = 0;
@@ -398,23 +401,26 @@ impl Breaker {
     }
 
     /// Records the outcome of the call `permit` admitted.
-    pub fn record(&self, mut permit: Permit, outcome: Outcome) {
+    /// Returns whether it counted as an ordinary call of the current episode (what a
+    /// graceful upgrade forwards to the new process; a probe's result stays here).
+    pub fn record(&self, mut permit: Permit, outcome: Outcome) -> bool {
         if permit.breaker_id != self.id {
             debug_assert!(
                 false,
                 "permit recorded on breaker `{}` that did not issue it",
                 self.name
             );
-            return;
+            return false;
         }
         match permit.kind {
-            PermitKind::Untracked => {}
+            PermitKind::Untracked => false,
             PermitKind::Tracked => self.record_tracked(permit.epoch, outcome),
             PermitKind::Probe => {
                 if let Some(guard) = permit.probe.as_mut() {
                     guard.armed = false;
                     self.record_probe(guard.epoch, guard.id, outcome);
                 }
+                false
             }
         }
     }
@@ -441,6 +447,15 @@ impl Breaker {
         if matches!(word.state, State::Closed | State::MetricsOnly) {
             self.record_tracked(word.epoch, outcome);
         }
+    }
+
+    /// The longest this breaker's policy ever keeps it open: what another process's
+    /// or instance's open period is cut to.
+    fn longest_open(&self) -> Duration {
+        let policy = self.policy();
+        policy
+            .backoff
+            .map_or(policy.open_duration, |b| b.max.max(policy.open_duration))
     }
 
     fn reject(&self, state: State, retry_after: Duration) -> Rejected {
@@ -500,11 +515,11 @@ impl Breaker {
         result
     }
 
-    fn record_tracked(&self, epoch: u64, outcome: Outcome) {
+    fn record_tracked(&self, epoch: u64, outcome: Outcome) -> bool {
         let word = self.word();
         // The episode this call was admitted in is over: its outcome describes the past.
         if word.epoch != epoch || outcome.verdict == Verdict::Ignored {
-            return;
+            return false;
         }
         let failure = outcome.verdict == Verdict::Failure;
         let regime = self.regime.load();
@@ -525,12 +540,13 @@ impl Breaker {
         };
         // Only a failure or a slow call can tip a closed breaker; metrics-only never trips.
         if word.state != State::Closed || !(failure || slow) {
-            return;
+            return true;
         }
         let counts = window.counts(now);
         if let Some(cause) = regime.policy.trip_cause(counts, consecutive) {
             self.trip(word, cause, counts, consecutive);
         }
+        true
     }
 
     fn trip(&self, seen: Word, cause: TripCause, counts: WindowCounts, consecutive: u32) {
@@ -646,7 +662,7 @@ impl Breaker {
             (RemoteMove::Opened { remaining }, State::Closed | State::HalfOpen)
                 if !remaining.is_zero() =>
             {
-                (State::Open, Some(remaining))
+                (State::Open, Some(remaining.min(self.longest_open())))
             }
             (RemoteMove::Closed, State::Open) => (State::HalfOpen, None),
             _ => return false,
@@ -680,7 +696,19 @@ impl Breaker {
 
     /// Back to closed and automatic, with an empty window and no backoff history.
     pub fn reset(&self) -> Option<Transition> {
-        self.operator_move(|_| Some((State::Closed, Reason::Reset)))
+        self.reset_into(Mode::Automatic)
+    }
+
+    /// A reset straight into `mode` (the file's, when it is not automatic): one move,
+    /// so no call is admitted in between.
+    pub fn reset_into(&self, mode: Mode) -> Option<Transition> {
+        let to = match mode {
+            Mode::Automatic => State::Closed,
+            Mode::ForcedOpen => State::ForcedOpen,
+            Mode::Disabled => State::Disabled,
+            Mode::MetricsOnly => State::MetricsOnly,
+        };
+        self.operator_move(|_| Some((to, Reason::Reset)))
     }
 
     /// An operator's change: `decide` picks the target from the current state (None:

@@ -694,9 +694,9 @@ fn concurrent_records_add_up() {
                 for i in 0..per_thread {
                     let permit = b.try_acquire().expect("metrics-only admits");
                     match (i + t) % 4 {
-                        0 => b.record(permit, Outcome::failure(ms(1))),
+                        0 => _ = b.record(permit, Outcome::failure(ms(1))),
                         1 => drop(permit),
-                        _ => b.record(permit, Outcome::success(ms(1))),
+                        _ => _ = b.record(permit, Outcome::success(ms(1))),
                     }
                 }
             });
@@ -1230,4 +1230,98 @@ fn a_shadow_observes_without_deciding_and_records_elsewhere_only_when_closed() {
         "a forwarded outcome is no probe"
     );
     g.breaker.record(probe, Outcome::success(ms(1)));
+}
+
+#[test]
+fn record_says_whether_the_call_counted_in_the_current_episode() {
+    let f = fixture(BreakerPolicy {
+        consecutive_failures: Some(nz(1)),
+        ..quiet()
+    });
+    let early = f.breaker.try_acquire().expect("admitted");
+    let now = f.breaker.try_acquire().expect("admitted");
+    assert!(f.breaker.record(now, Outcome::failure(ms(1))), "counted");
+    assert_eq!(f.breaker.state(), State::Open);
+    assert!(
+        !f.breaker.record(early, Outcome::failure(ms(1))),
+        "admitted in an episode that is over"
+    );
+    f.clock.advance(Duration::from_secs(10));
+    let probe = f.breaker.try_acquire().expect("probe");
+    assert!(
+        !f.breaker.record(probe, Outcome::success(ms(1))),
+        "a probe is not an ordinary call"
+    );
+    // A reset straight into an operator state is one move.
+    let before = f.events.seen().len();
+    f.breaker.reset_into(Mode::ForcedOpen);
+    assert_eq!(f.breaker.state(), State::ForcedOpen);
+    assert_eq!(f.events.seen().len(), before + 1);
+}
+
+#[test]
+fn a_time_window_into_a_count_window_keeps_the_newest_calls_and_their_rates() {
+    let sec = Duration::from_secs;
+    let f = fixture(BreakerPolicy {
+        window: WindowPolicy::Time {
+            size: sec(10),
+            buckets: nzu(10),
+        },
+        ..quiet()
+    });
+    f.clock.advance(sec(100));
+    for _ in 0..10 {
+        f.fail(); // older slice: all failures
+    }
+    f.clock.advance(sec(2));
+    for i in 0..8 {
+        // newer slice: half failures
+        if i % 2 == 0 { f.fail() } else { f.succeed() }
+    }
+    let carried = f.breaker.reconfigure(BreakerPolicy {
+        window: WindowPolicy::Count { size: nzu(4) },
+        ..quiet()
+    });
+    assert_eq!(
+        carried,
+        Some(WindowCarried::Rebuilt {
+            kept: 4,
+            dropped: 14
+        })
+    );
+    // Four of the newest slice: half of them failed, as in that slice.
+    assert_eq!(f.breaker.snapshot().window.failures, 2);
+}
+
+#[test]
+fn handed_over_counts_are_not_trusted_to_be_small_or_consistent() {
+    let f = fixture(BreakerPolicy {
+        window: WindowPolicy::Count { size: nzu(5) },
+        ..quiet()
+    });
+    let hostile = BreakerExport {
+        state: State::Open,
+        open_remaining: Some(Duration::from_secs(1_000_000)),
+        reopens: 0,
+        consecutive_failures: 0,
+        window: WindowContents::Slices(vec![
+            Slice {
+                age: Duration::ZERO,
+                counts: WindowCounts {
+                    calls: u32::MAX,
+                    failures: u32::MAX,
+                    slow: 0,
+                },
+            };
+            3
+        ]),
+    };
+    assert_eq!(f.breaker.adopt(&hostile), u32::MAX - 5);
+    let snapshot = f.breaker.snapshot();
+    assert_eq!(snapshot.window.calls, 5);
+    assert_eq!(
+        snapshot.open_remaining,
+        Some(Duration::from_secs(10)),
+        "cut to the longest this policy keeps a breaker open"
+    );
 }

@@ -18,6 +18,15 @@ pub struct WindowCounts {
 }
 
 impl WindowCounts {
+    /// Saturating: counts handed over by another process are not trusted to be small.
+    fn plus(self, other: WindowCounts) -> WindowCounts {
+        WindowCounts {
+            calls: self.calls.saturating_add(other.calls),
+            failures: self.failures.saturating_add(other.failures),
+            slow: self.slow.saturating_add(other.slow),
+        }
+    }
+
     pub fn failure_rate(&self) -> f64 {
         ratio(self.failures, self.calls)
     }
@@ -88,15 +97,15 @@ impl Window {
                 }
             }
             (Window::Count(w), WindowContents::Slices(slices)) => {
-                // Oldest slice first; within a slice the order is unknown.
-                let mut calls: Vec<Call> = slices
+                // The newest calls that fit, newest slice first (the contents may come
+                // from another process: never more than the window holds), then
+                // recorded oldest first. Within a slice the order is unknown.
+                let calls: Vec<Call> = slices
                     .iter()
-                    .rev()
                     .flat_map(|s| s.counts.as_calls())
+                    .take(w.slots.len())
                     .collect();
-                let drop = calls.len().saturating_sub(w.slots.len());
-                calls.drain(..drop);
-                for call in calls {
+                for call in calls.iter().rev() {
                     w.record(call.failed, call.slow);
                 }
             }
@@ -153,18 +162,25 @@ impl WindowContents {
     pub fn calls(&self) -> u32 {
         match self {
             WindowContents::Calls(calls) => u32::try_from(calls.len()).unwrap_or(u32::MAX),
-            WindowContents::Slices(slices) => slices.iter().map(|s| s.counts.calls).sum(),
+            WindowContents::Slices(slices) => slices
+                .iter()
+                .fold(0u32, |sum, s| sum.saturating_add(s.counts.calls)),
         }
     }
 }
 
 impl WindowCounts {
-    /// Calls with these counts (failed ones first; a slow call is a failed one when it
-    /// can be): a time slice does not remember more.
+    /// Calls with these counts, failed and slow ones spread evenly (a time slice does
+    /// not remember the order), so that keeping part of a slice keeps its rates.
     fn as_calls(self) -> impl Iterator<Item = Call> {
+        let share = move |part: u32, i: u32| {
+            let (part, i, calls) = (u64::from(part), u64::from(i), u64::from(self.calls));
+            // Whether the running share of `part` crosses a whole call at call `i`.
+            (i + 1) * part / calls > i * part / calls
+        };
         (0..self.calls).map(move |i| Call {
-            failed: i < self.failures,
-            slow: i < self.slow,
+            failed: share(self.failures.min(self.calls), i),
+            slow: share(self.slow.min(self.calls), i),
         })
     }
 }
@@ -277,13 +293,15 @@ impl Bucket {
     }
 
     fn counts(&self) -> WindowCounts {
-        let mut counts = WindowCounts::default();
-        for shard in &self.shards {
-            counts.calls += shard.calls.load(Ordering::Relaxed);
-            counts.failures += shard.failures.load(Ordering::Relaxed);
-            counts.slow += shard.slow.load(Ordering::Relaxed);
-        }
-        counts
+        self.shards
+            .iter()
+            .fold(WindowCounts::default(), |sum, shard| {
+                sum.plus(WindowCounts {
+                    calls: shard.calls.load(Ordering::Relaxed),
+                    failures: shard.failures.load(Ordering::Relaxed),
+                    slow: shard.slow.load(Ordering::Relaxed),
+                })
+            })
     }
 }
 
@@ -371,10 +389,22 @@ impl TimeWindow {
         if bucket.slice.swap(slice + 1, Ordering::AcqRel) != slice + 1 {
             bucket.clear();
         }
+        // Stored, not added: each slice of the contents lands in its own bucket here,
+        // or several into one when this window's slices are longer.
         let shard = &bucket.shards[0];
-        shard.calls.fetch_add(counts.calls, Ordering::Relaxed);
-        shard.failures.fetch_add(counts.failures, Ordering::Relaxed);
-        shard.slow.fetch_add(counts.slow, Ordering::Relaxed);
+        let held = WindowCounts {
+            calls: shard.calls.load(Ordering::Relaxed),
+            failures: shard.failures.load(Ordering::Relaxed),
+            slow: shard.slow.load(Ordering::Relaxed),
+        }
+        .plus(WindowCounts {
+            calls: counts.calls,
+            failures: counts.failures.min(counts.calls),
+            slow: counts.slow.min(counts.calls),
+        });
+        shard.calls.store(held.calls, Ordering::Relaxed);
+        shard.failures.store(held.failures, Ordering::Relaxed);
+        shard.slow.store(held.slow, Ordering::Relaxed);
     }
 
     fn counts(&self, now: Nanos) -> WindowCounts {
@@ -387,10 +417,7 @@ impl TimeWindow {
             if held == 0 || held - 1 < oldest || held - 1 > slice {
                 continue;
             }
-            let held = bucket.counts();
-            counts.calls += held.calls;
-            counts.failures += held.failures;
-            counts.slow += held.slow;
+            counts = counts.plus(bucket.counts());
         }
         counts
     }

@@ -192,11 +192,13 @@ impl Call {
         if failed.is_some() {
             metrics.duration.observe(latency.as_secs_f64());
         }
-        self.upstream.breaker.record(permit, outcome);
+        let counted = self.upstream.breaker.record(permit, outcome);
         if let Some(shadow) = &self.upstream.shadow {
             shadow.observe(outcome);
         }
-        crate::handover::forward(&self.upstream, outcome);
+        if counted {
+            crate::handover::forward(&self.upstream, outcome);
+        }
         if let (Some(lease), Some(failed)) = (&self.lease, failed) {
             self.upstream.report(lease.index(), failed);
         }

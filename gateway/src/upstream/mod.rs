@@ -232,7 +232,16 @@ impl Upstream {
 
     fn available(&self, index: usize, now: Nanos) -> bool {
         let endpoint = &self.endpoints[index];
-        endpoint.state.ejected_until.load(Ordering::Acquire) <= now.0 && endpoint.is_healthy()
+        // What a setting that is gone decided does not count, even when a request of an
+        // older snapshot still writes it into the shared state.
+        let ejected = self.spec.outlier_detection.is_some()
+            && endpoint.state.ejected_until.load(Ordering::Acquire) > now.0;
+        !ejected && self.is_healthy(endpoint)
+    }
+
+    /// An endpoint's health as this pool sees it: without health checks, healthy.
+    pub fn is_healthy(&self, endpoint: &Endpoint) -> bool {
+        self.spec.health_check.is_none() || endpoint.is_healthy()
     }
 
     /// Whether an open breaker may let probes through: always, unless health checks
@@ -273,9 +282,10 @@ impl Upstream {
     /// Endpoints currently ejected.
     pub fn ejected(&self) -> impl Iterator<Item = &Endpoint> {
         let now = self.clock.now();
+        let detecting = self.spec.outlier_detection.is_some();
         self.endpoints
             .iter()
-            .filter(move |e| e.state.ejected_until.load(Ordering::Acquire) > now.0)
+            .filter(move |e| detecting && e.state.ejected_until.load(Ordering::Acquire) > now.0)
     }
 
     /// Chooses an endpoint, skipping ejected ones (unless every one is), and counts the
