@@ -68,19 +68,6 @@ async fn reload(gw: &Gateway, body: &str) -> Value {
     reply
 }
 
-/// Waits (at most 10 s) until `check` holds for the breaker of `upstream`.
-async fn until_breaker(gw: &Gateway, upstream: &str, what: &str, check: impl Fn(&Value) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let view = breaker(gw, upstream).await;
-        if check(&view) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never {what}: {view}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn remaining_ms(view: &Value) -> u64 {
     view["open_remaining_ms"]
         .as_u64()
