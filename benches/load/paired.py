@@ -11,10 +11,12 @@ measures by running them one after the other, but far less sensitive to a VM tha
 slows down for seconds at a time, since a slow phase hits both alike. VARIANT is one
 of run.py's gateway rows (`gateway`, `gw+predicate`, `gw+fallback`); WASM_DIR the plugins to
 load with that binary (default plugins/target/wasm32-wasip2/release), for builds of
-another contract.
+another contract. `gw+cluster` runs the fleet link to a local redis-server (started here).
 
 Example: what a WASM predicate costs the current build
     python3 benches/load/paired.py plain=target/release/gateway pred=target/release/gateway:gw+predicate
+What the fleet link costs (`cluster:` on against off)
+    python3 benches/load/paired.py alone=target/release/gateway fleet=target/release/gateway:gw+cluster
 """
 import importlib.util
 import os
@@ -36,6 +38,8 @@ def main():
         sides.append((name, binary, rest[0] if rest else "gateway", rest[1] if len(rest) > 1 else run.WASM))
     run.start(run.pinned(0, ["nginx", "-c", run.nginx_conf("upstream", run.P["upstream"], "")]), "upstream")
     run.wait_port(run.P["upstream"])
+    if any(variant in run.TOP_LEVEL_VARIANTS for _, _, variant, _ in sides):
+        run.start_redis()
     try:
         rps, cpu = run.side_by_side(sides)
     finally:

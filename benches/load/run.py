@@ -59,7 +59,7 @@ STEADY = os.environ.get("BENCH_STEADY") == "1"
 ATTEMPTS = int(os.environ.get("BENCH_ATTEMPTS", "8"))
 PIN = shutil.which("taskset") is not None and os.cpu_count() and os.cpu_count() >= 2
 P = {"upstream": 18100, "nginx": 18101, "haproxy": 18102, "gateway": 18103, "pingora": 18104, "admin": 18193,
-     "origin1": 18110, "origin2": 18111}
+     "origin1": 18110, "origin2": 18111, "redis": 18120}
 TMP = tempfile.mkdtemp(prefix="gw-bench-")
 PROCS = []
 
@@ -249,10 +249,23 @@ GATEWAY_VARIANTS = {
     "gateway": "",
     "gw+predicate": "    breaker: { predicate: rules }\n",
     "gw+fallback": "    breaker: { fallback: { plugin: degraded } }\n",
+    "gw+cluster": "",
+}
+# Variants with a top-level section: the fleet link to a local redis-server
+# (`start_redis`), which the request path must not notice.
+TOP_LEVEL_VARIANTS = {
+    "gw+cluster": f'cluster: {{ redis_url: "redis://127.0.0.1:{P["redis"]}", name: bench }}\n',
 }
 
 
-def gateway_conf(servers, extra="", name="gateway", tls=False, port=P["gateway"], admin=P["admin"], wasm=WASM):
+def start_redis():
+    """A redis-server on CPU 0 for the `gw+cluster` variant."""
+    start(pinned(0, ["redis-server", "--bind", "127.0.0.1", "--port", str(P["redis"]),
+                     "--save", "", "--appendonly", "no"]), "redis")
+    wait_port(P["redis"])
+
+
+def gateway_conf(servers, extra="", name="gateway", tls=False, port=P["gateway"], admin=P["admin"], wasm=WASM, top=""):
     listener = f'address: "127.0.0.1:{port}"'
     if tls:
         cert, key, _ = certificate()
@@ -263,7 +276,7 @@ def gateway_conf(servers, extra="", name="gateway", tls=False, port=P["gateway"]
         f.write(f"""server: {{ threads: 1, access_log: false, watch_config: false, upgrade_socket: "{TMP}/{name}-upgrade.sock" }}
 listeners: [{{ {listener} }}]
 admin: {{ address: "127.0.0.1:{admin}" }}
-{PLUGINS.replace(WASM, wasm) if "rules" in extra or "degraded" in extra else ""}upstreams:
+{top}{PLUGINS.replace(WASM, wasm) if "rules" in extra or "degraded" in extra else ""}upstreams:
   up:
     endpoints: [{endpoints}]
     timeouts: {{ connect: 1s, read: 1s }}
@@ -421,7 +434,8 @@ def measure(proxy_kind, variant, tls=False):
 
 def start_gateway(binary, variant, name, port, admin, wasm=WASM):
     """A gateway with `variant`'s settings on `port`, its plugins loaded from `wasm`."""
-    conf = gateway_conf([P["upstream"]], GATEWAY_VARIANTS[variant], name, port=port, admin=admin, wasm=wasm)
+    conf = gateway_conf([P["upstream"]], GATEWAY_VARIANTS[variant], name, port=port, admin=admin, wasm=wasm,
+                        top=TOP_LEVEL_VARIANTS.get(variant, ""))
     proxy = start(pinned(1, [binary, "run", "--config", conf]), name)
     wait_port(port)
     return proxy

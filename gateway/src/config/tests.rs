@@ -230,3 +230,46 @@ routes:
         "{found:?}"
     );
 }
+
+#[test]
+fn a_cluster_section_is_checked() {
+    let with = |cluster: &str| format!("{VALID}cluster: {cluster}\n");
+    let config = parse(
+        &with("{ redis_url: \"redis://127.0.0.1:6379/0\", name: prod-edge, instance: a1 }"),
+        Path::new("test.yaml"),
+    )
+    .expect("valid");
+    let cluster = config.cluster.expect("cluster");
+    assert_eq!(cluster.instance, "a1");
+    assert!(cluster.share_transitions && cluster.share_modes);
+    let found = errors(&with(
+        "{ redis_url: \"redis://user:secret@127.0.0.1:6379\", name: \"a b\" }",
+    ));
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("cluster.redis_url") && e.contains("password_env")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|e| e.contains("cluster.name")),
+        "{found:?}"
+    );
+    assert!(
+        !found.iter().any(|e| e.contains("secret")),
+        "never echoed: {found:?}"
+    );
+    let found = errors(&with(
+        "{ redis_url: \"http://127.0.0.1\", name: x, password_env: GATEWAY_TEST_UNSET_VARIABLE }",
+    ));
+    assert!(
+        found.iter().any(|e| e.contains("cluster.redis_url")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("cluster.password_env") && e.contains("not set")),
+        "{found:?}"
+    );
+}
