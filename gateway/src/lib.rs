@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod events;
+pub mod grpc;
 pub mod handover;
 pub mod limit;
 pub mod listener;

@@ -26,6 +26,7 @@ pub struct Metrics {
     breaker_transitions: IntCounterVec,
     breaker_rejections: IntCounterVec,
     upstream_requests: IntCounterVec,
+    upstream_grpc: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_retries: IntCounterVec,
     upstream_in_flight: IntGaugeVec,
@@ -88,6 +89,19 @@ pub struct UpstreamMetrics {
     pub rejected: IntCounter,
     pub overloaded: IntCounter,
     pub retries: IntCounter,
+    /// By gRPC status (17 names): resolved on first use, so a plain HTTP upstream
+    /// exports none.
+    grpc: IntCounterVec,
+    upstream: Arc<str>,
+}
+
+impl UpstreamMetrics {
+    /// A gRPC call to this upstream ended with `code`.
+    pub fn grpc_status(&self, code: crate::grpc::Code) {
+        self.grpc
+            .with_label_values(&[&*self.upstream, code.name()])
+            .inc();
+    }
 }
 
 /// Handles for one plugin, resolved when it loads.
@@ -235,6 +249,12 @@ impl Default for Metrics {
                 "Calls to upstreams by recorded outcome.",
                 &["upstream", "outcome"],
             ),
+            upstream_grpc: counter(
+                r,
+                "gateway_upstream_grpc_responses_total",
+                "gRPC calls to upstreams by the grpc-status they ended with (its name).",
+                &["upstream", "grpc_status"],
+            ),
             upstream_duration,
             upstream_retries: counter(
                 r,
@@ -361,6 +381,8 @@ impl Metrics {
             rejected: self.breaker_rejections.with_label_values(&[upstream]),
             overloaded: self.bulkhead_rejections.with_label_values(&[upstream]),
             retries: self.upstream_retries.with_label_values(&[upstream]),
+            grpc: self.upstream_grpc.clone(),
+            upstream: upstream.into(),
         }
     }
 

@@ -195,6 +195,8 @@ pub struct RawFailureWhen {
     pub statuses: Option<Vec<serde_yaml::Value>>,
     /// `all`, `none`, or a list of transport error kinds.
     pub errors: Option<serde_yaml::Value>,
+    /// gRPC status names (`UNAVAILABLE`) or codes (`14`).
+    pub grpc_statuses: Option<Vec<serde_yaml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +207,9 @@ pub struct RawFallback {
     pub headers: BTreeMap<String, String>,
     pub body: Option<String>,
     pub json: Option<serde_json::Value>,
+    /// What a gRPC client gets instead (a name or a code; default UNAVAILABLE).
+    pub grpc_status: Option<serde_yaml::Value>,
+    pub grpc_message: Option<String>,
     pub upstream: Option<String>,
     /// A fallback plugin declared under `plugins:`.
     pub plugin: Option<String>,

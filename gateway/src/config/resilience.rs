@@ -13,7 +13,8 @@ use super::raw::{
 };
 use super::units::WindowSize;
 use crate::breaker::{BackoffPolicy, BreakerPolicy, SlowCallPolicy, WindowPolicy};
-use crate::upstream::classify::{FailureWhen, TransportError};
+use crate::grpc::Code;
+use crate::upstream::classify::{DEFAULT_GRPC_FAILURES, FailureWhen, TransportError};
 
 /// What a client gets when the upstream is not called (breaker open, bulkhead full) or
 /// failed without an answer.
@@ -52,6 +53,10 @@ pub struct StaticResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// For a gRPC request: the Trailers-Only answer's status and message (the
+    /// gateway's own when not set).
+    pub grpc_status: Option<Code>,
+    pub grpc_message: Option<String>,
 }
 
 /// Eject an endpoint after consecutive failures, for a while that grows on repeats.
@@ -327,7 +332,32 @@ pub fn failure_when(
             Vec::new()
         }
     };
-    FailureWhen::new(statuses, &errors)
+    let grpc: Vec<Code> = match raw.grpc_statuses {
+        None => DEFAULT_GRPC_FAILURES.to_vec(),
+        Some(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                let text = match item {
+                    serde_yaml::Value::Number(n) => n.to_string(),
+                    other => other.as_str().unwrap_or_default().to_string(),
+                };
+                let code = Code::parse(&text);
+                if code.is_none() {
+                    problems.push(
+                        path.key("grpc_statuses").index(i),
+                        format!(
+                            "`{}` is not a gRPC status; use a name ({}) or a code 0-16",
+                            yaml_text(item),
+                            Code::all().map(Code::name).collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+                code
+            })
+            .collect(),
+    };
+    FailureWhen::new(statuses, &errors, &grpc)
 }
 
 fn error_kinds() -> String {
@@ -393,8 +423,12 @@ pub fn fallback(raw: Option<RawFallback>, path: &KeyPath, problems: &mut Problem
     let Some(raw) = raw else {
         return FallbackSpec::Default;
     };
-    let response =
-        raw.status.is_some() || raw.body.is_some() || raw.json.is_some() || !raw.headers.is_empty();
+    let response = raw.status.is_some()
+        || raw.body.is_some()
+        || raw.json.is_some()
+        || !raw.headers.is_empty()
+        || raw.grpc_status.is_some()
+        || raw.grpc_message.is_some();
     match (raw.upstream, raw.plugin) {
         (Some(_), Some(_)) => {
             problems.push(path.clone(), "a fallback is one of `upstream: name`, `plugin: name` or a response (status, headers, body or json)");
@@ -453,10 +487,39 @@ pub fn fallback(raw: Option<RawFallback>, path: &KeyPath, problems: &mut Problem
         }
         (None, None) => Bytes::new(),
     };
+    let grpc_status = raw.grpc_status.and_then(|value| {
+        let text = match &value {
+            serde_yaml::Value::Number(n) => n.to_string(),
+            other => other.as_str().unwrap_or_default().to_string(),
+        };
+        let code = Code::parse(&text);
+        if code.is_none() {
+            problems.push(
+                path.key("grpc_status"),
+                format!("`{}` is not a gRPC status name or code 0-16", yaml_text(&value)),
+            );
+        }
+        code
+    });
+    if grpc_status == Some(Code::OK) {
+        problems.push(
+            path.key("grpc_status"),
+            "OK would tell a gRPC client its call succeeded with no answer",
+        );
+    }
+    let grpc_message = raw.grpc_message.filter(|m| {
+        let fits = m.len() <= 1024;
+        if !fits {
+            problems.push(path.key("grpc_message"), "at most 1024 bytes");
+        }
+        fits
+    });
     FallbackSpec::Static(StaticResponse {
         status,
         headers,
         body,
+        grpc_status,
+        grpc_message,
     })
 }
 

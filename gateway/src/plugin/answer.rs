@@ -40,6 +40,9 @@ pub fn synthetic_response(response: types::SyntheticResponse) -> Result<StaticRe
         status: response.status,
         headers,
         body: Bytes::from(response.body),
+        // A plugin's answer is sent as it wrote it.
+        grpc_status: None,
+        grpc_message: None,
     })
 }
 

@@ -10,7 +10,8 @@ use crate::breaker::{Outcome, Permit, Rejected, State};
 use crate::plugin::{Plugin, types};
 use crate::runtime::Runtime;
 use crate::upstream::bulkhead::BulkheadSlot;
-use crate::upstream::classify::{CallResult, Judgement};
+use crate::grpc::Code;
+use crate::upstream::classify::{CallResult, Judgement, TransportError};
 use crate::upstream::{EndpointLease, Upstream};
 
 use super::fallback::FallbackReason;
@@ -45,6 +46,19 @@ pub struct Call {
     /// A body-reading predicate's view of the response (and its headers), filled as
     /// the body streams by.
     pub inspected: Option<(types::ResponseInfo, http::HeaderMap)>,
+    /// Where a gRPC response stands: its status comes last, in the trailers.
+    grpc: GrpcCall,
+}
+
+/// A gRPC exchange is judged on its `grpc-status`, not on its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GrpcCall {
+    /// Not a gRPC response (or no response yet).
+    No,
+    /// A gRPC response whose status has not arrived yet.
+    AwaitingTrailers,
+    /// Its status: from the trailers, or from the head of a Trailers-Only response.
+    Ended(Code),
 }
 
 impl Call {
@@ -91,6 +105,7 @@ impl Call {
                 .cloned(),
             judgement: None,
             inspected: None,
+            grpc: GrpcCall::No,
         })
     }
 
@@ -109,6 +124,42 @@ impl Call {
     }
 
     /// The upstream's response head arrived.
+    /// A gRPC response head arrived (HTTP 200, a gRPC content type): its status is in
+    /// it (Trailers-Only) or will come in the trailers.
+    pub fn on_grpc_head(&mut self, status: Option<Code>) {
+        self.grpc = status.map_or(GrpcCall::AwaitingTrailers, GrpcCall::Ended);
+    }
+
+    /// The trailers of a gRPC response arrived.
+    pub fn on_grpc_trailers(&mut self, status: Code) {
+        if self.grpc == GrpcCall::AwaitingTrailers {
+            self.grpc = GrpcCall::Ended(status);
+        }
+    }
+
+    /// Whether the outcome waits for the trailers (the body has ended without them).
+    pub fn awaits_trailers(&self) -> bool {
+        self.grpc == GrpcCall::AwaitingTrailers
+    }
+
+    /// How the exchange ended, given the error it ended with (if any): an upstream
+    /// error, the gRPC status, the HTTP status, or nothing (the client went away before
+    /// the answer was complete). A gRPC response that ended without its status is
+    /// INTERNAL, as gRPC clients read it.
+    pub fn result(&self, e: Option<&pingora::Error>) -> CallResult {
+        let upstream_error = e
+            .filter(|e| e.esource() == &pingora::ErrorSource::Upstream)
+            .map(TransportError::from_error);
+        match (upstream_error, e.is_some(), self.grpc, self.status) {
+            (_, _, GrpcCall::Ended(code), _) => CallResult::Grpc(code),
+            (Some(error), ..) => CallResult::Transport(error),
+            (None, true, GrpcCall::AwaitingTrailers, _) => CallResult::Abandoned,
+            (None, false, GrpcCall::AwaitingTrailers, _) => CallResult::Grpc(Code::INTERNAL),
+            (None, _, GrpcCall::No, Some(status)) => CallResult::Response(status),
+            (None, _, GrpcCall::No, None) => CallResult::Abandoned,
+        }
+    }
+
     pub fn on_response(&mut self, status: u16) {
         self.status = Some(status);
         self.head_latency = self.started.map(|s| s.elapsed());
@@ -173,6 +224,9 @@ impl Call {
             .unwrap_or_else(|| self.upstream.spec.failure_when.judge(result));
         let failed = judgement.failed;
         let metrics = &self.upstream.metrics;
+        if let CallResult::Grpc(code) = result {
+            metrics.grpc_status(code);
+        }
         let mut outcome = match failed {
             Some(true) => {
                 metrics.failure.inc();

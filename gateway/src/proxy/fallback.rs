@@ -16,6 +16,8 @@ use crate::runtime::Runtime;
 use crate::upstream::Upstream;
 
 use super::call::{Call, Rejection};
+use super::grpc;
+use crate::grpc::Code;
 use super::headers::REQUEST_ID;
 
 pub const FALLBACK_HEADER: &str = "x-gateway-fallback";
@@ -233,6 +235,31 @@ pub async fn respond(
         .events
         .metrics
         .fallback(upstream.name(), reason.as_str(), kind);
+    if grpc::is_grpc_request(session.req_header()) {
+        // A gRPC client reads a status, not a page (Trailers-Only).
+        let configured = match &upstream.spec.fallback {
+            FallbackSpec::Static(response) => {
+                (response.grpc_status, response.grpc_message.clone())
+            }
+            _ => (None, None),
+        };
+        let (code, message) = grpc_answer(upstream.name(), reason);
+        let message = configured.1.unwrap_or(message);
+        grpc::write_trailers_only(
+            session,
+            grpc::Answer {
+                code: configured.0.unwrap_or(code),
+                message: &message,
+                pushback: reason.retry_after(),
+                headers: vec![
+                    (FALLBACK_HEADER, reason.as_str().to_string()),
+                    (REQUEST_ID, request_id.to_string()),
+                ],
+            },
+        )
+        .await?;
+        return Ok(200);
+    }
     if let Some(retry_after) = reason.retry_after()
         && !headers.iter().any(|(n, _)| n == "retry-after")
     {
@@ -265,6 +292,27 @@ async fn write(
         .await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
+}
+
+/// The gRPC status and message of the default fallback.
+fn grpc_answer(upstream: &str, reason: FallbackReason) -> (Code, String) {
+    match reason {
+        FallbackReason::CircuitOpen { state, retry_after } => (
+            Code::UNAVAILABLE,
+            format!(
+                "the gateway's circuit breaker for upstream `{upstream}` is {state}: not calling it for {} ms",
+                retry_after.as_millis()
+            ),
+        ),
+        FallbackReason::Overloaded => (
+            Code::RESOURCE_EXHAUSTED,
+            format!("too many calls in flight to upstream `{upstream}` (bulkhead full)"),
+        ),
+        FallbackReason::UpstreamFailed => (
+            Code::UNAVAILABLE,
+            format!("upstream `{upstream}` could not be reached or failed"),
+        ),
+    }
 }
 
 fn default_response(

@@ -62,7 +62,7 @@ pub fn at_end(call: &mut Call, session: &Session, route: &String, result: CallRe
     }
     let judgement = match result {
         CallResult::Transport(error) => Some(ask(call, session, route, None, Some(error), result)),
-        CallResult::Response(_) => match call.inspected.take() {
+        CallResult::Response(_) | CallResult::Grpc(_) => match call.inspected.take() {
             Some((response, headers)) => {
                 let response = Some((response, &headers));
                 Some(ask(call, session, route, response, None, result))

@@ -32,6 +32,7 @@
 mod call;
 mod deadline;
 mod fallback;
+mod grpc;
 mod headers;
 mod judge;
 mod limits;
@@ -373,7 +374,25 @@ impl ProxyHttp for Gateway {
             .filter(|_| !response.status.is_informational())
         {
             call.on_response(response.status.as_u16());
+            grpc::at_head(call, response);
             judge::at_head(call, session, route_name(&ctx.route), response);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A gRPC call's status arrives here: the exchange is over.
+        if let Some(call) = ctx.call.as_mut()
+            && call.awaits_trailers()
+        {
+            grpc::at_trailers(call, trailers);
+            let result = call.result(None);
+            call.finish(result);
         }
         Ok(())
     }
@@ -393,8 +412,9 @@ impl ProxyHttp for Gateway {
         }
         // The exchange is over: record it before the client can see the end of it
         // (a body-reading predicate answers in `logging`, once the body is complete).
-        if end_of_stream && !judge::awaits_body(call) {
-            call.finish(call_result(None, call.status));
+        if end_of_stream && !judge::awaits_body(call) && !call.awaits_trailers() {
+            let result = call.result(None);
+            call.finish(result);
         }
         Ok(None)
     }
@@ -479,7 +499,7 @@ impl ProxyHttp for Gateway {
             return ctx.answer_limit(session, limit).await;
         }
         if let Some(call) = ctx.call.as_mut() {
-            let result = call_result(Some(e), call.status);
+            let result = call.result(Some(e));
             judge::at_end(call, session, route_name(&ctx.route), result);
             call.finish(result);
         }
@@ -534,7 +554,7 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         crate::listener::request_finished();
         if let Some(call) = ctx.call.as_mut() {
-            let result = call_result(e, call.status);
+            let result = call.result(e);
             judge::at_end(call, session, route_name(&ctx.route), result);
             call.finish(result);
         }
@@ -565,17 +585,6 @@ impl ProxyHttp for Gateway {
 }
 
 /// How the exchange ended, from the error Pingora reports (if any) and the status seen.
-fn call_result(e: Option<&Error>, status: Option<u16>) -> CallResult {
-    match (e, status) {
-        (Some(e), _) if e.esource() == &ErrorSource::Upstream => {
-            CallResult::Transport(TransportError::from_error(e))
-        }
-        // The client went away: only an answer the upstream already gave counts.
-        (_, Some(status)) => CallResult::Response(status),
-        (_, None) => CallResult::Abandoned,
-    }
-}
-
 /// The matched route's name; empty before one matched.
 fn route_name(route: &Option<Arc<Route>>) -> &String {
     static NO_ROUTE: String = String::new();

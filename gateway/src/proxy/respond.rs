@@ -5,6 +5,8 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::{ErrorSource, ErrorType};
 
+use crate::grpc::Code;
+
 /// Every error a client can receive from the gateway itself. The `code` strings are API:
 /// clients match on them, so they never change meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,18 @@ impl GatewayError {
         }
     }
 
+    /// What a gRPC client gets instead (gRPC's own mapping of HTTP errors, with the
+    /// deadline and size errors named for what they are).
+    pub fn grpc_code(self) -> Code {
+        match self {
+            Self::RouteNotFound => Code::UNIMPLEMENTED,
+            Self::UpstreamUnavailable => Code::UNAVAILABLE,
+            Self::UpstreamTimeout | Self::RequestTimeout => Code::DEADLINE_EXCEEDED,
+            Self::HeadersTooLarge | Self::BodyTooLarge => Code::RESOURCE_EXHAUSTED,
+            Self::BadRequest | Self::Internal => Code::INTERNAL,
+        }
+    }
+
     fn message(self) -> &'static str {
         match self {
             Self::RouteNotFound => "no route matches this request",
@@ -75,12 +89,21 @@ impl GatewayError {
     }
 }
 
-/// Writes a complete JSON error response.
+/// Writes a complete JSON error response, or for a gRPC client its gRPC equivalent.
 pub async fn write_error(
     session: &mut Session,
     error: GatewayError,
     request_id: &str,
 ) -> Result<()> {
+    if super::grpc::is_grpc_request(session.req_header()) {
+        let answer = super::grpc::Answer {
+            code: error.grpc_code(),
+            message: error.message(),
+            pushback: None,
+            headers: vec![(super::headers::REQUEST_ID, request_id.to_string())],
+        };
+        return super::grpc::write_trailers_only(session, answer).await;
+    }
     let body = serde_json::json!({
         "code": error.code(),
         "message": error.message(),

@@ -4,6 +4,8 @@ use std::fmt;
 
 use pingora::{Error, ErrorType};
 
+use crate::grpc::Code;
+
 /// How an exchange with an upstream failed below HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransportError {
@@ -81,30 +83,47 @@ impl fmt::Display for TransportError {
     }
 }
 
-/// `failure_when`: statuses and transport errors that count as failures.
+/// `failure_when`: statuses, gRPC statuses and transport errors that count as failures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailureWhen {
     /// Inclusive ranges of status codes.
     pub statuses: Vec<(u16, u16)>,
     errors: u8,
+    /// One bit per gRPC code.
+    grpc: u32,
 }
 
+/// The gRPC statuses that count as failures unless `failure_when.grpc_statuses` says
+/// otherwise: the server could not serve the call (not: the call was wrong).
+pub const DEFAULT_GRPC_FAILURES: [Code; 4] = [
+    Code::UNAVAILABLE,
+    Code::DEADLINE_EXCEEDED,
+    Code::RESOURCE_EXHAUSTED,
+    Code::INTERNAL,
+];
+
 impl Default for FailureWhen {
-    /// 5xx responses and every transport error.
+    /// 5xx responses, every transport error, and the default gRPC statuses.
     fn default() -> Self {
-        Self {
-            statuses: vec![(500, 599)],
-            errors: TransportError::ALL.iter().fold(0, |bits, e| bits | e.bit()),
-        }
+        Self::new(
+            vec![(500, 599)],
+            &TransportError::ALL,
+            &DEFAULT_GRPC_FAILURES,
+        )
     }
 }
 
 impl FailureWhen {
-    pub fn new(statuses: Vec<(u16, u16)>, errors: &[TransportError]) -> Self {
+    pub fn new(statuses: Vec<(u16, u16)>, errors: &[TransportError], grpc: &[Code]) -> Self {
         Self {
             statuses,
             errors: errors.iter().fold(0, |bits, e| bits | e.bit()),
+            grpc: grpc.iter().fold(0, |bits, c| bits | 1 << c.value()),
         }
+    }
+
+    pub fn grpc_fails(&self, code: Code) -> bool {
+        self.grpc & (1 << code.value()) != 0
     }
 
     pub fn status_fails(&self, status: u16) -> bool {
@@ -123,6 +142,9 @@ impl FailureWhen {
 pub enum CallResult {
     /// The upstream answered with this status (and the body, if any, arrived whole).
     Response(u16),
+    /// A gRPC call ended with this `grpc-status` (in its trailers, or in the head of a
+    /// Trailers-Only response).
+    Grpc(Code),
     /// The exchange failed on the wire, possibly after the status arrived.
     Transport(TransportError),
     /// The client went away or the request never reached the upstream: says nothing.
@@ -149,6 +171,7 @@ impl FailureWhen {
     pub fn fails(&self, result: CallResult) -> Option<bool> {
         match result {
             CallResult::Response(status) => Some(self.status_fails(status)),
+            CallResult::Grpc(code) => Some(self.grpc_fails(code)),
             CallResult::Transport(error) => Some(self.error_fails(error)),
             CallResult::Abandoned => None,
         }
@@ -173,6 +196,12 @@ mod tests {
             );
         }
         assert_eq!(rules.fails(CallResult::Abandoned), None);
+        for code in DEFAULT_GRPC_FAILURES {
+            assert_eq!(rules.fails(CallResult::Grpc(code)), Some(true), "{code}");
+        }
+        for ok in [Code::OK, Code::new(5).unwrap_or(Code::OK)] {
+            assert_eq!(rules.fails(CallResult::Grpc(ok)), Some(false), "{ok}");
+        }
     }
 
     #[test]
@@ -180,7 +209,10 @@ mod tests {
         let rules = FailureWhen::new(
             vec![(429, 429), (502, 504)],
             &[TransportError::ConnectRefused],
+            &[Code::UNAVAILABLE],
         );
+        assert_eq!(rules.fails(CallResult::Grpc(Code::UNAVAILABLE)), Some(true));
+        assert_eq!(rules.fails(CallResult::Grpc(Code::INTERNAL)), Some(false));
         assert!(rules.status_fails(429));
         assert!(rules.status_fails(503));
         assert!(!rules.status_fails(500));

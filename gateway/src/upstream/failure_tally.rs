@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::grpc::Code;
 use crate::upstream::classify::{CallResult, TransportError};
 
 /// Counts per status code (100-599) and per transport error kind; atomics only.
@@ -10,6 +11,7 @@ use crate::upstream::classify::{CallResult, TransportError};
 pub struct FailureTally {
     statuses: Box<[AtomicU32]>,
     errors: [AtomicU32; TransportError::ALL.len()],
+    grpc: [AtomicU32; Code::COUNT],
 }
 
 impl Default for FailureTally {
@@ -17,6 +19,7 @@ impl Default for FailureTally {
         Self {
             statuses: (100..600).map(|_| AtomicU32::new(0)).collect(),
             errors: Default::default(),
+            grpc: Default::default(),
         }
     }
 }
@@ -26,6 +29,9 @@ impl FailureTally {
         match result {
             CallResult::Response(status) if (100..600).contains(&status) => {
                 self.statuses[usize::from(status - 100)].fetch_add(1, Ordering::Relaxed);
+            }
+            CallResult::Grpc(code) => {
+                self.grpc[usize::from(code.value())].fetch_add(1, Ordering::Relaxed);
             }
             CallResult::Transport(kind) => {
                 let index = TransportError::ALL
@@ -59,8 +65,12 @@ impl FailureTally {
             .iter()
             .zip(&self.errors)
             .map(|(kind, n)| (kind.as_str().to_string(), read(n)));
+        let grpc = Code::all()
+            .zip(&self.grpc)
+            .map(|(code, n)| (format!("grpc {code}"), read(n)));
         statuses
             .chain(errors)
+            .chain(grpc)
             .filter(|(_, n)| *n > 0)
             .max_by_key(|(_, n)| *n)
     }
