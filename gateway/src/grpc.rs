@@ -77,7 +77,9 @@ impl Code {
     }
 
     pub fn all() -> impl Iterator<Item = Code> {
-        (0..NAMES.len()).filter_map(|i| u8::try_from(i).ok()).map(Code)
+        (0..NAMES.len())
+            .filter_map(|i| u8::try_from(i).ok())
+            .map(Code)
     }
 }
 
@@ -132,7 +134,10 @@ mod tests {
         assert!(is_grpc_content_type(b"application/grpc;charset=utf-8"));
         assert!(!is_grpc_content_type(b"application/grpc-web"));
         assert!(!is_grpc_content_type(b"application/json"));
-        assert_eq!(encode_message("open: 50% failed\n"), "open: 50%25 failed%0A");
+        assert_eq!(
+            encode_message("open: 50% failed\n"),
+            "open: 50%25 failed%0A"
+        );
         assert_eq!(encode_message("ünï"), "%C3%BCn%C3%AF");
     }
 }

@@ -496,7 +496,10 @@ pub fn fallback(raw: Option<RawFallback>, path: &KeyPath, problems: &mut Problem
         if code.is_none() {
             problems.push(
                 path.key("grpc_status"),
-                format!("`{}` is not a gRPC status name or code 0-16", yaml_text(&value)),
+                format!(
+                    "`{}` is not a gRPC status name or code 0-16",
+                    yaml_text(&value)
+                ),
             );
         }
         code

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::breaker::{Outcome, Permit, Rejected, State};
+use crate::grpc::Code;
 use crate::plugin::{Plugin, types};
 use crate::runtime::Runtime;
 use crate::upstream::bulkhead::BulkheadSlot;
-use crate::grpc::Code;
 use crate::upstream::classify::{CallResult, Judgement, TransportError};
 use crate::upstream::{EndpointLease, Upstream};
 

@@ -17,8 +17,8 @@ use crate::upstream::Upstream;
 
 use super::call::{Call, Rejection};
 use super::grpc;
-use crate::grpc::Code;
 use super::headers::REQUEST_ID;
+use crate::grpc::Code;
 
 pub const FALLBACK_HEADER: &str = "x-gateway-fallback";
 pub const FALLBACK_UPSTREAM_HEADER: &str = "x-gateway-fallback-upstream";
@@ -238,9 +238,7 @@ pub async fn respond(
     if grpc::is_grpc_request(session.req_header()) {
         // A gRPC client reads a status, not a page (Trailers-Only).
         let configured = match &upstream.spec.fallback {
-            FallbackSpec::Static(response) => {
-                (response.grpc_status, response.grpc_message.clone())
-            }
+            FallbackSpec::Static(response) => (response.grpc_status, response.grpc_message.clone()),
             _ => (None, None),
         };
         let (code, message) = grpc_answer(upstream.name(), reason);

@@ -24,7 +24,10 @@ pub fn at_head(call: &mut Call, head: &ResponseHeader) {
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| is_grpc_content_type(v.as_bytes()));
     if grpc {
-        let status = head.headers.get(STATUS).map(|v| Code::from_header(v.as_bytes()));
+        let status = head
+            .headers
+            .get(STATUS)
+            .map(|v| Code::from_header(v.as_bytes()));
         call.on_grpc_head(status);
     }
 }
