@@ -43,6 +43,7 @@ impl Held {
             route: &self.route,
             upstream: &self.upstream,
             response: Some(&self.response),
+            trailers: None,
         }
     }
 }

@@ -37,8 +37,9 @@ fuzz_target!(|answer: Answer| {
     let status = answer.status;
     let result = synthetic_response(SyntheticResponse {
         status: answer.status,
-        headers: answer.headers,
+        headers: answer.headers.clone(),
         body: answer.body,
+        trailers: answer.headers,
     });
     match result {
         Ok(response) => {

@@ -281,3 +281,57 @@ async fn over_tls_with_alpn_h2_the_same_holds() {
         "{e:?}"
     );
 }
+
+#[tokio::test]
+async fn a_predicate_reads_the_trailers_and_a_fallback_plugin_answers_with_them() {
+    let origin = start_grpc_origin().await;
+    let plugins = format!(
+        "plugins:\n{}{}",
+        gateway_tests::plugin_entry(
+            "grpc-rules",
+            "status-latency-predicate",
+            "predicate",
+            "config: { failure_statuses: \"500-599\", failure_grpc_statuses: \"14\" }"
+        ),
+        gateway_tests::plugin_entry("degraded", "degraded-fallback", "fallback", "")
+    );
+    let gw = Gateway::start_with_listener(
+        &format!(
+            "{plugins}{}",
+            body(
+                origin,
+                "{ consecutive_failures: 1, open_duration: 30s, predicate: grpc-rules, fallback: { plugin: degraded } }"
+            )
+        ),
+        "    http2: true\n",
+    )
+    .await;
+    let mut client = h2c_client(&gw).await;
+    // The streaming call's status comes in real trailers, after two messages: only a
+    // predicate that reads them sees UNAVAILABLE behind the HTTP 200.
+    let mut stream = client
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch starts")
+        .into_inner();
+    while let Ok(Some(_)) = stream.message().await {}
+    let view = breaker(&gw).await;
+    assert_eq!(
+        view["state"], "open",
+        "the predicate judged the trailer: {view}"
+    );
+    // The fallback plugin answers the gRPC client in trailers.
+    let e = check(&mut client, "ok").await.expect_err("open");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(e.message(), "degraded: api is circuit_open");
+    assert!(
+        e.metadata()
+            .get("grpc-retry-pushback-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|ms| ms > 25_000),
+        "{e:?}"
+    );
+}

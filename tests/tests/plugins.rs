@@ -655,7 +655,7 @@ fn plugins_that_cannot_load_are_config_errors_at_their_declaration() {
         ),
         (
             plugin_entry("old", "old-contract", "predicate", ""),
-            "plugins.old: was built against edge-gateway:plugin@0.1.0, but this gateway speaks edge-gateway:plugin@0.3.0: rebuild it",
+            "plugins.old: was built against edge-gateway:plugin@0.1.0, but this gateway speaks edge-gateway:plugin@0.4.0: rebuild it",
         ),
     ];
     for (entry, expected) in cases {

@@ -53,6 +53,8 @@ pub struct StaticResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// Sent after the body to HTTP/2 clients (a fallback plugin's answer only).
+    pub trailers: Vec<(String, String)>,
     /// For a gRPC request: the Trailers-Only answer's status and message (the
     /// gateway's own when not set).
     pub grpc_status: Option<Code>,
@@ -521,6 +523,7 @@ pub fn fallback(raw: Option<RawFallback>, path: &KeyPath, problems: &mut Problem
         status,
         headers,
         body,
+        trailers: Vec::new(),
         grpc_status,
         grpc_message,
     })

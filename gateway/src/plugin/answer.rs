@@ -9,8 +9,8 @@ pub use crate::config::FRAMING_HEADERS;
 use crate::config::{StaticResponse, is_framing_header};
 use crate::plugin::types;
 
-/// Checks a plugin's response: a real status, valid headers. Framing headers are
-/// dropped, names lower-cased.
+/// Checks a plugin's response: a real status, valid headers and trailers. Framing
+/// headers are dropped, names lower-cased.
 pub fn synthetic_response(response: types::SyntheticResponse) -> Result<StaticResponse, String> {
     if !(200..=599).contains(&response.status) {
         return Err(format!(
@@ -18,32 +18,38 @@ pub fn synthetic_response(response: types::SyntheticResponse) -> Result<StaticRe
             response.status
         ));
     }
-    let mut headers = Vec::with_capacity(response.headers.len());
-    for (name, value) in response.headers {
+    Ok(StaticResponse {
+        status: response.status,
+        headers: checked(response.headers, "header")?,
+        body: Bytes::from(response.body),
+        trailers: checked(response.trailers, "trailer")?,
+        // A plugin's answer is sent as it wrote it.
+        grpc_status: None,
+        grpc_message: None,
+    })
+}
+
+/// Valid names and values, lower-cased names, framing fields dropped (the gateway
+/// frames the body itself; a trailer may not frame anything either).
+fn checked(fields: types::Headers, what: &str) -> Result<Vec<(String, String)>, String> {
+    let mut kept = Vec::with_capacity(fields.len());
+    for (name, value) in fields {
         let name = name.to_ascii_lowercase();
         if http::HeaderName::from_bytes(name.as_bytes()).is_err()
             || http::HeaderValue::from_str(&value).is_err()
         {
             // Escaped: the refusal is logged, and must not end the log line.
             return Err(format!(
-                "`{}: {}` is not a valid header",
+                "`{}: {}` is not a valid {what}",
                 name.escape_debug(),
                 value.escape_debug()
             ));
         }
-        // The gateway frames the body itself: a plugin's copies are dropped.
         if !is_framing_header(&name) {
-            headers.push((name, value));
+            kept.push((name, value));
         }
     }
-    Ok(StaticResponse {
-        status: response.status,
-        headers,
-        body: Bytes::from(response.body),
-        // A plugin's answer is sent as it wrote it.
-        grpc_status: None,
-        grpc_message: None,
-    })
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -58,6 +64,10 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
             body: b"{}".to_vec(),
+            trailers: vec![
+                ("grpc-status".into(), "0".into()),
+                ("Content-Length".into(), "1".into()),
+            ],
         }
     }
 
@@ -81,6 +91,11 @@ mod tests {
             vec![("x-fallback".to_string(), "degraded".to_string())]
         );
         assert_eq!(response.body.as_ref(), b"{}");
+        assert_eq!(
+            response.trailers,
+            vec![("grpc-status".to_string(), "0".to_string())],
+            "trailers kept, framing dropped"
+        );
     }
 
     #[test]

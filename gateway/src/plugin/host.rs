@@ -43,6 +43,8 @@ pub struct Exchange<'a> {
     /// The response head's headers; none before there is a response (a fallback's
     /// call, a transport error).
     pub response: Option<&'a http::HeaderMap>,
+    /// The response's trailers, when they arrived (a gRPC call's status).
+    pub trailers: Option<&'a http::HeaderMap>,
 }
 
 // Where the host functions find the lent exchange: calls run to the end on the
@@ -51,15 +53,22 @@ scoped_tls::scoped_thread_local!(static REQUEST: RequestHeader);
 scoped_tls::scoped_thread_local!(static ROUTE: String);
 scoped_tls::scoped_thread_local!(static UPSTREAM: String);
 scoped_tls::scoped_thread_local!(static RESPONSE_HEADERS: http::HeaderMap);
+scoped_tls::scoped_thread_local!(static TRAILERS: http::HeaderMap);
 
 impl Exchange<'_> {
     /// Runs `call` with this exchange readable by the `host` functions.
     pub fn lend<R>(self, call: impl FnOnce() -> R) -> R {
         REQUEST.set(self.request, || {
             ROUTE.set(self.route, || {
-                UPSTREAM.set(self.upstream, || match self.response {
-                    Some(response) => RESPONSE_HEADERS.set(response, call),
-                    None => call(),
+                UPSTREAM.set(self.upstream, || {
+                    let call = || match self.trailers {
+                        Some(trailers) => TRAILERS.set(trailers, call),
+                        None => call(),
+                    };
+                    match self.response {
+                        Some(response) => RESPONSE_HEADERS.set(response, call),
+                        None => call(),
+                    }
                 })
             })
         })
@@ -76,6 +85,7 @@ fn lent_headers<R>(message: Message, read: impl FnOnce(&http::HeaderMap) -> R) -
     match message {
         Message::Request => lent(&REQUEST, |request| read(&request.headers)),
         Message::Response => lent(&RESPONSE_HEADERS, read),
+        Message::Trailers => lent(&TRAILERS, read),
     }
 }
 
@@ -348,6 +358,7 @@ mod tests {
             route: &"orders".to_string(),
             upstream: &"orders-v2".to_string(),
             response: Some(&response),
+            trailers: None,
         };
         exchange.lend(|| read(&mut state))
     }
@@ -371,6 +382,7 @@ mod tests {
                 route: &String::new(),
                 upstream: &String::new(),
                 response: None,
+                trailers: None,
             };
             let mut state = HostState::new(test_log(), 1 << 20);
             exchange.lend(|| assert_eq!(state.request(RequestField::Authority), authority));
@@ -438,6 +450,7 @@ mod tests {
             route: &"api".to_string(),
             upstream: &"api".to_string(),
             response: None,
+            trailers: None,
         };
         lent.lend(|| {
             assert_eq!(idle.header(Message::Request, "host".into()), ["api.test"]);

@@ -26,7 +26,7 @@ use crate::throttled_log::ThrottledLog;
 
 /// The WIT package plugins are built against, named in errors about a plugin that does
 /// not fit it.
-const CONTRACT: &str = "edge-gateway:plugin@0.3.0";
+const CONTRACT: &str = "edge-gateway:plugin@0.4.0";
 
 /// The contract version a component imports, when it is not this gateway's.
 fn built_for(component: &Component, engine: &wasmtime::Engine) -> Option<String> {
@@ -288,9 +288,9 @@ impl Plugin {
     }
 }
 
-/// Most headers a fallback's answer may carry (the gateway adds its own few).
+/// Most header and trailer fields a fallback's answer may carry (the gateway adds its own few).
 pub const MAX_ANSWER_HEADERS: usize = 64;
-/// Most bytes of header names and values a fallback's answer may carry.
+/// Most bytes of header and trailer names and values a fallback's answer may carry.
 pub const MAX_ANSWER_HEADER_BYTES: usize = 16 << 10;
 
 /// A fallback's response fits its body limit and the header bounds.
@@ -301,16 +301,16 @@ fn within_bounds(response: &SyntheticResponse, max_body: usize) -> Result<(), Pl
             limit: max_body,
         });
     }
-    let count = response.headers.len();
+    // Trailers are header fields too, sent in the same kind of block: one budget.
+    let fields = || response.headers.iter().chain(&response.trailers);
+    let count = fields().count();
     if count > MAX_ANSWER_HEADERS {
         return Err(PluginError::TooManyHeaders {
             count,
             limit: MAX_ANSWER_HEADERS,
         });
     }
-    let size = response
-        .headers
-        .iter()
+    let size = fields()
         .map(|(name, value)| name.len().saturating_add(value.len()))
         .fold(0usize, usize::saturating_add);
     if size > MAX_ANSWER_HEADER_BYTES {
@@ -333,7 +333,27 @@ mod tests {
                 .map(|i| (format!("x-h{i}"), "v".repeat(value_len)))
                 .collect(),
             body: vec![b'x'; body],
+            trailers: Vec::new(),
         }
+    }
+
+    #[test]
+    fn trailers_count_against_the_same_field_budget() {
+        let mut response = answer(MAX_ANSWER_HEADERS, 1, 0);
+        assert!(within_bounds(&response, 0).is_ok());
+        response.trailers.push(("grpc-status".into(), "14".into()));
+        assert!(matches!(
+            within_bounds(&response, 0),
+            Err(PluginError::TooManyHeaders { .. })
+        ));
+        let mut response = answer(1, 1, 0);
+        response
+            .trailers
+            .push(("grpc-message".into(), "m".repeat(MAX_ANSWER_HEADER_BYTES)));
+        assert!(matches!(
+            within_bounds(&response, 0),
+            Err(PluginError::HeadersTooLarge { .. })
+        ));
     }
 
     #[test]

@@ -137,6 +137,11 @@ impl Call {
         }
     }
 
+    /// Whether a gRPC answer's status is known (a Trailers-Only head, or trailers).
+    pub fn grpc_ended(&self) -> bool {
+        matches!(self.grpc, GrpcCall::Ended(_))
+    }
+
     /// Whether the outcome waits for the trailers (the body has ended without them).
     pub fn awaits_trailers(&self) -> bool {
         self.grpc == GrpcCall::AwaitingTrailers

@@ -9,7 +9,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 
 use crate::breaker::State;
-use crate::config::FallbackSpec;
+use crate::config::{FallbackSpec, StaticResponse};
 use crate::plugin::answer::synthetic_response;
 use crate::plugin::{Exchange, PluginError, convert, types};
 use crate::runtime::Runtime;
@@ -164,21 +164,14 @@ pub async fn ask_plugin(
         route,
         upstream: &upstream.spec.name,
         response: None,
+        trailers: None,
     };
     match plugin.respond(context, exchange) {
         Ok(types::FallbackAction::Respond(response)) => match synthetic_response(response) {
             Ok(response) => {
                 metrics.fallback(upstream.name(), reason.as_str(), "plugin");
                 let status = response.status;
-                write(
-                    session,
-                    status,
-                    response.headers,
-                    response.body,
-                    reason,
-                    request_id,
-                )
-                .await?;
+                write(session, response, reason, request_id).await?;
                 Ok(PluginAnswer::Responded(status))
             }
             Err(problem) => {
@@ -217,15 +210,8 @@ pub async fn respond(
     reason: FallbackReason,
     request_id: &str,
 ) -> Result<u16> {
-    let (kind, (status, mut headers, body)) = match &upstream.spec.fallback {
-        FallbackSpec::Static(response) => (
-            "static",
-            (
-                response.status,
-                response.headers.clone(),
-                response.body.clone(),
-            ),
-        ),
+    let (kind, mut response) = match &upstream.spec.fallback {
+        FallbackSpec::Static(response) => ("static", response.clone()),
         _ => (
             "default",
             default_response(upstream.name(), reason, request_id),
@@ -237,16 +223,12 @@ pub async fn respond(
         .fallback(upstream.name(), reason.as_str(), kind);
     if grpc::is_grpc_request(session.req_header()) {
         // A gRPC client reads a status, not a page (Trailers-Only).
-        let configured = match &upstream.spec.fallback {
-            FallbackSpec::Static(response) => (response.grpc_status, response.grpc_message.clone()),
-            _ => (None, None),
-        };
         let (code, message) = grpc_answer(upstream.name(), reason);
-        let message = configured.1.unwrap_or(message);
+        let message = response.grpc_message.unwrap_or(message);
         grpc::write_trailers_only(
             session,
             grpc::Answer {
-                code: configured.0.unwrap_or(code),
+                code: response.grpc_status.unwrap_or(code),
                 message: &message,
                 pushback: reason.retry_after(),
                 headers: vec![
@@ -259,36 +241,55 @@ pub async fn respond(
         return Ok(200);
     }
     if let Some(retry_after) = reason.retry_after()
-        && !headers.iter().any(|(n, _)| n == "retry-after")
+        && !response.headers.iter().any(|(n, _)| n == "retry-after")
     {
         // Whole seconds, rounded up, at least 1: never tell a client to retry at once.
         let secs = retry_after.as_millis().div_ceil(1000).max(1);
-        headers.push(("retry-after".into(), secs.to_string()));
+        response
+            .headers
+            .push(("retry-after".into(), secs.to_string()));
     }
-    write(session, status, headers, body, reason, request_id).await?;
+    let status = response.status;
+    write(session, response, reason, request_id).await?;
     Ok(status)
 }
 
-/// Sends a fallback response, marked as one.
+/// Sends a fallback response, marked as one; its trailers, if any, after the body.
 async fn write(
     session: &mut Session,
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Bytes,
+    response: StaticResponse,
     reason: FallbackReason,
     request_id: &str,
 ) -> Result<()> {
-    let mut header = ResponseHeader::build(status, Some(headers.len() + 4))?;
-    for (name, value) in headers {
+    let mut header = ResponseHeader::build(response.status, Some(response.headers.len() + 4))?;
+    for (name, value) in response.headers {
         header.insert_header(name, value)?;
     }
-    header.insert_header("content-length", body.len().to_string())?;
+    if response.trailers.is_empty() {
+        header.insert_header("content-length", response.body.len().to_string())?;
+    }
     header.insert_header(FALLBACK_HEADER, reason.as_str())?;
     header.insert_header(REQUEST_ID, request_id)?;
     session
         .write_response_header(Box::new(header), false)
         .await?;
-    session.write_response_body(Some(body), true).await?;
+    let trailers = response.trailers;
+    session
+        .write_response_body(Some(response.body), trailers.is_empty())
+        .await?;
+    if !trailers.is_empty() {
+        let mut map = http::HeaderMap::with_capacity(trailers.len());
+        for (name, value) in trailers {
+            // Checked when the answer was (`plugin/answer.rs`).
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(&value),
+            ) {
+                map.append(name, value);
+            }
+        }
+        session.write_response_trailers(map).await?;
+    }
     Ok(())
 }
 
@@ -313,11 +314,7 @@ fn grpc_answer(upstream: &str, reason: FallbackReason) -> (Code, String) {
     }
 }
 
-fn default_response(
-    upstream: &str,
-    reason: FallbackReason,
-    request_id: &str,
-) -> (u16, Vec<(String, String)>, Bytes) {
+fn default_response(upstream: &str, reason: FallbackReason, request_id: &str) -> StaticResponse {
     let retry_after_ms = reason.retry_after().map_or(0, |d| d.as_millis() as u64);
     let body = match reason {
         FallbackReason::CircuitOpen { state, .. } => serde_json::json!({
@@ -342,9 +339,15 @@ fn default_response(
             "request_id": request_id,
         }),
     };
-    let headers = vec![
-        ("content-type".to_string(), "application/json".to_string()),
-        ("cache-control".to_string(), "no-store".to_string()),
-    ];
-    (503, headers, Bytes::from(body.to_string()))
+    StaticResponse {
+        status: 503,
+        headers: vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            ("cache-control".to_string(), "no-store".to_string()),
+        ],
+        body: Bytes::from(body.to_string()),
+        trailers: Vec::new(),
+        grpc_status: None,
+        grpc_message: None,
+    }
 }

@@ -3,8 +3,9 @@
 //! A predicate that needs no body is asked as soon as the response head arrives, so
 //! its judgement is ready when the body ends. A body-reading one (`inspect_body_bytes`)
 //! sees a copy of the first bytes as they stream past — the client gets them
-//! unchanged and undelayed — and is asked once the response is complete. Transport
-//! errors are judged when they end the exchange. A plugin that fails gets the
+//! unchanged and undelayed — and is asked once the response is complete. A gRPC
+//! response is judged once its trailers (its status) arrived, which the predicate can
+//! read. Transport errors are judged when they end the exchange. A plugin that fails gets the
 //! upstream's `on_plugin_error` policy instead.
 
 use bytes::Bytes;
@@ -22,15 +23,37 @@ pub fn at_head(call: &mut Call, session: &Session, route: &String, head: &Respon
         return;
     };
     let mut response = convert::response(head);
-    if plugin.spec.inspect_body_bytes.is_some() {
-        // Asked once the body is complete, when the head is no longer at hand.
-        response.body_prefix = Some(Vec::new());
+    let inspects_body = plugin.spec.inspect_body_bytes.is_some();
+    if inspects_body || call.awaits_trailers() {
+        // Asked once the body (or the trailers) arrived, when the head is no longer at
+        // hand.
+        if inspects_body {
+            response.body_prefix = Some(Vec::new());
+        }
         call.inspected = Some((response, head.headers.clone()));
         return;
     }
     let status = CallResult::Response(response.status);
     let response = Some((response, &head.headers));
-    call.judgement = Some(ask(call, session, route, response, None, status));
+    call.judgement = Some(ask(call, session, route, response, None, None, status));
+}
+
+/// A gRPC response's trailers arrived: the predicate judges with them readable.
+pub fn at_trailers(
+    call: &mut Call,
+    session: &Session,
+    route: &String,
+    trailers: &http::HeaderMap,
+    result: CallResult,
+) {
+    if call.predicate.is_none() {
+        return;
+    }
+    if let Some((response, headers)) = call.inspected.take() {
+        let response = Some((response, &headers));
+        let judgement = ask(call, session, route, response, Some(trailers), None, result);
+        call.judgement = Some(judgement);
+    }
 }
 
 /// A body chunk streams past: keep a copy of it up to the inspection limit.
@@ -61,11 +84,13 @@ pub fn at_end(call: &mut Call, session: &Session, route: &String, result: CallRe
         return;
     }
     let judgement = match result {
-        CallResult::Transport(error) => Some(ask(call, session, route, None, Some(error), result)),
+        CallResult::Transport(error) => {
+            Some(ask(call, session, route, None, None, Some(error), result))
+        }
         CallResult::Response(_) | CallResult::Grpc(_) => match call.inspected.take() {
             Some((response, headers)) => {
                 let response = Some((response, &headers));
-                Some(ask(call, session, route, response, None, result))
+                Some(ask(call, session, route, response, None, None, result))
             }
             None => call.judgement,
         },
@@ -80,6 +105,7 @@ fn ask(
     session: &Session,
     route: &String,
     response: Option<(types::ResponseInfo, &http::HeaderMap)>,
+    trailers: Option<&http::HeaderMap>,
     error: Option<crate::upstream::classify::TransportError>,
     result: CallResult,
 ) -> Judgement {
@@ -92,6 +118,7 @@ fn ask(
         route,
         upstream: &call.upstream.spec.name,
         response: response_headers,
+        trailers,
     };
     let outcome = convert::outcome(response, error, call.latency());
     match plugin.classify(&outcome, exchange) {

@@ -376,13 +376,19 @@ impl ProxyHttp for Gateway {
             call.on_response(response.status.as_u16());
             grpc::at_head(call, response);
             judge::at_head(call, session, route_name(&ctx.route), response);
+            // A Trailers-Only gRPC answer is complete in its head, which reaches the
+            // client as soon as this returns: record it first.
+            if call.grpc_ended() && !judge::awaits_body(call) {
+                let result = call.result(None);
+                call.finish(result);
+            }
         }
         Ok(())
     }
 
     fn upstream_response_trailer_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         trailers: &mut http::HeaderMap,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -392,6 +398,7 @@ impl ProxyHttp for Gateway {
         {
             grpc::at_trailers(call, trailers);
             let result = call.result(None);
+            judge::at_trailers(call, session, route_name(&ctx.route), trailers, result);
             call.finish(result);
         }
         Ok(())

@@ -7,12 +7,15 @@
 //!
 //! The gateway adds `degraded: true`, the `reason`, the `upstream` and `retry_after_ms`
 //! to the document, so clients can tell stale data from fresh.
+//!
+//! A gRPC client (`content-type: application/grpc...`) cannot read a JSON document: it
+//! gets an empty gRPC response whose trailers say UNAVAILABLE, why, and when to retry.
 
 use std::cell::RefCell;
 
 wit_bindgen::generate!({ world: "fallback", path: "../../wit" });
 
-use edge_gateway::plugin::host::{RequestField, request};
+use edge_gateway::plugin::host::{Message, RequestField, header, request};
 use edge_gateway::plugin::types::{FallbackReason, SyntheticResponse};
 use serde_json::{Map, Value, json};
 
@@ -64,6 +67,28 @@ impl Guest for Plugin {
     }
 
     fn respond(context: FallbackContext) -> FallbackAction {
+        let grpc = header(Message::Request, "content-type")
+            .first()
+            .is_some_and(|ct| ct.starts_with("application/grpc"));
+        if grpc {
+            let upstream = request(RequestField::Upstream);
+            return FallbackAction::Respond(SyntheticResponse {
+                status: 200,
+                headers: vec![("content-type".into(), "application/grpc".into())],
+                body: Vec::new(),
+                trailers: vec![
+                    ("grpc-status".into(), "14".into()),
+                    (
+                        "grpc-message".into(),
+                        format!("degraded: {upstream} is {}", reason(context.reason)),
+                    ),
+                    (
+                        "grpc-retry-pushback-ms".into(),
+                        context.retry_after_ms.to_string(),
+                    ),
+                ],
+            });
+        }
         SETTINGS.with(|s| {
             let s = s.borrow();
             let mut document = s.document.clone();
@@ -79,6 +104,7 @@ impl Guest for Plugin {
                     ("x-fallback".into(), "degraded".into()),
                 ],
                 body: Value::Object(document).to_string().into_bytes(),
+                trailers: Vec::new(),
             })
         })
     }

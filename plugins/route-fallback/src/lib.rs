@@ -41,6 +41,7 @@ fn json_response(status: u16, extra: Vec<(String, String)>, body: &Value) -> Fal
         status,
         headers,
         body: body.to_string().into_bytes(),
+        trailers: Vec::new(),
     })
 }
 

@@ -6,6 +6,9 @@
 //! - `failure_header`: a response header whose presence marks a failure, e.g. `x-degraded`
 //! - `slow_ms`: calls at or above this latency are slow; others are not (default: the
 //!   breaker's own `slow_call.duration` decides)
+//! - `failure_grpc_statuses`: gRPC status codes that count as failures, e.g. `"14,4"`:
+//!   read from the response's trailers (`grpc-status`), or from its head for a
+//!   Trailers-Only answer
 //!
 //! Transport errors are always failures.
 
@@ -22,6 +25,7 @@ struct Settings {
     ignore_statuses: Vec<(u16, u16)>,
     failure_header: Option<String>,
     slow_us: Option<u64>,
+    failure_grpc_statuses: Vec<u8>,
 }
 
 thread_local! {
@@ -53,6 +57,21 @@ fn within(ranges: &[(u16, u16)], status: u16) -> bool {
     ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
 }
 
+/// Whether the call's `grpc-status` (trailers first, then the head) is one of `codes`.
+/// Asked only when configured: a plain HTTP upstream's calls read no header for it.
+fn grpc_failed(codes: &[u8]) -> bool {
+    if codes.is_empty() {
+        return false;
+    }
+    let status = header(Message::Trailers, "grpc-status")
+        .into_iter()
+        .chain(header(Message::Response, "grpc-status"))
+        .next();
+    status
+        .and_then(|s| s.trim().parse::<u8>().ok())
+        .is_some_and(|code| codes.contains(&code))
+}
+
 struct Plugin;
 
 impl Guest for Plugin {
@@ -66,6 +85,18 @@ impl Guest for Plugin {
                 "failure_statuses" => settings.failure_statuses = status_ranges(&key, &value)?,
                 "ignore_statuses" => settings.ignore_statuses = status_ranges(&key, &value)?,
                 "failure_header" => settings.failure_header = Some(value.to_ascii_lowercase()),
+                "failure_grpc_statuses" => {
+                    settings.failure_grpc_statuses = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|part| !part.is_empty())
+                        .map(|part| {
+                            part.parse::<u8>().ok().filter(|c| *c <= 16).ok_or_else(|| {
+                                format!("failure_grpc_statuses: `{part}` is not a gRPC code 0-16")
+                            })
+                        })
+                        .collect::<Result<_, _>>()?;
+                }
                 "slow_ms" => {
                     let ms: u64 = value.parse().map_err(|_| {
                         format!("slow_ms: `{value}` is not a whole number of milliseconds")
@@ -98,7 +129,10 @@ impl Guest for Plugin {
                         .failure_header
                         .as_ref()
                         .is_some_and(|name| !header(Message::Response, name).is_empty());
-                    if flagged || within(&s.failure_statuses, response.status) {
+                    if flagged
+                        || within(&s.failure_statuses, response.status)
+                        || grpc_failed(&s.failure_grpc_statuses)
+                    {
                         Classification::Failure
                     } else {
                         Classification::Success
