@@ -4,16 +4,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use gateway_tests::{Gateway, Options, Scripted, echo, one_upstream, plugin_entry, start_origin};
+use gateway_tests::{
+    Gateway, Options, Scripted, echo, one_upstream, plugin_entry, sample, start_origin,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// The value of the sample whose line starts with `series` (name and labels, exactly as
-/// exposed), or None.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-}
 
 /// Runs promtool with `args` (and `input` on stdin) and requires success.
 fn promtool(args: &[&str], input: &str) {
