@@ -346,6 +346,22 @@ impl Gateway {
         );
     }
 
+    /// Waits (up to 10 s) until `series` exists and is at least `value` (a counter that
+    /// may move on by more than one step at a time); returns it.
+    pub async fn wait_metric_at_least(&self, series: &str, value: f64) -> f64 {
+        let mut last = None;
+        let reached = poll_until(Duration::from_secs(10), async || {
+            last = self.try_metric(series).await;
+            last.is_some_and(|v| v >= value)
+        })
+        .await;
+        assert!(
+            reached,
+            "{series} did not reach {value} in 10 s (last: {last:?})"
+        );
+        last.unwrap_or_default()
+    }
+
     /// The breaker of `upstream` as the admin API shows it.
     pub async fn breaker(&self, upstream: &str) -> serde_json::Value {
         self.admin("GET", &format!("/api/v1/breakers/{upstream}"), &[], b"")
