@@ -395,12 +395,15 @@ fn families(scrape: &str) -> Families {
     families
 }
 
+/// A label matcher: (label, operator, value).
+type Matcher = (String, String, String);
+
 /// One PromQL expression's use of the gateway's metrics: each selector (name, matchers
 /// as (label, operator, value)), the labels named in `by (...)` / `on (...)`, and
 /// `label_values(metric, label)` pairs (Grafana's variables).
 #[derive(Debug, Default)]
 struct Query {
-    selectors: Vec<(String, Vec<(String, String, String)>)>,
+    selectors: Vec<(String, Vec<Matcher>)>,
     grouping: Vec<String>,
 }
 
