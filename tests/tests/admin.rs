@@ -107,7 +107,7 @@ async fn metrics_follow_a_breaker_open_and_closed_again() {
     promtool_accepts(&open);
 
     status.set_status(200);
-    tokio::time::sleep(Duration::from_millis(400)).await; // the open period under test
+    gw.wait_open_period_over("api").await;
     assert_eq!(gw.get("/").await.status, 200);
     let closed = gw.scrape().await;
     let value = |series: &str| sample(&closed, series);

@@ -35,7 +35,10 @@ fn switchable(name: &'static str) -> (Switchable, Handler) {
     (s, handler)
 }
 
-const CHECK: &str = "    health_check: { path: /health, interval: 100ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1";
+/// Checks every 200 ms. A check may take its whole interval, and an endpoint turns
+/// unhealthy only after two failed checks in a row, so one check slowed by a busy
+/// machine does not fail a healthy endpoint.
+const CHECK: &str = "    health_check: { path: /health, interval: 200ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 2";
 
 #[tokio::test]
 async fn an_unhealthy_endpoint_gets_no_traffic_until_it_passes_again() {
@@ -92,7 +95,7 @@ async fn a_gated_breaker_stays_open_until_a_health_check_passes() {
     assert_eq!(gw.get("/").await.status, 500);
     // ...which opens the breaker.
     assert_eq!(gw.get("/").await.status, 503);
-    tokio::time::sleep(Duration::from_millis(300)).await; // past the open period under test
+    gw.wait_open_period_over("api").await;
     let traffic = s.traffic.load(Ordering::SeqCst);
     let gated = gw.get("/").await;
     assert_eq!(gated.status, 503, "no probe while health checks fail");
@@ -140,16 +143,14 @@ async fn health_checks_read_responses_as_the_proxy_does() {
     .await;
     gw.wait_for_log(&["endpoint unhealthy", &too_many.addr().to_string()])
         .await;
-    // Three more checks of the other endpoint (unhealthy_threshold is 1).
+    // Three more checks of the other endpoint (unhealthy_threshold is 2).
     let seen = checks_many.load(Ordering::SeqCst);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while checks_many.load(Ordering::SeqCst) < seen + 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no more health checks"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gateway_tests::wait_until(
+        "three more health checks",
+        Duration::from_secs(10),
+        async || checks_many.load(Ordering::SeqCst) >= seen + 3,
+    )
+    .await;
     let healthy = |addr: std::net::SocketAddr| {
         format!("gateway_endpoint_healthy{{endpoint=\"{addr}\",upstream=\"api\"}}")
     };
