@@ -5,6 +5,7 @@ pub mod h2frame;
 pub mod http;
 pub mod recording;
 pub mod tls;
+pub mod wire;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
