@@ -66,9 +66,28 @@ async fn an_unhealthy_endpoint_gets_no_traffic_until_it_passes_again() {
         "no traffic to the unhealthy endpoint"
     );
 
+    // The operator's view says the same: one endpoint fails its checks.
+    let report = gw.admin("GET", "/health/upstreams", &[], b"").await.json();
+    let api = &report[0];
+    assert_eq!(api["upstream"], "api", "{report}");
+    assert_eq!(api["status"], "degraded", "{report}");
+    assert_eq!(api["usable_endpoints"], 1, "{report}");
+    let endpoint = |addr: std::net::SocketAddr| {
+        api["endpoints"]
+            .as_array()
+            .and_then(|list| list.iter().find(|e| e["address"] == addr.to_string()))
+            .cloned()
+            .unwrap_or_else(|| panic!("{addr} not in {report}"))
+    };
+    assert_eq!(endpoint(origin_a.addr())["healthy"], false, "{report}");
+    assert_eq!(endpoint(origin_b.addr())["healthy"], true, "{report}");
+
     a.health.store(200, Ordering::SeqCst);
     gw.wait_for_log(&["endpoint healthy", &origin_a.addr().to_string()])
         .await;
+    let report = gw.admin("GET", "/health/upstreams", &[], b"").await.json();
+    assert_eq!(report[0]["status"], "healthy", "{report}");
+    assert_eq!(report[0]["usable_endpoints"], 2, "{report}");
     let served_by_a = (0..20).map(|_| gw.get("/")).collect::<Vec<_>>();
     let mut a_count = 0;
     for request in served_by_a {
