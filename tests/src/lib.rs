@@ -381,6 +381,8 @@ impl Gateway {
         })
         .await;
         assert!(over, "{upstream}: open period not over in 10 s: {last}");
+        // `open_remaining_ms` is rounded down: 0 may still be up to 1 ms.
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 
     /// Starts a second gateway process on the same config with `--upgrade`: it takes the
