@@ -122,9 +122,14 @@ pub async fn start_origin(handler: Handler) -> Origin {
     Origin::start(handler).await.expect("origin starts")
 }
 
-/// A loopback address where nothing listens.
+/// A loopback address where nothing listens, and nothing of this suite will: every
+/// server here binds 127.0.0.1, so a port free on 127.0.0.2 stays refused. (A port free
+/// on 127.0.0.1 a moment ago may be the next origin's, or a closing one's that still
+/// completes handshakes and never answers: a 30 s read timeout instead of a refusal.)
 pub fn dead_address() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
+    TcpListener::bind("127.0.0.2:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.2")
 }
 
 /// How to start a gateway beyond its config body.
