@@ -36,8 +36,7 @@ def main():
     for name, desc in args:
         binary, *rest = desc.split(":")
         sides.append((name, binary, rest[0] if rest else "gateway", rest[1] if len(rest) > 1 else run.WASM))
-    run.start(run.pinned(0, ["nginx", "-c", run.nginx_conf("upstream", run.P["upstream"], "")]), "upstream")
-    run.wait_port(run.P["upstream"])
+    run.start_upstream()
     if any(variant in run.TOP_LEVEL_VARIANTS for _, _, variant, _ in sides):
         run.start_redis()
     try:

@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """Side-by-side load benchmark on loopback: direct, nginx, HAProxy, the gateway.
 
-1. Throughput: wrk -t1 -c32 against each, interleaved over rounds (A/B/A/B), medians;
-   then nginx, HAProxy and the gateway again, terminating TLS.
-   Proxies pinned to CPU 1, wrk and the upstream (an nginx returning a fixed body) to
-   CPU 0. Reports requests/s, p50, p99, CPU seconds per 100k requests, peak RSS, and
-   each as a ratio to nginx. Then the WASM predicate's cost once more, side by side:
+1. Throughput: wrk -t1 -c32 against each, after a warm-up, interleaved over rounds
+   (A/B/A/B, at least 5 for the medians), then nginx, HAProxy and the gateway again,
+   terminating TLS. Proxies pinned to CPU 1, wrk and the upstream (an nginx returning a
+   fixed body) to CPU 0. The headline is CPU time per request, from the kernel's
+   accounting of the proxy's own processes (/proc/PID/stat), as a ratio to nginx's:
+   requests/s compare proxies only when each kept its core busy, and the driver and
+   the upstream share the other core, so a fast proxy can be capped by them. Each row
+   says how busy the proxy's core was and is flagged when under 90 %. p50/p99 are
+   wrk's closed-loop latencies at saturation (32 connections): they restate
+   throughput, and are labelled so; the incidents' fixed-rate p99 is the latency
+   figure. Also requests/s, peak RSS. Then the WASM predicate's cost once more, side by side:
    the gateway with and without it running at the same time on CPU 1, each driven by
    its own wrk (PAIRED_ROUNDS rounds, default 5; see `side_by_side`).
 2. Incidents (fixed-rate load, ~200 req/s): upstream dead for 10 s, upstream slow (2 s)
@@ -16,12 +22,19 @@
    client stuck on a slow upstream does not lower the offered load.
    A plain Pingora proxy (benches/src/bin/plain-pingora.rs) is a fifth row: what
    Pingora itself costs per request, with the gateway's runtime settings and allocator.
-3. Reload under load: 100 reloads of each proxy (gateway: SIGHUP; nginx: HUP to the
-   master; HAProxy: USR2 to the master) under the same fixed-rate load; failed requests.
+3. Reload under load: 100 reload signals to each proxy (gateway: SIGHUP; nginx: HUP to
+   the master; HAProxy: USR2 to the master) under the same fixed-rate load; failed
+   requests, and how many reloads were actually applied (gateway: its reload counter;
+   nginx and HAProxy: new worker processes seen), since signals can coalesce.
 
-Everything binds 127.0.0.1, runs for fixed durations and is stopped at the end.
+Every peer must find its port free (a stale listener would be measured instead), must
+be the process that listens on it once started (checked through /proc), and must
+still be alive after each run. Everything binds 127.0.0.1, runs for fixed durations and
+is stopped at the end.
 Results: stdout, target/bench/load.json, target/bench/load.csv.
-Environment: BENCH_DURATION (s per wrk run, default 10), BENCH_ROUNDS (default 2),
+Environment: BENCH_DURATION (s per wrk run, default 10), BENCH_WARMUP (s of load before
+each measured run, default a fifth of BENCH_DURATION, at least 1), BENCH_ROUNDS (default
+5; fewer is for trying the script, and the output says the medians are not to be used),
 BENCH_SECTIONS (comma list of throughput,incidents,reload; default all), BENCH_STEADY=1
 (throughput runs only at the machine's full speed: a fixed CPU loop is timed on the
 proxy's core just before and after each run, and a run is repeated, up to
@@ -53,7 +66,10 @@ PLAIN = os.path.join(ROOT, "target", "release", "plain-pingora")
 WASM = os.path.join(ROOT, "plugins", "target", "wasm32-wasip2", "release")
 OUT = os.path.join(ROOT, "target", "bench")
 DURATION = int(os.environ.get("BENCH_DURATION", "10"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+WARMUP = int(os.environ.get("BENCH_WARMUP", str(max(1, DURATION // 5))))
+# Below this share of its core, a proxy's requests/s was capped by something else.
+SATURATED = 0.9
 SECTIONS = os.environ.get("BENCH_SECTIONS", "throughput,incidents,reload").split(",")
 STEADY = os.environ.get("BENCH_STEADY") == "1"
 ATTEMPTS = int(os.environ.get("BENCH_ATTEMPTS", "8"))
@@ -93,6 +109,63 @@ def wait_port(port, timeout=15):
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"nothing listens on {port} after {timeout}s; logs in {TMP}")
+
+
+def listening_inodes(port):
+    """Socket inodes listening on 127.0.0.1:`port` (or any address), from /proc/net."""
+    inodes = set()
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"]:
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def port_free(port, name):
+    """Refuses to start `name` on a port something already listens on: with
+    SO_REUSEPORT a stale process could share the port and answer part of the load."""
+    if listening_inodes(port):
+        raise SystemExit(f"{name}: something already listens on 127.0.0.1:{port} (a stale run?); stop it first")
+
+
+def check_serves(proc, port, name):
+    """`proc` (or a child of it) is alive and is what listens on `port`."""
+    if proc.poll() is not None:
+        raise SystemExit(f"{name} exited with {proc.returncode}; logs in {TMP}")
+    inodes = listening_inodes(port)
+    for pid in tree(proc.pid):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                return
+    raise SystemExit(f"{name}: 127.0.0.1:{port} is not served by pid {proc.pid} or its children; logs in {TMP}")
+
+
+def check_alive(proc, name):
+    if proc.poll() is not None:
+        raise SystemExit(f"{name} died during the run (exit {proc.returncode}); its figures are void; logs in {TMP}")
+
+
+def launch(cmd, name, port):
+    """Starts `cmd` as `name`, which must come to listen on `port`, and checks it does."""
+    port_free(port, name)
+    proc = start(cmd, name)
+    wait_port(port)
+    check_serves(proc, port, name)
+    return proc
 
 
 def tree(pid):
@@ -146,9 +219,9 @@ def unit(value):
     return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
 
-def wrk(port, tls=False):
+def wrk(port, tls=False, duration=None):
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
-    out = subprocess.run(pinned(0, ["wrk", "-t1", "-c32", f"-d{DURATION}s", "--latency", url]),
+    out = subprocess.run(pinned(0, ["wrk", "-t1", "-c32", f"-d{duration or DURATION}s", "--latency", url]),
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -260,6 +333,7 @@ TOP_LEVEL_VARIANTS = {
 
 def start_redis():
     """A redis-server on CPU 0 for the `gw+cluster` variant."""
+    port_free(P["redis"], "redis")
     start(pinned(0, ["redis-server", "--bind", "127.0.0.1", "--port", str(P["redis"]),
                      "--save", "", "--appendonly", "no"]), "redis")
     wait_port(P["redis"])
@@ -289,16 +363,20 @@ admin: {{ address: "127.0.0.1:{admin}" }}
 def start_proxy(kind, servers, gateway_extra="", tls=False):
     if kind == "nginx":
         conf = nginx_conf("nginx", P["nginx"], nginx_upstream_block(servers), tls)
-        p = start(pinned(1, ["nginx", "-c", conf]), "nginx")
+        cmd = ["nginx", "-c", conf]
     elif kind == "haproxy":
-        p = start(pinned(1, ["haproxy", "-W", "-db", "-f", haproxy_conf(servers, tls=tls)]), "haproxy")
+        cmd = ["haproxy", "-W", "-db", "-f", haproxy_conf(servers, tls=tls)]
     elif kind == "pingora":
-        p = start(pinned(1, [PLAIN, f"127.0.0.1:{P['pingora']}", f"127.0.0.1:{servers[0]}"]), "pingora")
+        cmd = [PLAIN, f"127.0.0.1:{P['pingora']}", f"127.0.0.1:{servers[0]}"]
     else:
-        p = start(pinned(1, [GATEWAY, "run", "--config", gateway_conf(servers, gateway_extra, tls=tls)]), "gateway")
+        cmd = [GATEWAY, "run", "--config", gateway_conf(servers, gateway_extra, tls=tls)]
         kind = "gateway"
-    wait_port(P[kind])
-    return p
+    return launch(pinned(1, cmd), kind, P[kind])
+
+
+def start_upstream():
+    """The throughput runs' upstream: an nginx answering a fixed body, on CPU 0."""
+    return launch(pinned(0, ["nginx", "-c", nginx_conf("upstream", P["upstream"], "")]), "upstream", P["upstream"])
 
 
 def force_open(upstream="up"):
@@ -422,11 +500,19 @@ def measure(proxy_kind, variant, tls=False):
     proxy = start_proxy(proxy_kind, [P["upstream"]], GATEWAY_VARIANTS.get(variant, ""), tls)
     if variant == "gw+fallback":
         force_open()
+    port = P.get(proxy_kind, P["gateway"])
+    wrk(port, tls, duration=WARMUP)  # connections, caches, allocator and JIT warm
     pids = tree(proxy.pid)
     cpu0 = cpu_seconds(pids)
-    r = wrk(P.get(proxy_kind, P["gateway"]), tls)
+    started = time.time()
+    r = wrk(port, tls)
+    wall = time.time() - started
+    check_alive(proxy, proxy_kind)
     pids = tree(proxy.pid)
-    r["cpu_per_100k"] = (cpu_seconds(pids) - cpu0) / max(r["requests"], 1) * 100_000
+    cpu = cpu_seconds(pids) - cpu0
+    r["cpu_per_100k"] = cpu / max(r["requests"], 1) * 100_000
+    r["cpu_us_per_request"] = cpu / max(r["requests"], 1) * 1e6
+    r["core_busy"] = cpu / wall
     r["rss_mb"] = peak_rss_mb(pids)
     stop(proxy)
     return r
@@ -436,9 +522,7 @@ def start_gateway(binary, variant, name, port, admin, wasm=WASM):
     """A gateway with `variant`'s settings on `port`, its plugins loaded from `wasm`."""
     conf = gateway_conf([P["upstream"]], GATEWAY_VARIANTS[variant], name, port=port, admin=admin, wasm=wasm,
                         top=TOP_LEVEL_VARIANTS.get(variant, ""))
-    proxy = start(pinned(1, [binary, "run", "--config", conf]), name)
-    wait_port(port)
-    return proxy
+    return launch(pinned(1, [binary, "run", "--config", conf]), name, port)
 
 
 def side_by_side(sides):
@@ -457,20 +541,28 @@ def side_by_side(sides):
         placed = list(zip(sides, ports if round_ % 2 == 0 else ports[::-1]))
         proxies = [start_gateway(binary, variant, name, port, admin, wasm)
                    for (name, binary, variant, wasm), (port, admin) in placed]
-        cpu0 = [cpu_seconds(tree(p.pid)) for p in proxies]
         results = [None, None]
 
-        def drive(i, port):
-            results[i] = wrk(port)
+        def drive(i, port, duration=None):
+            results[i] = wrk(port, duration=duration)
+
+        warm = [threading.Thread(target=drive, args=(i, port, WARMUP)) for i, (_, (port, _)) in enumerate(placed)]
+        for t in warm:
+            t.start()
+        for t in warm:
+            t.join()
+        cpu0 = [cpu_seconds(tree(p.pid)) for p in proxies]
+        results = [None, None]
 
         threads = [threading.Thread(target=drive, args=(i, port)) for i, (_, (port, _)) in enumerate(placed)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        for r, p, c0 in zip(results, proxies, cpu0):
+        for r, p, c0, ((name, *_), _) in zip(results, proxies, cpu0, placed):
             if r is None:
                 raise SystemExit(f"a wrk run failed; logs in {TMP}")
+            check_alive(p, name)
             r["cpu_per_100k"] = (cpu_seconds(tree(p.pid)) - c0) / max(r["requests"], 1) * 100_000
             stop(p)
         first, second = results
@@ -517,8 +609,7 @@ def steady(run_once):
 
 
 def throughput():
-    upstream = start(pinned(0, ["nginx", "-c", nginx_conf("upstream", P["upstream"], "")]), "upstream")
-    wait_port(P["upstream"])
+    upstream = start_upstream()
     # "pingora": the smallest Pingora proxy, to separate Pingora's cost from the gateway's.
     # "+tls": the same proxy terminating TLS (TLS 1.3, ECDSA P-256; 32 keep-alive
     # connections, so this is record encryption, not handshakes).
@@ -527,23 +618,44 @@ def throughput():
     for round_ in range(ROUNDS):
         for kind in results:
             if kind == "direct":
-                r, which = steady(lambda: dict(wrk(P["upstream"]), cpu_per_100k=0.0, rss_mb=0.0))
+                wrk(P["upstream"], duration=WARMUP)
+                r, which = steady(lambda: dict(wrk(P["upstream"]), cpu_per_100k=0.0, cpu_us_per_request=0.0,
+                                               core_busy=float("nan"), rss_mb=0.0))
             else:
                 r, which = steady(lambda: measure(kind.removesuffix("+tls"), kind, kind.endswith("+tls")))
             results[kind].append(r)
             print(f"  round {round_ + 1} {kind:12} {r['rps']:>10.0f} req/s  p99 {r['p99_ms']:.2f} ms  ({which})",
                   flush=True)
     paired, _ = side_by_side([("gateway", GATEWAY, "gateway", WASM), ("gw+predicate", GATEWAY, "gw+predicate", WASM)])
+    check_alive(upstream, "upstream")
     stop(upstream)
     table = {}
     for kind, runs in results.items():
         table[kind] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     base = table["nginx"]
-    print(f"\nThroughput: wrk -t1 -c32 -d{DURATION}s, medians of {ROUNDS} interleaved rounds, proxies on 1 CPU")
-    print(f"{'':13}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU s/100k':>12}{'RSS MB':>8}{'req/s vs nginx':>16}{'p99 vs nginx':>14}")
+    print(f"\nThroughput: wrk -t1 -c32 -d{DURATION}s after {WARMUP}s of warm-up, medians of {ROUNDS} interleaved rounds,"
+          " proxies on 1 CPU")
+    if ROUNDS < 5:
+        print(f"  ({ROUNDS} rounds: too few for medians to mean anything; for trying the script only)")
+    print(f"{'':13}{'CPU us/req':>11}{'vs nginx':>9}{'core busy':>10}{'req/s':>10}{'vs nginx':>9}"
+          f"{'closed-loop p50/p99 ms':>24}{'RSS MB':>8}")
+    capped = []
     for kind, r in table.items():
-        print(f"{kind:13}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['cpu_per_100k']:>12.2f}{r['rss_mb']:>8.1f}"
-              f"{r['rps'] / base['rps']:>16.2f}{r['p99_ms'] / base['p99_ms']:>14.2f}")
+        busy = r["core_busy"]
+        cpu_ratio = r["cpu_us_per_request"] / base["cpu_us_per_request"] if kind != "direct" else float("nan")
+        busy_text = "-" if kind == "direct" else f"{busy * 100:.0f} %{'' if busy >= SATURATED else ' !'}"
+        if kind != "direct" and busy < SATURATED:
+            capped.append(kind)
+        print(f"{kind:13}{r['cpu_us_per_request']:>11.2f}{cpu_ratio:>9.2f}{busy_text:>10}{r['rps']:>10.0f}"
+              f"{r['rps'] / base['rps']:>9.2f}{r['p50_ms']:>14.2f} / {r['p99_ms']:<7.2f}{r['rss_mb']:>8.1f}")
+    print("CPU us/req: the proxy's own CPU time (user + system, all its processes) per request: the ratio to read.")
+    print("closed-loop p50/p99: wrk's 32 connections at saturation; they restate req/s, they are not latency under"
+          " a given load (the incidents below measure that at a fixed rate).")
+    if capped:
+        print(f"! proxy core under {SATURATED * 100:.0f} % busy: {', '.join(capped)}. Their req/s was capped by the driver or"
+              " the upstream on the other core, not by the proxy: compare them by CPU per request, not req/s.")
+    table["_notes"] = {"latency": "closed-loop (wrk at saturation)", "unsaturated": capped,
+                       "rounds": ROUNDS, "warmup_s": WARMUP}
     cost = 1 - table["gw+predicate"]["rps"] / table["gateway"]["rps"]
     table["predicate_cost_side_by_side"] = {"median": 1 - statistics.median(paired),
                                             "lowest": 1 - max(paired), "highest": 1 - min(paired)}
@@ -553,8 +665,8 @@ def throughput():
           f" {side['lowest'] * 100:.1f}-{side['highest'] * 100:.1f} %)")
     print("gw+fallback: every request answered by the WASM fallback (breaker forced open); wrk counts its 200s")
     for kind in ["nginx", "haproxy", "gateway"]:
-        tls_cost = 1 - table[f"{kind}+tls"]["rps"] / table[kind]["rps"]
-        print(f"TLS termination costs {kind} {tls_cost * 100:.1f} % of its requests/s")
+        tls_cost = table[f"{kind}+tls"]["cpu_us_per_request"] / table[kind]["cpu_us_per_request"] - 1
+        print(f"TLS termination costs {kind} {tls_cost * 100:.1f} % more CPU per request")
     return table
 
 
@@ -580,14 +692,26 @@ GATEWAY_INCIDENT = """    breaker:
 
 DETECTION = 2
 
+# What each proxy has to meet these incidents, so that the table is not read as one
+# implementation against another where one has a mechanism the other lacks.
+MECHANISMS = {
+    "nginx": "passive only (open-source nginx): max_fails=3 fail_timeout=2s takes a server out for 2 s and"
+             " proxy_next_upstream retries on the next; no active health checks, no circuit breaker, no"
+             " slow-call detection (only the 1 s timeouts), no fallback response: with every server out, 502",
+    "haproxy": "active checks (inter 500ms fall 3 rise 2) plus observe layer7 error-limit 3 take a server out;"
+               " no circuit breaker with a retry hint, no slow-call detection (only the 1 s timeouts), no"
+               " fallback response: with every server out, 503",
+    "gateway": "circuit breaker (failure rate, consecutive failures, slow calls) answering with its JSON"
+               " fallback while open, outlier ejection, active checks gating the probes",
+}
+
 
 def incidents():
     rows = []
     for name, endpoints, begin, end in INCIDENTS:
         for kind in ["nginx", "haproxy", "gateway"]:
-            origins = [start(pinned(0, [ORIGIN, str(P[f"origin{i + 1}"]), f"o{i + 1}"]), f"origin{i + 1}") for i in range(endpoints)]
-            for i in range(endpoints):
-                wait_port(P[f"origin{i + 1}"])
+            origins = [launch(pinned(0, [ORIGIN, str(P[f"origin{i + 1}"]), f"o{i + 1}"]), f"origin{i + 1}",
+                              P[f"origin{i + 1}"]) for i in range(endpoints)]
             servers = [P[f"origin{i + 1}"] for i in range(endpoints)]
             proxy = start_proxy(kind, servers, GATEWAY_INCIDENT)
             with Load(P[kind]) as load:
@@ -599,6 +723,7 @@ def incidents():
                     end()
                 t1 = time.time()
                 time.sleep(10)
+            check_alive(proxy, kind)
             stop(proxy)
             for o in origins:
                 stop(o)
@@ -614,16 +739,37 @@ def incidents():
             rows.append(row)
             print(f"  {name:30} {kind:8} errors {errors:5} / {len(load.records):5}   p99 during {row['p99_during_ms']:8.1f} ms, after {DETECTION} s {row['p99_settled_ms']:7.1f} ms   "
                   f"first upstream success after recovery {recovery:5.2f} s", flush=True)
+    print("Mechanisms each proxy brings (the closest equivalent configured; configuration is not implementation):")
+    for kind, text in MECHANISMS.items():
+        print(f"  {kind:8} {text}")
     return rows
+
+
+def admin_metric(series):
+    """A sample of the gateway's /metrics (0 when absent), through its admin listener."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{P['admin']}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def children(pid):
+    return set(tree(pid)) - {pid}
 
 
 def reloads():
     rows = []
-    origin = start(pinned(0, [ORIGIN, str(P["origin1"]), "o1"]), "origin1")
-    wait_port(P["origin1"])
+    origin = launch(pinned(0, [ORIGIN, str(P["origin1"]), "o1"]), "origin1", P["origin1"])
+    applied_series = 'gateway_config_reloads_total{result="success"}'
     for kind in ["nginx", "haproxy", "gateway"]:
         proxy = start_proxy(kind, [P["origin1"]])
         time.sleep(0.5)
+        # Applied reloads: the gateway counts them; nginx and HAProxy start a new worker
+        # process for each (one worker each here), so new worker pids count theirs.
+        applied_before = admin_metric(applied_series) if kind == "gateway" else 0.0
+        workers_seen = children(proxy.pid)
+        new_workers = 0
         with Load(P[kind], rate=200) as load:
             time.sleep(1)
             for i in range(100):
@@ -636,12 +782,30 @@ def reloads():
                 else:
                     os.kill(proxy.pid, signal.SIGUSR2)
                 time.sleep(0.1)
+                if kind != "gateway":
+                    now = children(proxy.pid)
+                    new_workers += len(now - workers_seen)
+                    workers_seen |= now
             time.sleep(1)
+        check_alive(proxy, kind)
+        if kind == "gateway":
+            applied = int(admin_metric(applied_series) - applied_before)
+            how = "its reload counter"
+        else:
+            new_workers += len(children(proxy.pid) - workers_seen)
+            applied = new_workers
+            how = "new worker processes"
         stop(proxy)
         failed = sum(1 for r in load.records if not r[2])
-        rows.append({"proxy": kind, "requests": len(load.records), "failed": failed, "retried": load.retried})
-        print(f"  {kind:8} 100 reloads under ~200 req/s: {failed} failed of {len(load.records)}"
+        rows.append({"proxy": kind, "requests": len(load.records), "failed": failed, "retried": load.retried,
+                     "reloads_applied": applied})
+        print(f"  {kind:8} 100 reload signals, {applied} reloads applied (by {how}), under ~200 req/s:"
+              f" {failed} failed of {len(load.records)}"
               f" ({load.retried} retried once after a keep-alive connection closed)", flush=True)
+        if applied < 100:
+            print(f"           {100 - applied} signals did not each make a reload (coalesced or refused):"
+                  " the failure count covers fewer reloads", flush=True)
+    check_alive(origin, "origin1")
     stop(origin)
     return rows
 
@@ -662,6 +826,7 @@ def main():
         if "incidents" in SECTIONS:
             print("\nIncidents (fixed rate ~200 req/s from 200 keep-alive clients)", flush=True)
             report["incidents"] = incidents()
+            report["incident_mechanisms"] = MECHANISMS
         if "reload" in SECTIONS:
             print("\nReload under load", flush=True)
             report["reload"] = reloads()
@@ -682,6 +847,7 @@ def main():
         for r in report.get("reload", []):
             w.writerow(["reload", r["proxy"], "failed", r["failed"]])
             w.writerow(["reload", r["proxy"], "retried", r["retried"]])
+            w.writerow(["reload", r["proxy"], "reloads_applied", r["reloads_applied"]])
     print(f"\nwritten: {OUT}/load.json, load.csv (process logs in {TMP})")
 
 

@@ -6,6 +6,7 @@ pub mod http;
 pub mod recording;
 pub mod redis;
 pub mod tls;
+pub mod wire;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -122,9 +123,14 @@ pub async fn start_origin(handler: Handler) -> Origin {
     Origin::start(handler).await.expect("origin starts")
 }
 
-/// A loopback address where nothing listens.
+/// A loopback address where nothing listens, and nothing of this suite will: every
+/// server here binds 127.0.0.1, so a port free on 127.0.0.2 stays refused. (A port free
+/// on 127.0.0.1 a moment ago may be the next origin's, or a closing one's that still
+/// completes handshakes and never answers: a 30 s read timeout instead of a refusal.)
 pub fn dead_address() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
+    TcpListener::bind("127.0.0.2:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.2")
 }
 
 /// How to start a gateway beyond its config body.
@@ -311,13 +317,78 @@ impl Gateway {
         std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap ..data");
     }
 
-    /// A sample's value from a fresh scrape (e.g. `gateway_config_reloads_total{result="error"}`).
+    /// A sample's value from a fresh scrape (e.g. `gateway_config_reloads_total{result="error"}`;
+    /// labels in any order). Panics, naming the series and what the scrape has of the
+    /// same family, when the gateway does not export it: a renamed metric or label must
+    /// fail the test, not read as 0.
     pub async fn metric(&self, series: &str) -> f64 {
-        self.scrape()
+        let scrape = self.scrape().await;
+        sample(&scrape, series).unwrap_or_else(|| panic!("{}", missing_series(&scrape, series)))
+    }
+
+    /// The sample's value, or None when the gateway does not export the series (yet).
+    pub async fn try_metric(&self, series: &str) -> Option<f64> {
+        sample(&self.scrape().await, series)
+    }
+
+    /// Asserts that the scrape has no sample for `series` (a counter never created).
+    pub async fn metric_absent(&self, series: &str) {
+        let scrape = self.scrape().await;
+        if let Some(value) = sample(&scrape, series) {
+            panic!("{series} is exported (= {value}), expected it absent");
+        }
+    }
+
+    /// Waits (up to 10 s) until `series` exists and equals `value`.
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        let mut last = None;
+        let reached = poll_until(Duration::from_secs(10), async || {
+            last = self.try_metric(series).await;
+            last == Some(value)
+        })
+        .await;
+        assert!(
+            reached,
+            "{series} did not reach {value} in 10 s (last: {last:?})"
+        );
+    }
+
+    /// Waits (up to 10 s) until `series` exists and is at least `value` (a counter that
+    /// may move on by more than one step at a time); returns it.
+    pub async fn wait_metric_at_least(&self, series: &str, value: f64) -> f64 {
+        let mut last = None;
+        let reached = poll_until(Duration::from_secs(10), async || {
+            last = self.try_metric(series).await;
+            last.is_some_and(|v| v >= value)
+        })
+        .await;
+        assert!(
+            reached,
+            "{series} did not reach {value} in 10 s (last: {last:?})"
+        );
+        last.unwrap_or_default()
+    }
+
+    /// The breaker of `upstream` as the admin API shows it.
+    pub async fn breaker(&self, upstream: &str) -> serde_json::Value {
+        self.admin("GET", &format!("/api/v1/breakers/{upstream}"), &[], b"")
             .await
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
+            .json()
+    }
+
+    /// Waits (up to 10 s) until `upstream`'s breaker has no open period left, as its admin
+    /// API reports it: the next call will be a probe. For tests of what happens after
+    /// an open period, without a sleep guessing at its length.
+    pub async fn wait_open_period_over(&self, upstream: &str) {
+        let mut last = serde_json::Value::Null;
+        let over = poll_until(Duration::from_secs(10), async || {
+            last = self.breaker(upstream).await;
+            last["state"] != "open" || last["open_remaining_ms"] == 0
+        })
+        .await;
+        assert!(over, "{upstream}: open period not over in 10 s: {last}");
+        // `open_remaining_ms` is rounded down: 0 may still be up to 1 ms.
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 
     /// Starts a second gateway process on the same config with `--upgrade`: it takes the
@@ -457,6 +528,103 @@ impl Drop for Gateway {
             let _ = child.wait();
         }
     }
+}
+
+/// Calls `check` every 10 ms until it returns true (then true) or `limit` passed (then false).
+pub async fn poll_until(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `check` holds, at most `limit`; panics naming `what` otherwise. For
+/// events a test cannot be told about directly (an origin's counter, a file's state).
+pub async fn wait_until(what: &str, limit: Duration, check: impl AsyncFnMut() -> bool) {
+    assert!(
+        poll_until(limit, check).await,
+        "not within {limit:?}: {what}"
+    );
+}
+
+/// A series written as Prometheus exposes it, labels sorted by name, so that a test
+/// may write them in any order: `name{a="1",b="2"}`.
+fn canonical_series(series: &str) -> String {
+    let Some((name, labels)) = series.split_once('{') else {
+        return series.trim().to_string();
+    };
+    let labels = labels.trim_end().trim_end_matches('}');
+    let mut pairs = Vec::new();
+    let mut rest = labels;
+    // Split on the commas between pairs, not those inside a quoted value.
+    while !rest.is_empty() {
+        let mut in_quotes = false;
+        let mut escaped = false;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_quotes = !in_quotes,
+                ',' if !in_quotes => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let pair = rest[..end].trim();
+        if !pair.is_empty() {
+            pairs.push(pair.to_string());
+        }
+        rest = rest.get(end + 1..).unwrap_or("");
+    }
+    pairs.sort();
+    format!("{}{{{}}}", name.trim(), pairs.join(","))
+}
+
+/// The value of `series` in a Prometheus text scrape, or None when it has no such sample.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    let wanted = canonical_series(series);
+    scrape
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            // The value is the last field; label values may hold spaces.
+            let (head, value) = line.trim_end().rsplit_once(' ')?;
+            (canonical_series(head) == wanted).then(|| value.parse().ok())?
+        })
+}
+
+/// Why `series` is not in `scrape`: the samples of the same metric family, or the
+/// family names that share its first words.
+fn missing_series(scrape: &str, series: &str) -> String {
+    let name = series.split('{').next().unwrap_or(series).trim();
+    let family: Vec<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(name))
+        .collect();
+    if !family.is_empty() {
+        return format!(
+            "no sample {series} in the scrape; {name} has:\n{}",
+            family.join("\n")
+        );
+    }
+    let stem: String = name.split('_').take(2).collect::<Vec<_>>().join("_");
+    let mut near: Vec<&str> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&stem))
+        .collect();
+    near.dedup();
+    format!("no metric {name} in the scrape; families starting with {stem}: {near:?}")
 }
 
 /// Runs `gateway check` on `yaml` written to a file named `name`; returns (exit code, stdout, stderr).

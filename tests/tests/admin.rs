@@ -1,19 +1,14 @@
 //! The operator's view: metrics on a real scrape, the breaker API, the live event
 //! stream, and admin authentication.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
-use gateway_tests::{Gateway, Options, Scripted, echo, one_upstream, plugin_entry, start_origin};
+use gateway_tests::{
+    Gateway, Options, Scripted, echo, one_upstream, plugin_entry, sample, start_origin,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// The value of the sample whose line starts with `series` (name and labels, exactly as
-/// exposed), or None.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-}
 
 /// Runs promtool with `args` (and `input` on stdin) and requires success.
 fn promtool(args: &[&str], input: &str) {
@@ -112,7 +107,7 @@ async fn metrics_follow_a_breaker_open_and_closed_again() {
     promtool_accepts(&open);
 
     status.set_status(200);
-    tokio::time::sleep(Duration::from_millis(400)).await; // the open period under test
+    gw.wait_open_period_over("api").await;
     assert_eq!(gw.get("/").await.status, 200);
     let closed = gw.scrape().await;
     let value = |series: &str| sample(&closed, series);
@@ -376,25 +371,219 @@ fn generated_alert_rules_carry_each_upstreams_thresholds_and_pass_promtool() {
     promtool(&["check", "rules", &file.display().to_string()], "");
 }
 
+/// Label names, and the values seen for each, of every sample name in a scrape
+/// (histograms under their `_bucket`, `_count` and `_sum` names).
+type Families = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
+
+fn families(scrape: &str) -> Families {
+    let mut families = Families::new();
+    for line in scrape.lines().filter(|l| !l.starts_with('#')) {
+        let Some((head, _value)) = line.trim_end().rsplit_once(' ') else {
+            continue;
+        };
+        let (name, labels) = head.split_once('{').unwrap_or((head, ""));
+        let family = families.entry(name.to_string()).or_default();
+        for pair in labels.trim_end_matches('}').split("\",") {
+            if let Some((label, value)) = pair.split_once("=\"") {
+                family
+                    .entry(label.trim_start_matches(',').to_string())
+                    .or_default()
+                    .insert(value.trim_end_matches('"').to_string());
+            }
+        }
+    }
+    families
+}
+
+/// A label matcher: (label, operator, value).
+type Matcher = (String, String, String);
+
+/// One PromQL expression's use of the gateway's metrics: each selector (name, matchers
+/// as (label, operator, value)), the labels named in `by (...)` / `on (...)`, and
+/// `label_values(metric, label)` pairs (Grafana's variables).
+#[derive(Debug, Default)]
+struct Query {
+    selectors: Vec<(String, Vec<Matcher>)>,
+    grouping: Vec<String>,
+}
+
+fn parse_query(expr: &str) -> Query {
+    let mut query = Query::default();
+    let mut rest = expr;
+    while let Some(at) = rest.find("gateway_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = tail[..end].to_string();
+        let mut matchers = Vec::new();
+        let after = &tail[end..];
+        if let Some(inner) = after.strip_prefix('{') {
+            let close = inner.find('}').expect("selector closes");
+            for matcher in inner[..close].split(',').filter(|m| !m.trim().is_empty()) {
+                let op_at = matcher.find(['=', '!']).expect("matcher operator");
+                let label = matcher[..op_at].trim().to_string();
+                let op_len = if matcher[op_at..].starts_with("=~")
+                    || matcher[op_at..].starts_with("!~")
+                    || matcher[op_at..].starts_with("!=")
+                {
+                    2
+                } else {
+                    1
+                };
+                let op = matcher[op_at..op_at + op_len].to_string();
+                let value = matcher[op_at + op_len..]
+                    .trim()
+                    .trim_matches('"')
+                    .to_string();
+                matchers.push((label, op, value));
+            }
+        }
+        query.selectors.push((name, matchers));
+        rest = &tail[end..];
+    }
+    for keyword in ["by (", "on (", "by(", "on("] {
+        let mut rest = expr;
+        while let Some(at) = rest.find(keyword) {
+            let inner = &rest[at + keyword.len()..];
+            let close = inner.find(')').expect("grouping closes");
+            query.grouping.extend(
+                inner[..close]
+                    .split(',')
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty()),
+            );
+            rest = &inner[close..];
+        }
+    }
+    if let Some(args) = expr.strip_prefix("label_values(") {
+        let args = args.trim_end_matches(')');
+        if let Some((metric, label)) = args.split_once(',') {
+            query.grouping.push(label.trim().to_string());
+            query
+                .selectors
+                .push((metric.trim().to_string(), Vec::new()));
+        }
+    }
+    query
+}
+
+/// Labels Prometheus adds by itself, not the gateway.
+const TARGET_LABELS: &[&str] = &["instance", "job"];
+
+/// What in `query` does not fit the scrape: a missing metric, a label the metric does
+/// not carry (in a matcher, `by` or `on`), a matcher value the gateway never exports.
+fn misfits(query: &Query, families: &Families) -> Vec<String> {
+    let mut problems = Vec::new();
+    let labels_of = |name: &str| {
+        families
+            .get(name)
+            .or_else(|| families.get(&format!("{name}_bucket")))
+    };
+    for (name, matchers) in &query.selectors {
+        let Some(labels) = labels_of(name) else {
+            problems.push(format!("{name}: not exported"));
+            continue;
+        };
+        for (label, op, value) in matchers {
+            let Some(values) = labels.get(label) else {
+                problems.push(format!("{name}: no label `{label}`"));
+                continue;
+            };
+            // A Grafana variable matches whatever the operator picks.
+            if value.contains('$') || op.starts_with('!') {
+                continue;
+            }
+            let wanted: Vec<&str> = if op == "=~" {
+                value.split('|').collect()
+            } else {
+                vec![value.as_str()]
+            };
+            for want in wanted {
+                if !values.contains(want) {
+                    problems.push(format!(
+                        "{name}: {label}=\"{want}\" is never exported (seen: {values:?})"
+                    ));
+                }
+            }
+        }
+        for label in &query.grouping {
+            if !TARGET_LABELS.contains(&label.as_str()) && !labels.contains_key(label) {
+                problems.push(format!(
+                    "{name}: grouped by `{label}`, which it does not carry"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// The PromQL expressions of the dashboard: every `expr`, and the variables' queries.
+fn dashboard_queries(dashboard: &serde_json::Value, out: &mut Vec<String>) {
+    match dashboard {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match value {
+                    serde_json::Value::String(text)
+                        if ["expr", "query", "definition"].contains(&key.as_str()) =>
+                    {
+                        out.push(text.clone());
+                    }
+                    other => dashboard_queries(other, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                dashboard_queries(item, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Each alert rule of the shipped rules file: (name, expression, annotations' text).
+fn alert_rules(text: &str) -> Vec<(String, String, String)> {
+    text.split("- alert:")
+        .skip(1)
+        .map(|rule| {
+            let name = rule.lines().next().unwrap_or_default().trim().to_string();
+            let expr_at = rule.find("expr:").expect("rule has expr");
+            let expr_text = &rule[expr_at + "expr:".len()..];
+            let expr_end = ["\n        for:", "\n        labels:"]
+                .iter()
+                .filter_map(|k| expr_text.find(k))
+                .min()
+                .expect("expr is followed by for or labels");
+            let annotations = rule
+                .split_once("annotations:")
+                .map_or("", |(_, a)| a)
+                .to_string();
+            (name, expr_text[..expr_end].trim().to_string(), annotations)
+        })
+        .collect()
+}
+
 /// Every `gateway_*` metric the shipped dashboard and alert rules query must exist in
-/// a real scrape, so they cannot drift from the code.
+/// a real scrape with every label they match, group or print by, and every label value
+/// they select, so that neither can drift from the code.
 #[tokio::test]
-async fn dashboard_and_alerts_only_use_exported_metrics() {
+async fn dashboard_and_alerts_only_use_exported_metrics_and_labels() {
     let origin = start_origin(echo("svc")).await;
     let plugins = format!(
         "plugins:\n{}",
         plugin_entry("rules", "status-latency-predicate", "predicate", "")
     );
     let gw = Gateway::start(&format!(
-        "{plugins}{}",
-        one_upstream(
-            &[origin.addr()],
-            "    outlier_detection: {}\n    breaker: { predicate: rules }\n",
-        )
+        "{plugins}upstreams:\n  api:\n    endpoints: [\"{}\"]\n    outlier_detection: {{}}\n    breaker: {{ predicate: rules }}\n  down:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 1 }}\nroutes:\n  - {{ match: {{ path_prefix: /down }}, upstream: down }}\n  - {{ upstream: api }}\n",
+        origin.addr(),
+        gateway_tests::dead_address()
     ))
     .await;
     assert_eq!(gw.get("/").await.status, 200);
-    // One transition, one fallback and one plugin call, so every family has a sample.
+    // A trip (to="open"), a forced open, a fallback and a plugin call, so every family
+    // and every label value the rules select has a sample.
+    assert_eq!(gw.get("/down").await.status, 502);
     let forced = gw
         .admin(
             "PUT",
@@ -417,41 +606,81 @@ async fn dashboard_and_alerts_only_use_exported_metrics() {
     );
     let tls = Gateway::start_with_listener(&one_upstream(&[origin.addr()], ""), &listener).await;
     let scrape = gw.scrape().await + &tls.scrape().await;
-    let exported: Vec<&str> = scrape
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    let families = families(&scrape);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for file in [
-        "config/grafana/dashboard.json",
-        "config/prometheus/alerts.yml",
-    ] {
-        let text = std::fs::read_to_string(root.join(file)).expect("shipped file");
-        if file.ends_with(".json") {
-            serde_json::from_str::<serde_json::Value>(&text).expect("dashboard is valid JSON");
-        }
-        let mut used: Vec<String> = text
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| w.starts_with("gateway_"))
-            .map(|w| {
-                ["_bucket", "_count", "_sum"]
-                    .iter()
-                    .fold(w.to_string(), |w, suffix| {
-                        w.strip_suffix(suffix).map(str::to_string).unwrap_or(w)
-                    })
-            })
-            .collect();
-        used.sort();
-        used.dedup();
-        assert!(used.len() >= 5, "{file} uses too few metrics: {used:?}");
-        for name in used {
-            assert!(
-                exported.contains(&name.as_str()),
-                "{file} uses {name}, which the gateway does not export"
-            );
+
+    let dashboard_text =
+        std::fs::read_to_string(root.join("config/grafana/dashboard.json")).expect("dashboard");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&dashboard_text).expect("dashboard is valid JSON");
+    let mut queries = Vec::new();
+    dashboard_queries(&dashboard, &mut queries);
+    let mut problems = Vec::new();
+    let mut selectors = 0;
+    for expr in &queries {
+        let query = parse_query(expr);
+        selectors += query.selectors.len();
+        problems.extend(
+            misfits(&query, &families)
+                .into_iter()
+                .map(|p| format!("dashboard `{expr}`: {p}")),
+        );
+    }
+    assert!(selectors >= 20, "the dashboard queries too few metrics");
+
+    let alerts =
+        std::fs::read_to_string(root.join("config/prometheus/alerts.yml")).expect("alerts");
+    let rules = alert_rules(&alerts);
+    assert!(rules.len() >= 8, "too few alert rules: {rules:?}");
+    for (name, expr, annotations) in &rules {
+        let query = parse_query(expr);
+        problems.extend(
+            misfits(&query, &families)
+                .into_iter()
+                .map(|p| format!("alert {name}: {p}")),
+        );
+        // A label the annotations print must survive the expression: kept by its
+        // grouping, or (without one) carried by every metric in it.
+        for printed in annotations.split("$labels.").skip(1) {
+            let label: String = printed
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let kept = if query.grouping.is_empty() {
+                query.selectors.iter().all(|(metric, _)| {
+                    families
+                        .get(metric)
+                        .is_some_and(|labels| labels.contains_key(&label))
+                })
+            } else {
+                query.grouping.contains(&label)
+            };
+            if !kept {
+                problems.push(format!(
+                    "alert {name}: prints $labels.{label}, which `{expr}` does not keep"
+                ));
+            }
         }
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_label_check_catches_a_renamed_label_and_value() {
+    // The check above, against a scrape where `upstream` became `service` and the
+    // state `open` became `opened`: both must be reported.
+    let scrape = "gateway_breaker_state{service=\"api\",state=\"opened\"} 1\n";
+    let query = parse_query("sum by (upstream) (gateway_breaker_state{state=\"open\"})");
+    let problems = misfits(&query, &families(scrape));
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].contains("state=\"open\" is never exported"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].contains("grouped by `upstream`"),
+        "{problems:?}"
+    );
 }
 
 /// A breaker's state word, read through the admin API.

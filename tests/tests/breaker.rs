@@ -154,7 +154,7 @@ async fn half_open_lets_exactly_the_permitted_probes_through_under_load_then_clo
     script.set_delay(1_000);
     let before = origin.stats().requests();
     // The breaker's open period is what is under test: let it run out.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    gw.wait_open_period_over("api").await;
 
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -187,7 +187,7 @@ async fn half_open_lets_exactly_the_permitted_probes_through_under_load_then_clo
     script.set_status(500);
     assert_eq!(conn.get("/").await.expect("request").status, 500);
     assert_eq!(conn.get("/").await.expect("request").status, 503);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    gw.wait_open_period_over("api").await;
     assert_eq!(conn.get("/").await.expect("probe").status, 500);
     let after_probe = conn.get("/").await.expect("request");
     assert_eq!(after_probe.status, 503);
@@ -415,7 +415,7 @@ async fn half_open_probes_are_never_retried() {
         .expect("response");
     assert_eq!(first.status, 502);
     assert_eq!(gw.get("/").await.status, 503);
-    tokio::time::sleep(Duration::from_millis(400)).await; // the open period under test
+    gw.wait_open_period_over("api").await;
     let probe = gw
         .conn()
         .await

@@ -35,7 +35,10 @@ fn switchable(name: &'static str) -> (Switchable, Handler) {
     (s, handler)
 }
 
-const CHECK: &str = "    health_check: { path: /health, interval: 100ms, timeout: 100ms, healthy_threshold: 1, unhealthy_threshold: 1";
+/// Checks every 200 ms. A check may take its whole interval, and an endpoint turns
+/// unhealthy only after two failed checks in a row, so one check slowed by a busy
+/// machine does not fail a healthy endpoint.
+const CHECK: &str = "    health_check: { path: /health, interval: 200ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 2";
 
 #[tokio::test]
 async fn an_unhealthy_endpoint_gets_no_traffic_until_it_passes_again() {
@@ -63,9 +66,28 @@ async fn an_unhealthy_endpoint_gets_no_traffic_until_it_passes_again() {
         "no traffic to the unhealthy endpoint"
     );
 
+    // The operator's view says the same: one endpoint fails its checks.
+    let report = gw.admin("GET", "/health/upstreams", &[], b"").await.json();
+    let api = &report[0];
+    assert_eq!(api["upstream"], "api", "{report}");
+    assert_eq!(api["status"], "degraded", "{report}");
+    assert_eq!(api["usable_endpoints"], 1, "{report}");
+    let endpoint = |addr: std::net::SocketAddr| {
+        api["endpoints"]
+            .as_array()
+            .and_then(|list| list.iter().find(|e| e["address"] == addr.to_string()))
+            .cloned()
+            .unwrap_or_else(|| panic!("{addr} not in {report}"))
+    };
+    assert_eq!(endpoint(origin_a.addr())["healthy"], false, "{report}");
+    assert_eq!(endpoint(origin_b.addr())["healthy"], true, "{report}");
+
     a.health.store(200, Ordering::SeqCst);
     gw.wait_for_log(&["endpoint healthy", &origin_a.addr().to_string()])
         .await;
+    let report = gw.admin("GET", "/health/upstreams", &[], b"").await.json();
+    assert_eq!(report[0]["status"], "healthy", "{report}");
+    assert_eq!(report[0]["usable_endpoints"], 2, "{report}");
     let served_by_a = (0..20).map(|_| gw.get("/")).collect::<Vec<_>>();
     let mut a_count = 0;
     for request in served_by_a {
@@ -92,7 +114,7 @@ async fn a_gated_breaker_stays_open_until_a_health_check_passes() {
     assert_eq!(gw.get("/").await.status, 500);
     // ...which opens the breaker.
     assert_eq!(gw.get("/").await.status, 503);
-    tokio::time::sleep(Duration::from_millis(300)).await; // past the open period under test
+    gw.wait_open_period_over("api").await;
     let traffic = s.traffic.load(Ordering::SeqCst);
     let gated = gw.get("/").await;
     assert_eq!(gated.status, 503, "no probe while health checks fail");
@@ -140,16 +162,14 @@ async fn health_checks_read_responses_as_the_proxy_does() {
     .await;
     gw.wait_for_log(&["endpoint unhealthy", &too_many.addr().to_string()])
         .await;
-    // Three more checks of the other endpoint (unhealthy_threshold is 1).
+    // Three more checks of the other endpoint (unhealthy_threshold is 2).
     let seen = checks_many.load(Ordering::SeqCst);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while checks_many.load(Ordering::SeqCst) < seen + 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no more health checks"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gateway_tests::wait_until(
+        "three more health checks",
+        Duration::from_secs(10),
+        async || checks_many.load(Ordering::SeqCst) >= seen + 3,
+    )
+    .await;
     let healthy = |addr: std::net::SocketAddr| {
         format!("gateway_endpoint_healthy{{endpoint=\"{addr}\",upstream=\"api\"}}")
     };

@@ -1,6 +1,6 @@
-//! Request limits at the edge, each against the real gateway process: what the client
-//! gets, that the upstream never sees the refused request, that other clients are not
-//! disturbed, and that every firing is counted by limit.
+//! Request limits at the edge, each against the real gateway process (over HTTP/1.1
+//! and HTTP/2): what the client gets, that the upstream never sees the refused request,
+//! that other clients are not disturbed, and that every firing is counted by limit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,12 +39,17 @@ async fn upstream_failures(gw: &Gateway) -> f64 {
         .await
 }
 
-async fn rejections(gw: &Gateway, limit: &str) -> f64 {
-    gw.metric(&format!(
-        "gateway_limit_rejections_total{{limit=\"{limit}\",listener=\"{}\"}}",
-        gw.listen
-    ))
-    .await
+/// Waits (up to 10 s) until `limit` has fired exactly `count` times: a client may see
+/// its connection closed a moment before the gateway counts why.
+async fn settled_rejections(gw: &Gateway, limit: &str, count: f64) {
+    gw.wait_metric(
+        &format!(
+            "gateway_limit_rejections_total{{limit=\"{limit}\",listener=\"{}\"}}",
+            gw.listen
+        ),
+        count,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -79,8 +84,8 @@ async fn oversized_headers_get_431() {
         1,
         "refused requests reached the upstream"
     );
-    assert_eq!(rejections(&gw, "max_header_bytes").await, 1.0);
-    assert_eq!(rejections(&gw, "max_headers").await, 1.0);
+    settled_rejections(&gw, "max_header_bytes", 1.0).await;
+    settled_rejections(&gw, "max_headers", 1.0).await;
     gw.wait_for_log(&["gateway::limits", "max_header_bytes", "3"])
         .await;
 }
@@ -128,7 +133,7 @@ async fn oversized_bodies_get_413_and_routes_may_allow_more() {
     assert_eq!(response.status, 200);
     assert_eq!(response.json()["received"], 4096);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
-    assert_eq!(rejections(&gw, "max_body_bytes").await, 2.0);
+    settled_rejections(&gw, "max_body_bytes", 2.0).await;
     // The upstream did nothing wrong: nothing was recorded against it as a failure.
     assert_eq!(upstream_failures(&gw).await, 0.0);
 }
@@ -167,7 +172,7 @@ async fn a_header_sent_a_byte_at_a_time_is_cut_off_but_a_slow_body_is_not() {
         "cut off too early: {took:?}"
     );
     assert!(took < Duration::from_secs(5), "cut off too late: {took:?}");
-    assert_eq!(rejections(&gw, "header_read_timeout").await, 1.0);
+    settled_rejections(&gw, "header_read_timeout", 1.0).await;
 
     // A body that takes longer than the header timeout, but never pauses for longer
     // than body_read_timeout, goes through; then the next request on the same
@@ -190,7 +195,7 @@ async fn a_header_sent_a_byte_at_a_time_is_cut_off_but_a_slow_body_is_not() {
         conn.closed_within(Duration::from_secs(3)).await,
         "second request's header was not timed"
     );
-    assert_eq!(rejections(&gw, "header_read_timeout").await, 2.0);
+    settled_rejections(&gw, "header_read_timeout", 2.0).await;
     assert_eq!(hits.load(Ordering::SeqCst), 6);
 }
 
@@ -208,7 +213,7 @@ async fn a_stalled_body_gets_408() {
     assert_eq!(response.status, 408);
     assert_eq!(response.json()["code"], "REQUEST_TIMEOUT");
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(rejections(&gw, "body_read_timeout").await, 1.0);
+    settled_rejections(&gw, "body_read_timeout", 1.0).await;
     assert_eq!(hits.load(Ordering::SeqCst), 0);
     assert_eq!(upstream_failures(&gw).await, 0.0);
 }
@@ -231,7 +236,7 @@ async fn connections_over_the_limit_are_closed_on_accept() {
         "fourth connection served"
     );
     assert!(fourth.response().await.is_err());
-    assert_eq!(rejections(&gw, "max_connections").await, 1.0);
+    settled_rejections(&gw, "max_connections", 1.0).await;
     // The open ones are undisturbed.
     for conn in &mut open {
         assert_eq!(conn.get("/").await.expect("request").status, 200);
@@ -265,4 +270,90 @@ async fn idle_keep_alive_connections_are_closed_after_keepalive_timeout() {
         "{:?}",
         idle.elapsed()
     );
+}
+
+/// One HTTP/2 request with prior knowledge on a fresh connection: the status the
+/// gateway answers with, or None when it reset the stream or closed the connection.
+/// `declared`: send `content-length` (else the body streams without one).
+async fn h2_request(
+    gw: &Gateway,
+    headers: &[(&str, String)],
+    body: &[u8],
+    declared: bool,
+) -> Option<u16> {
+    let tcp = tokio::net::TcpStream::connect(gw.listen)
+        .await
+        .expect("connect");
+    let (send, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut send = send.ready().await.ok()?;
+    let mut request = http::Request::post("http://gateway.test/upload");
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    if declared {
+        request = request.header("content-length", body.len());
+    }
+    let (response, mut stream) = send
+        .send_request(request.body(()).expect("request"), body.is_empty())
+        .ok()?;
+    if !body.is_empty() {
+        let _ = stream.send_data(bytes::Bytes::copy_from_slice(body), true);
+    }
+    Some(response.await.ok()?.status().as_u16())
+}
+
+#[tokio::test]
+async fn request_limits_hold_over_http2() {
+    let (hits, handler) = counting();
+    let origin = start_origin(handler).await;
+    let gw = Gateway::start_with_listener(
+        &format!(
+            "upstreams:\n  api:\n    endpoints: [\"{}\"]\nroutes:\n  - {{ upstream: api }}\n",
+            origin.addr()
+        ),
+        "    http2: true\n    limits: { max_body_bytes: 1KiB, max_header_bytes: 2KiB, max_headers: 10 }\n",
+    )
+    .await;
+    // Within every limit: served.
+    assert_eq!(h2_request(&gw, &[], &[b'x'; 1024], true).await, Some(200));
+    let names: Vec<String> = (0..12).map(|i| format!("x-h{i}")).collect();
+    let many: Vec<(&str, String)> = names.iter().map(|n| (n.as_str(), "v".into())).collect();
+    for (what, headers, body, declared, expected) in [
+        ("declared body", vec![], vec![b'x'; 1025], true, 413),
+        ("streamed body", vec![], vec![b'x'; 4096], false, 413),
+        (
+            "header bytes",
+            vec![("x-big", "v".repeat(3000))],
+            vec![],
+            false,
+            431,
+        ),
+        ("header count", many, vec![], false, 431),
+    ] {
+        let status = h2_request(&gw, &headers, &body, declared).await;
+        assert_eq!(status, Some(expected), "{what}");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "only the first reached the origin"
+    );
+    for (limit, count) in [
+        ("max_body_bytes", 2.0),
+        ("max_header_bytes", 1.0),
+        ("max_headers", 1.0),
+    ] {
+        assert_eq!(
+            gw.metric(&format!(
+                "gateway_limit_rejections_total{{limit=\"{limit}\",listener=\"{}\"}}",
+                gw.listen
+            ))
+            .await,
+            count,
+            "{limit}"
+        );
+    }
 }

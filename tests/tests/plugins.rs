@@ -293,6 +293,39 @@ async fn plugin_errors(gw: &Gateway, kind: &str) -> f64 {
 }
 
 const HOSTILE_LIMITS: &str = "limits: { timeout: 50ms, memory: 8MiB }";
+/// `limits.timeout` in HOSTILE_LIMITS.
+const HOSTILE_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// How much later than promised a cut-off may be seen by the client: the promise is
+/// `timeout` + 1 ms inside the gateway, but this is a debug build on a shared 2-core
+/// machine, where the epoch ticker, the proxy thread and the test each wait for a core.
+const SCHEDULING_MARGIN: Duration = Duration::from_millis(100);
+
+/// The slowest of five honest calls on `conn`: the part of a measured time that is the
+/// round trip (proxy, origin, plugin), not the plugin's misbehaviour.
+async fn honest_round_trip(conn: &mut gateway_tests::http::Conn) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let (response, took) = provoke(conn, "none").await;
+        assert_eq!(response.status, 200);
+        slowest = slowest.max(took);
+    }
+    slowest
+}
+
+/// Asserts that a call cut off at `timeout` took the deadline plus at most 1 ms (plus
+/// the round trip and the stated margin), and not less than the deadline.
+fn assert_cut_at_deadline(what: &str, took: Duration, timeout: Duration, round_trip: Duration) {
+    assert!(
+        took >= timeout,
+        "{what}: cut off before its deadline: {took:?}"
+    );
+    let latest = timeout + Duration::from_millis(1) + round_trip + SCHEDULING_MARGIN;
+    assert!(
+        took <= latest,
+        "{what}: took {took:?}, promised {timeout:?} + 1 ms (+ round trip {round_trip:?} + margin {SCHEDULING_MARGIN:?})"
+    );
+}
 
 /// A gateway whose one upstream (an origin answering 200) is judged by the hostile
 /// predicate; `breaker`: the rest of that upstream's breaker settings.
@@ -322,7 +355,8 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
         behind_hostile_predicate(", consecutive_failures: 3, on_plugin_error: count_as_failure")
             .await;
 
-    // Other traffic keeps flowing on another connection the whole time.
+    // Other traffic on another connection is answered throughout (how long a call
+    // may hold it up: a_looping_plugin_call_holds_up_other_traffic_at_most_its_timeout).
     let listen = gw.listen;
     let background = tokio::spawn(async move {
         let mut conn = gateway_tests::http::Conn::connect(listen)
@@ -336,6 +370,7 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
     });
 
     let mut conn = gw.conn().await;
+    let round_trip = honest_round_trip(&mut conn).await;
     let mut errors = std::collections::HashMap::new();
     for (mode, kind) in [
         ("loop", "timeout"),
@@ -352,10 +387,15 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
             response.status, 200,
             "{mode}: the client still gets the answer"
         );
-        assert!(
-            took < Duration::from_secs(1),
-            "{mode}: cut off, took {took:?}"
-        );
+        if kind == "timeout" {
+            assert_cut_at_deadline(mode, took, HOSTILE_TIMEOUT, round_trip);
+        } else {
+            // Stopped by what it did, long before the deadline could.
+            assert!(
+                took < HOSTILE_TIMEOUT + round_trip + SCHEDULING_MARGIN,
+                "{mode}: cut off, took {took:?}"
+            );
+        }
         let expected = errors.entry(kind).or_insert(0.0);
         *expected += 1.0;
         assert_eq!(plugin_errors(&gw, kind).await, *expected, "{mode}");
@@ -377,6 +417,134 @@ async fn hostile_predicate_is_cut_off_counted_and_its_policy_applied() {
         503,
         "three failed plugin calls in a row count as three failures"
     );
+}
+
+/// The deadline is wall time: a 2 s call is cut at 2 s + 1 ms, not after 2000 ticks
+/// of a thread that oversleeps each of its 1 ms naps (which once made it 2.2-2.6 s).
+#[tokio::test]
+async fn a_long_plugin_deadline_is_kept_to_the_millisecond() {
+    let timeout = Duration::from_secs(2);
+    let (_origin, gw) = behind_hostile_predicate_with("limits: { timeout: 2s }", "", &[]).await;
+    let mut conn = gw.conn().await;
+    let round_trip = honest_round_trip(&mut conn).await;
+    let (response, took) = provoke(&mut conn, "loop").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(plugin_errors(&gw, "timeout").await, 1.0);
+    assert_cut_at_deadline("loop", took, timeout, round_trip);
+}
+
+/// A gateway with two proxy threads whose upstream is judged by the hostile predicate
+/// with a call `timeout`, and 16 connections to it opened (and served once) first: each
+/// landed on one of the two threads at random. The origin pools nothing: a pooled
+/// upstream connection is watched by a task on a random thread, which would tie a
+/// request on one thread to the other.
+async fn two_threads_behind_a_looping_predicate(
+    timeout: &str,
+) -> (Origin, Gateway, Vec<gateway_tests::http::Conn>) {
+    let origin = start_origin(Arc::new(|_: &Request| {
+        Reply::text(200, "fine").with_header("connection", "close")
+    }))
+    .await;
+    let config = format!(
+        "server: {{ threads: 2 }}\nplugins:\n{}upstreams:\n  api:\n    endpoints: [\"{}\"]\n    breaker: {{ predicate: hostile }}\nroutes:\n  - {{ upstream: api }}\n",
+        plugin_entry(
+            "hostile",
+            "hostile-predicate",
+            "predicate",
+            &format!("limits: {{ timeout: {timeout} }}")
+        ),
+        origin.addr()
+    );
+    let gw = Gateway::start(&config).await;
+    let mut others = Vec::new();
+    for _ in 0..16 {
+        let mut conn = gw.conn().await;
+        assert_eq!(conn.get("/").await.expect("request").status, 200);
+        others.push(conn);
+    }
+    (origin, gw, others)
+}
+
+/// A request sent during a loop: (status, when sent, latency, when answered).
+type Answered = (u16, Instant, Duration, Instant);
+
+/// One request on each of `others` while a looping call is known to be in progress
+/// (the plugin logged it): how each went; and the looping request's (status, took,
+/// when answered).
+async fn requests_during_a_loop(
+    gw: &Gateway,
+    others: Vec<gateway_tests::http::Conn>,
+) -> (Vec<Answered>, (u16, Duration, Instant)) {
+    let mut looping_conn = gw.conn().await;
+    let looping = tokio::spawn(async move {
+        let (response, took) = provoke(&mut looping_conn, "loop").await;
+        (response.status, took, Instant::now())
+    });
+    gw.wait_for_log(&["hostile: looping until cut off"]).await;
+    let requests: Vec<_> = others
+        .into_iter()
+        .map(|mut conn| {
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                let status = conn.get("/").await.expect("request").status;
+                (status, sent, sent.elapsed(), Instant::now())
+            })
+        })
+        .collect();
+    let mut answered = Vec::new();
+    for request in requests {
+        answered.push(request.await.expect("request task"));
+    }
+    (answered, looping.await.expect("looping request"))
+}
+
+/// A call runs to its end on the proxy thread that asked: the traffic it holds up
+/// (see the next test for how much) waits at most the call's `limits.timeout`, and
+/// the looping request itself is answered.
+#[tokio::test]
+async fn a_looping_plugin_call_holds_up_other_traffic_at_most_its_timeout() {
+    let timeout = Duration::from_secs(1);
+    let (_origin, gw, others) = two_threads_behind_a_looping_predicate("1s").await;
+    let (answered, (status, took, loop_ended)) = requests_during_a_loop(&gw, others).await;
+    assert_eq!(status, 200, "the looping request is still answered");
+    assert_cut_at_deadline("loop", took, timeout, Duration::ZERO);
+    assert_eq!(plugin_errors(&gw, "timeout").await, 1.0);
+    for (status, sent, latency, _) in &answered {
+        assert_eq!(*status, 200);
+        assert!(
+            *sent + timeout / 2 < loop_ended,
+            "sent while the call looped (it ended {:?} later)",
+            loop_ended - *sent
+        );
+        assert!(
+            *latency < timeout + SCHEDULING_MARGIN,
+            "a request waited {latency:?}, longer than the plugin's timeout"
+        );
+    }
+}
+
+/// PLUGINS.md promised that a call holds only its own thread, "the thread that also
+/// serves other connections": connections on the other thread should be answered at
+/// once. They are not when the held thread also runs the listener's accept loop:
+/// Pingora (work_stealing: false) registers every accepted socket with the accepting
+/// thread's reactor and spawns its task on a random thread, so while that thread runs
+/// wasm no connection of the listener hears from its socket. Four fresh gateways: the
+/// chance that none had its accept loop on the held thread is 1 in 16.
+#[tokio::test]
+#[ignore = "defect: a plugin call on the thread that runs a listener's accept loop stalls every connection of that listener (Pingora registers accepted sockets with that thread's reactor); needs plugin calls off the proxy threads or work stealing"]
+async fn requests_on_other_threads_are_not_held_up_by_a_looping_call() {
+    for trial in 0..4 {
+        let (_origin, gw, others) = two_threads_behind_a_looping_predicate("500ms").await;
+        let (answered, (_, _, loop_ended)) = requests_during_a_loop(&gw, others).await;
+        let during = answered
+            .iter()
+            .filter(|(_, _, _, done)| *done + Duration::from_millis(200) < loop_ended)
+            .count();
+        assert!(
+            during > 0,
+            "trial {trial}: none of 16 connections was answered while the call looped: {answered:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -425,6 +593,13 @@ async fn hostile_fallback_is_cut_off_and_the_built_in_fallback_answers() {
     let gw = Gateway::start(&config).await;
     assert_eq!(gw.get("/").await.text(), "fallback ok");
     let mut conn = gw.conn().await;
+    let mut round_trip = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(conn.get("/").await.expect("request").text(), "fallback ok");
+        round_trip = round_trip.max(started.elapsed());
+    }
+    let timeout = Duration::from_millis(200);
     let mut errors = std::collections::HashMap::new();
     for (mode, kind) in [
         ("headers", "response_too_large"),
@@ -441,7 +616,14 @@ async fn hostile_fallback_is_cut_off_and_the_built_in_fallback_answers() {
             response.header("x-fallback").is_none(),
             "{mode}: nothing of the refused answer reaches the client"
         );
-        assert!(took < Duration::from_secs(1), "{mode}: took {took:?}");
+        if kind == "timeout" {
+            assert_cut_at_deadline(mode, took, timeout, round_trip);
+        } else {
+            assert!(
+                took < timeout + round_trip + SCHEDULING_MARGIN,
+                "{mode}: took {took:?}"
+            );
+        }
         let expected = errors.entry(kind).or_insert(0.0);
         *expected += 1.0;
         assert_eq!(plugin_errors(&gw, kind).await, *expected, "{mode}");
@@ -725,33 +907,59 @@ async fn reload_carries_plugins_over_and_refuses_one_that_cannot_start() {
 
     // A plugin whose init hangs is refused after its init_timeout, traffic flowing
     // meanwhile, and nothing changes.
+    let init_timeout = Duration::from_secs(1);
     let hanging = plugin_entry(
         "rules",
         "hostile-predicate",
         "predicate",
-        "config: { init: hang }, limits: { init_timeout: 300ms }",
+        "config: { init: hang }, limits: { init_timeout: 1s }",
     );
     std::fs::write(&gw.config_path, gw.config_with(&body(&hanging))).expect("write");
+    let reload_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let listen = gw.listen;
+    let done = Arc::clone(&reload_done);
+    // Requests one after another until the reload has answered: (latency, answered at).
     let traffic = tokio::spawn(async move {
         let mut conn = gateway_tests::http::Conn::connect(listen)
             .await
             .expect("connect");
-        let mut statuses = Vec::new();
-        for _ in 0..20 {
-            statuses.push(conn.get("/other").await.expect("request").status);
+        let mut answered = Vec::new();
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let started = Instant::now();
+            let status = conn.get("/other").await.expect("request").status;
+            assert_eq!(status, 200);
+            answered.push((started.elapsed(), Instant::now()));
         }
-        statuses
+        answered
     });
+    let reload_sent = Instant::now();
     let reply = gw.admin("POST", "/admin/reload", &[], b"").await;
+    let reload_answered = Instant::now();
+    reload_done.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(reply.status, 422);
     let errors = reply.json()["errors"].to_string();
     assert!(
-        errors.contains("plugins.rules: init failed: timed out after 300ms"),
+        errors.contains("plugins.rules: init failed: timed out after 1s"),
         "{errors}"
     );
-    let statuses = traffic.await.expect("traffic");
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let answered = traffic.await.expect("traffic");
+    // The refusal comes when init_timeout ran out, so init was hanging for the last
+    // second before it: requests answered then overlapped the hanging init.
+    assert!(reload_answered - reload_sent >= init_timeout);
+    let init_hanging = reload_answered - init_timeout + Duration::from_millis(100);
+    let during = answered
+        .iter()
+        .filter(|(_, at)| *at > init_hanging && *at < reload_answered)
+        .count();
+    assert!(
+        during >= 5,
+        "{during} requests answered while init hung: {answered:?}"
+    );
+    let slowest = answered.iter().map(|(latency, _)| *latency).max();
+    assert!(
+        slowest < Some(Duration::from_millis(250)),
+        "traffic waited {slowest:?} during the reload"
+    );
     assert_eq!(
         conn.get("/teapot").await.expect("request").status,
         503,

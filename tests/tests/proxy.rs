@@ -242,24 +242,43 @@ async fn json_logs_carry_one_structured_access_event_per_request() {
     let origin = start_origin(echo("svc")).await;
     let gw = Gateway::start_with_args(
         &format!(
-            "upstreams:\n  svc: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: all, upstream: svc }}\n",
+            "upstreams:\n  svc: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: /things }}, upstream: svc }}\n",
             origin.addr()
         ),
         &["--log-format", "json"],
     )
     .await;
+    // Three requests, one of them a 404 from the gateway itself: each gets exactly one
+    // access event, and nothing else is logged as one.
     let mut conn = gw.conn().await;
-    conn.request(
-        "GET",
-        "/things?x=1",
-        &[("x-request-id", "json-log-check")],
-        b"",
-    )
-    .await
-    .expect("request");
-    let line = gw.wait_for_log(&["json-log-check"]).await;
-    let event: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    for (path, id, status) in [
+        ("/things?x=1", "json-log-check", 200),
+        ("/things/2", "json-log-second", 200),
+        ("/nowhere", "json-log-missing", 404),
+    ] {
+        let response = conn
+            .request("GET", path, &[("x-request-id", id)], b"")
+            .await
+            .expect("request");
+        assert_eq!(response.status, status, "{path}");
+    }
+    gw.wait_for_log(&["json-log-missing"]).await;
+    let access: Vec<serde_json::Value> = gw
+        .logs()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .filter(|event: &serde_json::Value| event["target"] == "gateway::access")
+        .collect();
+    let ids: Vec<&str> = access
+        .iter()
+        .map(|e| e["request_id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        ids,
+        ["json-log-check", "json-log-second", "json-log-missing"],
+        "one access event per request, in order"
+    );
+    let event = &access[0];
     assert_eq!(event["target"], "gateway::access");
     assert_eq!(event["request_id"], "json-log-check");
     assert_eq!(event["status"], 200);

@@ -314,7 +314,14 @@ async fn fifty_reloads_under_load_fail_no_request() {
         std::fs::write(&gw.config_path, gw.config_with(&body(target))).expect("write");
         let reply = gw.admin("POST", "/admin/reload", &[], b"").await;
         assert_eq!(reply.json()["result"], "applied", "reload {i}");
-        tokio::time::sleep(Duration::from_millis(20)).await; // let traffic run between reloads
+        // Traffic runs between reloads: some requests answered since this one.
+        let answered = ok.load(Ordering::Relaxed);
+        gateway_tests::wait_until(
+            "requests between reloads",
+            Duration::from_secs(10),
+            async || ok.load(Ordering::Relaxed) >= answered + 11,
+        )
+        .await;
     }
     stop.store(true, Ordering::SeqCst);
     for task in load {

@@ -6,7 +6,7 @@
 //! for one config stay valid for the next.
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -59,10 +59,21 @@ impl PluginEngine {
         std::thread::Builder::new()
             .name("plugin-epoch".into())
             .spawn(move || {
+                // One tick per EPOCH_TICK of wall time, catching up after a late wake:
+                // counting naps instead would stretch every deadline by what each nap
+                // oversleeps (10-30 % on a busy machine).
+                let tick = EPOCH_TICK.as_nanos();
+                let start = Instant::now();
+                let mut ticks: u128 = 0;
                 while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
+                    let due = start.elapsed().as_nanos() / tick;
+                    while ticks < due {
+                        engine.increment_epoch();
+                        ticks += 1;
+                    }
                     drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
+                    let next = u64::try_from((ticks + 1) * tick).unwrap_or(u64::MAX);
+                    std::thread::sleep(Duration::from_nanos(next).saturating_sub(start.elapsed()));
                 }
             })?;
         Ok(Self { engine, linker })
