@@ -646,18 +646,25 @@ fn concurrent_probes_never_exceed_the_permitted_number() {
                     let Ok(permit) = b.try_acquire() else {
                         continue;
                     };
-                    if permit.is_probe() {
+                    let probe = permit.is_probe();
+                    if probe {
                         probes.fetch_add(1, Ordering::Relaxed);
                         let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                         max_seen.fetch_max(now, Ordering::SeqCst);
                         std::thread::yield_now();
-                        in_flight.fetch_sub(1, Ordering::SeqCst);
                     }
                     let outcome = if (i * 31 + t) % 5 == 0 {
                         Outcome::failure(ms(1))
                     } else {
                         Outcome::success(ms(1))
                     };
+                    // A probe is counted in flight from its admission to the moment its
+                    // outcome is recorded: the decrement is the last thing before
+                    // `record` (after it, the place is already free and another thread's
+                    // new probe could be counted before this one leaves: a false alarm).
+                    if probe {
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                    }
                     b.record(permit, outcome);
                 }
             });
