@@ -27,6 +27,7 @@ impl Reason {
     pub fn as_str(&self) -> &'static str {
         match self {
             Reason::Tripped(TripCause::ConsecutiveFailures) => "consecutive_failures",
+            Reason::Tripped(TripCause::FailuresInWindow) => "failures_in_window",
             Reason::Tripped(TripCause::FailureRate) => "failure_rate",
             Reason::Tripped(TripCause::SlowCallRate) => "slow_call_rate",
             Reason::OpenPeriodElapsed => "open_period_elapsed",

@@ -56,6 +56,9 @@ pub struct BreakerPolicy {
     pub minimum_requests: NonZeroU32,
     pub failure_rate: Option<f64>,
     pub consecutive_failures: Option<NonZeroU32>,
+    /// Open once the window holds this many failures, whatever the other calls (what
+    /// breaker services call a failure threshold); `minimum_requests` does not apply.
+    pub failures_in_window: Option<NonZeroU32>,
     pub slow_call: Option<SlowCallPolicy>,
     pub open_duration: Duration,
     pub backoff: Option<BackoffPolicy>,
@@ -66,6 +69,7 @@ pub struct BreakerPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TripCause {
     ConsecutiveFailures,
+    FailuresInWindow,
     FailureRate,
     SlowCallRate,
 }
@@ -81,6 +85,7 @@ impl Default for BreakerPolicy {
             minimum_requests: NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN),
             failure_rate: Some(0.5),
             consecutive_failures: None,
+            failures_in_window: None,
             slow_call: None,
             open_duration: Duration::from_secs(10),
             backoff: None,
@@ -105,6 +110,12 @@ impl BreakerPolicy {
             .is_some_and(|n| consecutive_failures >= n.get())
         {
             return Some(TripCause::ConsecutiveFailures);
+        }
+        if self
+            .failures_in_window
+            .is_some_and(|n| counts.failures >= n.get())
+        {
+            return Some(TripCause::FailuresInWindow);
         }
         if counts.calls < self.minimum_requests.get() || counts.calls == 0 {
             return None;

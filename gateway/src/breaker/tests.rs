@@ -48,6 +48,7 @@ fn quiet() -> BreakerPolicy {
         minimum_requests: nz(4),
         failure_rate: None,
         consecutive_failures: None,
+        failures_in_window: None,
         slow_call: None,
         open_duration: Duration::from_secs(10),
         backoff: None,
@@ -763,7 +764,7 @@ mod model {
             ],
             1..6u32,
             proptest::option::of(prop_oneof![Just(0.25), Just(0.5), Just(1.0)]),
-            proptest::option::of(1..4u32),
+            (proptest::option::of(1..4u32), proptest::option::of(2..6u32)),
             proptest::option::of((50..300u64, prop_oneof![Just(0.5), Just(1.0)])),
             (100..2_000u64, proptest::bool::ANY),
             (1..4u32, 1..4u32, 50..4_000u64),
@@ -773,7 +774,7 @@ mod model {
                     window,
                     min,
                     rate,
-                    consecutive,
+                    (consecutive, in_window),
                     slow,
                     (open_ms, backoff),
                     (permitted, success, probe_ms),
@@ -782,6 +783,7 @@ mod model {
                     minimum_requests: nz(min),
                     failure_rate: rate,
                     consecutive_failures: consecutive.map(nz),
+                    failures_in_window: in_window.map(nz),
                     slow_call: slow.map(|(d, rate)| SlowCallPolicy {
                         duration: ms(d),
                         rate,
@@ -942,6 +944,9 @@ mod model {
                 return true;
             }
             let c = self.counts();
+            if p.failures_in_window.is_some_and(|n| c.failures >= n.get()) {
+                return true;
+            }
             if c.calls == 0 || c.calls < p.minimum_requests.get() {
                 return false;
             }
@@ -1331,4 +1336,28 @@ fn handed_over_counts_are_not_trusted_to_be_small_or_consistent() {
         Some(Duration::from_secs(10)),
         "cut to the longest this policy keeps a breaker open"
     );
+}
+
+#[test]
+fn failures_in_window_opens_on_a_count_whatever_the_successes() {
+    let f = fixture(BreakerPolicy {
+        failures_in_window: Some(nz(3)),
+        minimum_requests: nz(10),
+        ..quiet()
+    });
+    for _ in 0..2 {
+        f.fail();
+        f.succeed();
+        f.succeed();
+    }
+    assert_eq!(f.breaker.state(), State::Closed, "2 failures in the window");
+    f.fail();
+    assert_eq!(
+        f.breaker.state(),
+        State::Open,
+        "the third, though 7 calls < minimum_requests"
+    );
+    let t = f.events.last().expect("event");
+    assert_eq!(t.reason, Reason::Tripped(TripCause::FailuresInWindow));
+    assert_eq!(t.reason.as_str(), "failures_in_window");
 }

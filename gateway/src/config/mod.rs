@@ -14,6 +14,7 @@ mod position;
 mod raw;
 mod resilience;
 pub mod units;
+mod vocabulary;
 
 use std::path::{Path, PathBuf};
 
@@ -152,7 +153,14 @@ fn section<T: DeserializeOwned>(
                     })
                     .collect(),
             );
-            problems.push(path.join(&inner), e.into_inner().to_string());
+            let at = path.join(&inner);
+            let in_breaker =
+                at.0.iter()
+                    .any(|s| matches!(s, Segment::Key(k) if k == "breaker"));
+            problems.push(
+                at,
+                vocabulary::explain(&e.into_inner().to_string(), in_breaker),
+            );
             None
         }
     }

@@ -222,6 +222,7 @@ pub struct RawBreaker {
     pub minimum_requests: Option<u32>,
     pub failure_rate: Option<f64>,
     pub consecutive_failures: Option<u32>,
+    pub failures_in_window: Option<u32>,
     pub slow_call: Option<RawSlowCall>,
     pub open_duration: Option<HumanDuration>,
     pub backoff: Option<RawBackoff>,

@@ -192,13 +192,28 @@ pub fn breaker_policy(
         );
     }
     // Naming any trip condition replaces the default one.
-    if raw.failure_rate.is_some() || raw.consecutive_failures.is_some() || raw.slow_call.is_some() {
+    if raw.failure_rate.is_some()
+        || raw.consecutive_failures.is_some()
+        || raw.failures_in_window.is_some()
+        || raw.slow_call.is_some()
+    {
         policy.failure_rate = raw
             .failure_rate
             .map(|r| ratio(r, path.key("failure_rate"), problems));
         policy.consecutive_failures = raw
             .consecutive_failures
             .map(|n| positive(n, path.key("consecutive_failures"), problems));
+        policy.failures_in_window = raw
+            .failures_in_window
+            .map(|n| positive(n, path.key("failures_in_window"), problems));
+        if let (Some(n), WindowPolicy::Count { size }) = (policy.failures_in_window, policy.window)
+            && n.get() as usize > size.get()
+        {
+            problems.push(
+                path.key("failures_in_window"),
+                format!("{n} failures can never fit in a window of the last {size} calls"),
+            );
+        }
         policy.slow_call = raw.slow_call.map(|slow| {
             if slow.duration.0.is_zero() {
                 problems.push(

@@ -273,3 +273,42 @@ fn a_cluster_section_is_checked() {
         "{found:?}"
     );
 }
+
+#[test]
+fn unknown_keys_say_what_they_are_called_here() {
+    let with = |breaker: &str| {
+        format!(
+            "listeners:\n  - address: \"127.0.0.1:8080\"\nupstreams:\n  api:\n    endpoints: [\"127.0.0.1:9001\"]\n    breaker: {{ {breaker} }}\nroutes:\n  - upstream: api\n"
+        )
+    };
+    let found = errors(&with("sleep_window: 5s"));
+    assert!(
+        found.iter().any(|e| e.contains("upstreams.api.breaker")
+            && e.contains("`sleep_window`")
+            && e.contains("`open_duration`")),
+        "{found:?}"
+    );
+    let found = errors(&with("consecutive_failure: 3"));
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("did you mean `consecutive_failures`?")),
+        "{found:?}"
+    );
+    let config = parse(&with("failures_in_window: 5"), Path::new("t.yaml")).expect("valid");
+    let policy = config.upstreams["api"].breaker;
+    assert_eq!(policy.failures_in_window.map(|n| n.get()), Some(5));
+    assert_eq!(
+        policy.failure_rate, None,
+        "naming a condition replaces the default"
+    );
+    let found = errors(&with(
+        "failures_in_window: 30, window: { kind: count, size: 10 }, minimum_requests: 5",
+    ));
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("failures_in_window") && e.contains("can never fit")),
+        "{found:?}"
+    );
+}
