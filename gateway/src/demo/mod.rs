@@ -107,6 +107,7 @@ Normal traffic:
 
 An incident: portfolio starts failing, its breaker opens after 3 failures
   curl -s -X POST 'http://127.0.0.1:9201/_fault?failure_rate=1'
+  # or: curl -s -X POST -d '{{"is_healthy": false, "response_time_ms": 200}}' http://127.0.0.1:9201/_fault
   for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{{http_code}} ' http://{listen}/api/v1/portfolio/portfolios/42; done; echo
   curl -si http://{listen}/api/v1/portfolio/portfolios/42     # 503 CIRCUIT_BREAKER_OPEN, Retry-After
 Recovery: heal it; after 10s two probes go through and the breaker closes

@@ -2,7 +2,9 @@
 //! and the test suite's scripted ones. Real sockets, keep-alive, chunked request bodies.
 //!
 //! Faults are set in code (`Origin::faults`) or over HTTP on the origin itself:
-//! `POST /_fault?failure_rate=0.5&latency=200ms&reset_rate=0.1&down_for=10s&status=503`,
+//! `POST /_fault?failure_rate=0.5&latency=200ms&reset_rate=0.1&down_for=10s&status=503`
+//! (or the same as a JSON body, also `{"failure_rate": 0.7, "is_healthy": false,
+//! "response_time_ms": 2000}`; anything else is a 400 listing what is accepted),
 //! `GET /_fault` shows them, `DELETE /_fault` clears them.
 
 use std::io;
@@ -184,62 +186,160 @@ impl Faults {
             "POST" | "PUT" => {}
             _ => return Reply::text(405, "use GET, POST or DELETE"),
         }
-        let ratio = |key: &str| -> Result<Option<f64>, String> {
-            match req.query(key) {
-                None => Ok(None),
-                Some(v) => match v.parse::<f64>() {
-                    Ok(r) if (0.0..=1.0).contains(&r) => Ok(Some(r)),
-                    _ => Err(format!("{key} must be a number from 0 to 1, got `{v}`")),
-                },
+        let change = match fault_change(req) {
+            Ok(change) => change,
+            Err(message) => {
+                return Reply::json(
+                    400,
+                    &serde_json::json!({ "error": message, "accepted": FAULT_KEYS }),
+                );
             }
         };
-        let duration = |key: &str| -> Result<Option<Duration>, String> {
-            req.query(key)
-                .map(|v| parse_duration(v).map_err(|e| format!("{key}: {e}")))
-                .transpose()
-        };
-        let parsed = (|| -> Result<_, String> {
-            let status = match req.query("status") {
-                None => None,
-                Some(v) => Some(
-                    v.parse::<u16>()
+        self.update(|s| change.apply(s));
+        Reply::json(200, &self.describe())
+    }
+}
+
+/// What `POST /_fault` may set, as query parameters or as a JSON object body.
+pub const FAULT_KEYS: &[&str] = &[
+    "failure_rate",
+    "status",
+    "failure_status",
+    "latency",
+    "latency_ms",
+    "response_time_ms",
+    "reset_rate",
+    "down_for",
+    "down_for_ms",
+    "is_healthy",
+];
+
+/// One `POST /_fault`'s changes; anything not named stays as it was.
+#[derive(Debug, Default)]
+struct FaultChange {
+    failure_rate: Option<f64>,
+    reset_rate: Option<f64>,
+    latency: Option<Duration>,
+    down_for: Option<Duration>,
+    status: Option<u16>,
+    healthy: Option<bool>,
+}
+
+impl FaultChange {
+    fn apply(self, s: &mut FaultSettings) {
+        if let Some(healthy) = self.healthy {
+            // Unhealthy: every request fails; healthy: none does and the port is open.
+            s.failure_rate = if healthy { 0.0 } else { 1.0 };
+            if healthy {
+                s.down_until = None;
+            }
+        }
+        if let Some(v) = self.failure_rate {
+            s.failure_rate = v;
+        }
+        if let Some(v) = self.reset_rate {
+            s.reset_rate = v;
+        }
+        if let Some(v) = self.latency {
+            s.latency = v;
+        }
+        if let Some(v) = self.status {
+            s.failure_status = v;
+        }
+        if let Some(v) = self.down_for {
+            s.down_until = Some(Instant::now() + v);
+        }
+    }
+}
+
+/// Reads the query and, when there is one, the JSON object body; a key it does not
+/// know, or a value it cannot use, is an error that says which (a 200 that changed
+/// nothing would mislead).
+fn fault_change(req: &Request) -> Result<FaultChange, String> {
+    let mut settings: Vec<(String, serde_json::Value)> = req
+        .target
+        .split_once('?')
+        .map(|(_, query)| query)
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k.to_string(), serde_json::Value::String(v.to_string()))
+        })
+        .collect();
+    if !req.body.iter().all(u8::is_ascii_whitespace) {
+        match serde_json::from_slice::<serde_json::Value>(&req.body) {
+            Ok(serde_json::Value::Object(map)) => settings.extend(map),
+            _ => return Err("the body must be a JSON object of settings".into()),
+        }
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let number = |key: &str, v: &serde_json::Value| -> Result<f64, String> {
+        text(v)
+            .parse::<f64>()
+            .map_err(|_| format!("{key} must be a number, got `{}`", text(v)))
+    };
+    let ratio = |key: &str, v: &serde_json::Value| -> Result<f64, String> {
+        let r = number(key, v)?;
+        (0.0..=1.0).contains(&r).then_some(r).ok_or(format!(
+            "{key} must be a number from 0 to 1, got `{}`",
+            text(v)
+        ))
+    };
+    let millis = |key: &str, v: &serde_json::Value| -> Result<Duration, String> {
+        let ms = number(key, v)?;
+        (0.0..=86_400_000.0)
+            .contains(&ms)
+            .then(|| Duration::from_millis(ms as u64))
+            .ok_or(format!("{key} must be 0 to 86400000 milliseconds"))
+    };
+    let mut change = FaultChange::default();
+    for (key, value) in &settings {
+        match key.as_str() {
+            "failure_rate" => change.failure_rate = Some(ratio(key, value)?),
+            "reset_rate" => change.reset_rate = Some(ratio(key, value)?),
+            "latency" => {
+                change.latency =
+                    Some(parse_duration(&text(value)).map_err(|e| format!("{key}: {e}"))?)
+            }
+            "latency_ms" | "response_time_ms" => change.latency = Some(millis(key, value)?),
+            "down_for" => {
+                change.down_for =
+                    Some(parse_duration(&text(value)).map_err(|e| format!("{key}: {e}"))?)
+            }
+            "down_for_ms" => change.down_for = Some(millis(key, value)?),
+            "status" | "failure_status" => {
+                change.status = Some(
+                    text(value)
+                        .parse::<u16>()
                         .ok()
                         .filter(|s| (100..=599).contains(s))
-                        .ok_or(format!("status must be 100..599, got `{v}`"))?,
-                ),
-            };
-            Ok((
-                ratio("failure_rate")?,
-                ratio("reset_rate")?,
-                duration("latency")?,
-                duration("down_for")?,
-                status,
-            ))
-        })();
-        match parsed {
-            Err(message) => Reply::json(400, &serde_json::json!({ "error": message })),
-            Ok((failure_rate, reset_rate, latency, down_for, status)) => {
-                self.update(|s| {
-                    if let Some(v) = failure_rate {
-                        s.failure_rate = v;
+                        .ok_or(format!("{key} must be 100..599, got `{}`", text(value)))?,
+                )
+            }
+            "is_healthy" => {
+                change.healthy = Some(match text(value).as_str() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(format!("is_healthy must be true or false, got `{other}`"));
                     }
-                    if let Some(v) = reset_rate {
-                        s.reset_rate = v;
-                    }
-                    if let Some(v) = latency {
-                        s.latency = v;
-                    }
-                    if let Some(v) = status {
-                        s.failure_status = v;
-                    }
-                    if let Some(v) = down_for {
-                        s.down_until = Some(Instant::now() + v);
-                    }
-                });
-                Reply::json(200, &self.describe())
+                })
+            }
+            other => {
+                return Err(format!(
+                    "unknown setting `{}`; accepted: {}",
+                    other.escape_debug(),
+                    FAULT_KEYS.join(", ")
+                ));
             }
         }
     }
+    Ok(change)
 }
 
 /// Counters the tests assert on.
