@@ -46,9 +46,46 @@ pub struct Metrics {
     limit_rejections: IntCounterVec,
     certificate_expiry: IntGaugeVec,
     admin_refusals: IntCounterVec,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    breaker_last_transition: prometheus::GaugeVec,
+    /// Requests that matched no route (a fixed label, never the client's path or host).
+    pub unmatched: RouteMetrics,
     cluster_connected: IntGaugeVec,
     cluster_messages: IntCounterVec,
     cluster_lag: HistogramVec,
+}
+
+/// The label under which requests that matched no route are counted.
+pub const UNMATCHED_ROUTE: &str = "(unmatched)";
+
+/// What clients experienced on one route: requests by status class and their duration,
+/// fallbacks and the gateway's own answers included. Resolved when the route is built.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    /// 1xx..5xx, then `none` (no response: the client went away).
+    by_class: [IntCounter; 6],
+    duration: Histogram,
+}
+
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteMetrics")
+    }
+}
+
+impl RouteMetrics {
+    /// One finished request: the status the client got (0: none) and its duration.
+    pub fn observe(&self, status: u16, elapsed: std::time::Duration) {
+        let class = match status {
+            100..=599 => usize::from(status / 100 - 1),
+            _ => 5,
+        };
+        self.by_class[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
 }
 
 /// Handles for the fleet link (cluster/), labelled with the cluster's name; resolved only
@@ -202,6 +239,41 @@ impl Default for Metrics {
         registry
             .register(Box::new(config_last_reload_success.clone()))
             .unwrap_or_else(|e| panic!("gauge: {e}"));
+        let requests = counter(
+            r,
+            "gateway_requests_total",
+            "Requests as clients saw them, by route (\"(unmatched)\" when none matched) and status class (none: the client left before a response).",
+            &["route", "status_class"],
+        );
+        let request_duration = histogram(
+            r,
+            HistogramOpts::new(
+                "gateway_request_duration_seconds",
+                "Time from a request's start to its end as the client saw it, by route; fallbacks and the gateway's own answers included.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        );
+        // Standard process metrics (resident memory, open fds, CPU seconds, start time).
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .unwrap_or_else(|e| panic!("process metrics: {e}"));
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "gateway_build_info",
+                "1, labelled with the gateway's version.",
+            ),
+            &["version"],
+        )
+        .unwrap_or_else(|e| panic!("gauge: {e}"));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
+            .unwrap_or_else(|e| panic!("gauge: {e}"));
         let config_reloads = counter(
             r,
             "gateway_config_reloads_total",
@@ -344,6 +416,23 @@ impl Default for Metrics {
                 &["listener", "certificate"],
             ),
             admin_refusals,
+            unmatched: route_metrics(&requests, &request_duration, UNMATCHED_ROUTE),
+            requests,
+            request_duration,
+            breaker_last_transition: {
+                let vec = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "gateway_breaker_last_transition_timestamp_seconds",
+                        "Unix time the breaker entered its current state (its creation, before any transition).",
+                    ),
+                    &["upstream"],
+                )
+                .unwrap_or_else(|e| panic!("gauge: {e}"));
+                registry
+                    .register(Box::new(vec.clone()))
+                    .unwrap_or_else(|e| panic!("gauge: {e}"));
+                vec
+            },
             cluster_connected: gauge(
                 r,
                 "gateway_cluster_connected",
@@ -419,6 +508,11 @@ impl Metrics {
             dropped: messages("dropped"),
             lag: self.cluster_lag.with_label_values(&[name]),
         }
+    }
+
+    /// Handles for one route, resolved when the runtime is built.
+    pub fn for_route(&self, route: &str) -> RouteMetrics {
+        route_metrics(&self.requests, &self.request_duration, route)
     }
 
     pub fn admin_refused(&self, reason: &str) {
@@ -515,6 +609,17 @@ impl StateGauges<'_> {
         one_hot(&self.metrics.breaker_state, name, current);
     }
 
+    /// When upstream `name`'s breaker entered its current state.
+    pub fn last_transition(&self, name: &str, at: std::time::SystemTime) {
+        let seconds = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.metrics
+            .breaker_last_transition
+            .with_label_values(&[name])
+            .set(seconds);
+    }
+
     /// Where upstream `name`'s shadow policy would have its breaker.
     pub fn shadow(&self, name: &str, current: State) {
         one_hot(&self.metrics.breaker_shadow_state, name, current);
@@ -536,6 +641,14 @@ impl StateGauges<'_> {
             .endpoint_healthy
             .with_label_values(&[name, endpoint])
             .set(i64::from(healthy));
+    }
+}
+
+fn route_metrics(requests: &IntCounterVec, duration: &HistogramVec, route: &str) -> RouteMetrics {
+    RouteMetrics {
+        // Every class at 0 from the start, so a first error shows as an increase.
+        by_class: STATUS_CLASSES.map(|class| requests.with_label_values(&[route, class])),
+        duration: duration.with_label_values(&[route]),
     }
 }
 

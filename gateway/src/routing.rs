@@ -19,6 +19,8 @@ use crate::upstream::Upstream;
 pub struct Route {
     pub spec: RouteSpec,
     pub upstream: Arc<Upstream>,
+    /// What clients experienced on this route (requests, status classes, duration).
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl Route {
@@ -192,6 +194,7 @@ mod tests {
                 host_rewrite: None,
                 limits: Default::default(),
             },
+            metrics: crate::metrics::Metrics::default().for_route(name),
             upstream,
         }
     }

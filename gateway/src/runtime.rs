@@ -79,6 +79,7 @@ impl Runtime {
             .filter_map(|spec| {
                 let upstream = upstreams.get(&spec.upstream)?;
                 Some(Route {
+                    metrics: events.metrics.for_route(&spec.name),
                     spec: spec.clone(),
                     upstream: Arc::clone(upstream),
                 })
@@ -133,7 +134,9 @@ impl Runtime {
     pub fn report_state(&self, gauges: &StateGauges<'_>) {
         for upstream in self.upstreams.values() {
             let name = upstream.name();
-            gauges.breaker(name, upstream.breaker.state());
+            let snapshot = upstream.breaker.snapshot();
+            gauges.breaker(name, snapshot.state);
+            gauges.last_transition(name, snapshot.since);
             if let Some(shadow) = &upstream.shadow {
                 gauges.shadow(name, shadow.state());
             }

@@ -565,11 +565,16 @@ impl ProxyHttp for Gateway {
             judge::at_end(call, session, route_name(&ctx.route), result);
             call.finish(result);
         }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route_metrics = ctx
+            .route
+            .as_ref()
+            .map_or(&self.runtime.metrics.unmatched, |r| &r.metrics);
+        route_metrics.observe(status, ctx.started.elapsed());
         if !ctx.runtime.config.server.access_log {
             return;
         }
         let req = session.req_header();
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let call = ctx.call.as_ref();
         tracing::info!(
             target: "gateway::access",
@@ -591,7 +596,6 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// How the exchange ended, from the error Pingora reports (if any) and the status seen.
 /// The matched route's name; empty before one matched.
 fn route_name(route: &Option<Arc<Route>>) -> &String {
     static NO_ROUTE: String = String::new();
