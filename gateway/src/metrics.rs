@@ -51,6 +51,8 @@ pub struct Metrics {
     breaker_last_transition: prometheus::GaugeVec,
     /// Requests that matched no route (a fixed label, never the client's path or host).
     pub unmatched: RouteMetrics,
+    event_subscribers: IntGauge,
+    event_subscribers_dropped: IntCounterVec,
     cluster_connected: IntGaugeVec,
     cluster_messages: IntCounterVec,
     cluster_lag: HistogramVec,
@@ -433,6 +435,23 @@ impl Default for Metrics {
                     .unwrap_or_else(|e| panic!("gauge: {e}"));
                 vec
             },
+            event_subscribers: {
+                let g = IntGauge::new(
+                    "gateway_admin_event_subscribers",
+                    "Live subscribers of the admin event stream (SSE and WebSocket).",
+                )
+                .unwrap_or_else(|e| panic!("gauge: {e}"));
+                registry
+                    .register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("gauge: {e}"));
+                g
+            },
+            event_subscribers_dropped: counter(
+                r,
+                "gateway_admin_event_subscribers_dropped_total",
+                "Event subscribers dropped for falling behind (slow) or refused over the bound (full).",
+                &["reason"],
+            ),
             cluster_connected: gauge(
                 r,
                 "gateway_cluster_connected",
@@ -513,6 +532,16 @@ impl Metrics {
     /// Handles for one route, resolved when the runtime is built.
     pub fn for_route(&self, route: &str) -> RouteMetrics {
         route_metrics(&self.requests, &self.request_duration, route)
+    }
+
+    /// The live event subscribers' gauge, and the counters of those dropped for falling
+    /// behind and of those refused over the bound.
+    pub fn event_subscribers(&self) -> (IntGauge, IntCounter, IntCounter) {
+        (
+            self.event_subscribers.clone(),
+            self.event_subscribers_dropped.with_label_values(&["slow"]),
+            self.event_subscribers_dropped.with_label_values(&["full"]),
+        )
     }
 
     pub fn admin_refused(&self, reason: &str) {

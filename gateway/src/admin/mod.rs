@@ -20,6 +20,7 @@
 //! | PUT | /api/v1/breakers/{upstream}/state | force open, disable, metrics-only, automatic |
 //! | POST | /api/v1/breakers/{upstream}/reset | back to closed, window cleared |
 //! | GET | /api/v1/events | Server-Sent Events: transitions, ejections, health |
+//! | GET | /api/v1/events/ws | the same events over WebSocket |
 
 mod api;
 mod audit;
@@ -28,6 +29,7 @@ mod host;
 mod refusal;
 mod state_change;
 mod stream;
+mod websocket;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -59,6 +61,8 @@ pub struct AdminApp {
     token: Option<String>,
     hosts: HostPolicy,
     refusals: RefusalLog,
+    /// Live event stream subscribers (SSE and WebSocket), bounded.
+    subscribers: Arc<stream::Subscribers>,
 }
 
 /// The admin service, bound to the configured admin address.
@@ -69,11 +73,12 @@ pub fn service(
 ) -> Service<AdminApp> {
     runtime.metrics.admin_refusal_reasons(&REFUSAL_REASONS);
     let app = AdminApp {
-        runtime,
         reloader,
         token: admin.token.clone(),
         hosts: HostPolicy::new(admin),
         refusals: RefusalLog::default(),
+        subscribers: Arc::new(stream::Subscribers::new(&runtime.metrics)),
+        runtime,
     };
     let mut service = Service::new("admin".to_string(), app);
     service.add_tcp(&admin.address.to_string());
@@ -83,7 +88,10 @@ pub fn service(
 enum Reply {
     Json(u16, Value),
     Text(u16, &'static str, String),
-    Stream,
+    /// Server-Sent Events, holding a subscriber's place.
+    Stream(stream::Subscription),
+    /// The same events over WebSocket: the handshake's accept key, and the place.
+    WebSocket(String, stream::Subscription),
 }
 
 const MAX_BODY: usize = 64 * 1024;
@@ -103,7 +111,8 @@ impl Reply {
     fn status(&self) -> u16 {
         match self {
             Self::Json(status, _) | Self::Text(status, ..) => *status,
-            Self::Stream => 200,
+            Self::Stream(_) => 200,
+            Self::WebSocket(..) => 101,
         }
     }
 }
@@ -153,6 +162,10 @@ impl AdminApp {
         }
         if state_change::is_state_change(&request.method) {
             state_change::check(request, host.as_ref(), &self.hosts)?;
+        } else if request.uri.path() == "/api/v1/events/ws" {
+            // A browser opens a WebSocket to any address for any page: only the admin's
+            // own origin (or an allowed host's) may read the events this way.
+            state_change::check_origin(request, host.as_ref(), &self.hosts)?;
         }
         Ok(())
     }
@@ -307,13 +320,42 @@ impl AdminApp {
                 },
                 None => not_found(name),
             },
-            ("GET", ["api", "v1", "events"]) => Reply::Stream,
+            ("GET", ["api", "v1", "events"]) => match self.subscribers.join() {
+                Some(subscription) => Reply::Stream(subscription),
+                None => too_many_subscribers(),
+            },
+            ("GET", ["api", "v1", "events", "ws"]) => {
+                let accept = match websocket::accept(session.req_header()) {
+                    Ok(accept) => accept,
+                    Err(message) => {
+                        return Reply::Json(
+                            400,
+                            json!({ "code": "BAD_REQUEST", "message": message }),
+                        );
+                    }
+                };
+                match self.subscribers.join() {
+                    Some(subscription) => Reply::WebSocket(accept, subscription),
+                    None => too_many_subscribers(),
+                }
+            }
             _ => Reply::Json(
                 404,
                 json!({ "code": "NOT_FOUND", "message": format!("no admin endpoint {method} {path}") }),
             ),
         }
     }
+}
+
+/// Every place on the event stream is taken.
+fn too_many_subscribers() -> Reply {
+    Reply::Json(
+        503,
+        json!({
+            "code": "TOO_MANY_SUBSCRIBERS",
+            "message": format!("at most {} event stream subscribers at once", stream::MAX_SUBSCRIBERS),
+        }),
+    )
 }
 
 /// An override that could not be written to the state directory was not made.
@@ -374,8 +416,19 @@ impl HttpServerApp for AdminApp {
             Reply::Text(status, content_type, body) => {
                 write(&mut session, status, content_type, body.into_bytes()).await
             }
-            Reply::Stream => {
-                stream::serve(&mut session, &self.runtime.events, shutdown).await;
+            Reply::Stream(subscription) => {
+                stream::serve(&mut session, &self.runtime.events, subscription, shutdown).await;
+                return None;
+            }
+            Reply::WebSocket(accept, subscription) => {
+                websocket::serve(
+                    &mut session,
+                    accept,
+                    &self.runtime.events,
+                    subscription,
+                    shutdown,
+                )
+                .await;
                 return None;
             }
         };

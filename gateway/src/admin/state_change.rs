@@ -23,6 +23,25 @@ pub fn check(
     host: Option<&Authority>,
     hosts: &HostPolicy,
 ) -> Result<(), Refusal> {
+    check_origin(request, host, hosts)?;
+    let mut types = request.headers.get_all(http::header::CONTENT_TYPE).iter();
+    match (types.next(), types.next()) {
+        (Some(value), None) if is_json(value.as_bytes()) => Ok(()),
+        (Some(value), None) => Err(Refusal::NotJson(Some(shown(value.as_bytes())))),
+        (None, _) => Err(Refusal::NotJson(None)),
+        (Some(_), Some(_)) => Err(Refusal::NotJson(Some(
+            "(more than one Content-Type header)".into(),
+        ))),
+    }
+}
+
+/// Where a request comes from must be the admin itself (or an allowed host): its
+/// `Sec-Fetch-Site` and `Origin`, when a browser sent them.
+pub fn check_origin(
+    request: &RequestHeader,
+    host: Option<&Authority>,
+    hosts: &HostPolicy,
+) -> Result<(), Refusal> {
     for site in request.headers.get_all("sec-fetch-site") {
         let same = site.as_bytes().eq_ignore_ascii_case(b"same-origin")
             || site.as_bytes().eq_ignore_ascii_case(b"none");
@@ -39,15 +58,7 @@ pub fn check(
             return Err(Refusal::CrossOrigin(shown(origin.as_bytes())));
         }
     }
-    let mut types = request.headers.get_all(http::header::CONTENT_TYPE).iter();
-    match (types.next(), types.next()) {
-        (Some(value), None) if is_json(value.as_bytes()) => Ok(()),
-        (Some(value), None) => Err(Refusal::NotJson(Some(shown(value.as_bytes())))),
-        (None, _) => Err(Refusal::NotJson(None)),
-        (Some(_), Some(_)) => Err(Refusal::NotJson(Some(
-            "(more than one Content-Type header)".into(),
-        ))),
-    }
+    Ok(())
 }
 
 /// `application/json`, parameters (`; charset=utf-8`) allowed.
