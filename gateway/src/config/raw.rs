@@ -28,6 +28,7 @@ pub struct RawServer {
     pub access_log: Option<bool>,
     pub watch_config: Option<bool>,
     pub upgrade_socket: Option<String>,
+    pub plugin_cache_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
