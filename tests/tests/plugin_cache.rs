@@ -102,7 +102,10 @@ async fn a_second_start_loads_compiled_plugins_from_the_cache() {
     plugins_work(&first).await;
     drop(first);
     assert_eq!(entries(&cache).len(), 2, "one entry per component");
-    let mode = std::fs::metadata(&cache).expect("cache dir").permissions().mode();
+    let mode = std::fs::metadata(&cache)
+        .expect("cache dir")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o700, "the cache directory is private");
 
     let second = Gateway::start(&config).await;
@@ -129,13 +132,18 @@ async fn a_corrupt_or_substituted_entry_is_compiled_again_never_loaded() {
     corrupt[middle] ^= 0x55;
     std::fs::write(&one, &corrupt).expect("corrupt the entry");
     let gw = Gateway::start(&config).await;
-    gw.wait_for_log(&["plugin cache entry corrupt", "entry differs from its record"])
-        .await;
+    gw.wait_for_log(&[
+        "plugin cache entry corrupt",
+        "entry differs from its record",
+    ])
+    .await;
     // Which plugin `one` belongs to does not matter: that one alone is compiled.
     let seen = sources(&gw);
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(
-        seen.iter().filter(|(_, source)| source == "compiled").count(),
+        seen.iter()
+            .filter(|(_, source)| source == "compiled")
+            .count(),
         1,
         "only the corrupt entry is compiled again: {seen:?}"
     );
@@ -151,8 +159,11 @@ async fn a_corrupt_or_substituted_entry_is_compiled_again_never_loaded() {
     // checks would accept, but not the one recorded for this component.
     std::fs::copy(&other, &one).expect("substitute the entry");
     let gw = Gateway::start(&config).await;
-    gw.wait_for_log(&["plugin cache entry corrupt", "entry differs from its record"])
-        .await;
+    gw.wait_for_log(&[
+        "plugin cache entry corrupt",
+        "entry differs from its record",
+    ])
+    .await;
     assert_eq!(
         sources(&gw)
             .iter()

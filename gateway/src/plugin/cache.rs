@@ -175,13 +175,13 @@ impl PluginCache {
         Entry::Corrupt(why)
     }
 
-    /// Compiles `wasm` in a child process into the cache under `key`. `Err(Ok(message))`
+    /// Compiles `bytes` in a child process into the cache under `key`. `Err(Ok(message))`
     /// when the component itself was refused; `Err(Err(_))` when the child could not do
     /// its work (the caller may compile in-process instead).
     pub fn compile_in_child(
         &self,
         key: &str,
-        wasm: &WasmFile,
+        bytes: &[u8],
     ) -> Result<(), Result<String, CacheError>> {
         let mut child = Command::new(current_exe())
             .arg(COMPILE_COMMAND)
@@ -194,15 +194,15 @@ impl PluginCache {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| Err(CacheError::Child(format!("cannot start it: {e}"))))?;
-        // Written from a thread of its own: the child may fill its stderr pipe before
-        // reading all of stdin.
         let input = child.stdin.take();
-        let bytes = std::sync::Arc::clone(&wasm.bytes);
-        let writer = std::thread::spawn(move || input.map(|mut i| i.write_all(&bytes)));
-        let output = child
-            .wait_with_output()
-            .map_err(|e| Err(CacheError::Child(e.to_string())))?;
-        let written = writer.join();
+        let (written, output) = std::thread::scope(|scope| {
+            // Written from a thread of its own: the child may fill its stderr pipe
+            // before reading all of stdin. Dropping `input` closes the child's stdin.
+            let writer = scope.spawn(move || input.map(|mut i| i.write_all(bytes)));
+            let output = child.wait_with_output();
+            (writer.join(), output)
+        });
+        let output = output.map_err(|e| Err(CacheError::Child(e.to_string())))?;
         let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
         match output.status.code() {
             Some(0) => Ok(()),

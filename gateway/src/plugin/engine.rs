@@ -114,8 +114,9 @@ impl PluginEngine {
     /// compiled by a child process into the cache and loaded from it, else (no cache,
     /// or no child could run) compiled here. Errors say why the component was refused.
     pub fn compile(&self, name: &str, wasm: &WasmFile) -> Result<(Component, Source), String> {
+        let bytes = wasm.read()?;
         let in_process = || {
-            Component::new(&self.engine, &wasm.bytes)
+            Component::new(&self.engine, &bytes)
                 .map(|c| (c, Source::Compiled))
                 .map_err(|e| format!("{e:#}"))
         };
@@ -130,7 +131,7 @@ impl PluginEngine {
                 tracing::warn!(target: "gateway::plugin", plugin = name, dir = %cache.dir().display(), why = why.as_str(), "plugin cache entry corrupt: deleted, compiling again");
             }
             source = Source::Compiled;
-            entry = match cache.compile_in_child(&key, wasm) {
+            entry = match cache.compile_in_child(&key, &bytes) {
                 Ok(()) => cache.check(&key),
                 Err(Ok(refused)) => return Err(refused),
                 Err(Err(e)) => Entry::Corrupt(e.to_string()),
