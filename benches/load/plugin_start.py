@@ -7,11 +7,16 @@ componentize-py component). Each row is run ROUNDS times (default 3); the range 
     python3 benches/load/plugin_start.py [GATEWAY_BINARY]
 
 Rows `cold` start with an empty plugin cache directory, `cached` with the one the
-previous run filled. Needs the Rust plugins (`make plugins`) and the Python fixture."""
+previous run filled. Needs the Rust plugins (`make plugins`) and the Python fixture.
+
+Then (when nginx is installed) requests during a reload that brings the Python predicate
+in, compiled cold: run.py's fixed-rate clients (RATE req/s, default 500) through the
+gateway to an nginx origin; latency of the requests sent while the reload compiled
+against those sent in as long a window before it, ROUNDS times."""
 
 import os
-import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,12 +30,14 @@ if not os.path.exists(RUST):
     RUST = os.path.join(ROOT, "plugins", "target", "wasm32-wasip2", "release", "status_latency_predicate.wasm")
 PYTHON = os.path.join(ROOT, "target", "py-predicate", "predicate.wasm")
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
-PORT, ADMIN = 18480, 18481
+PORT, ADMIN, ORIGIN_PORT = 18480, 18481, 18482
+RATE = int(os.environ.get("RATE", "500"))
+SECTIONS = os.environ.get("SECTIONS", "start,reload").split(",")
 TMP = tempfile.mkdtemp(prefix="plugin-start-")
 CACHE = os.path.join(TMP, "cache")
 
 
-def conf(wasm, cache):
+def conf(wasm, cache, origin="127.0.0.1:9"):
     path = os.path.join(TMP, "gateway.yaml")
     plugins = predicate = ""
     if wasm:
@@ -43,7 +50,7 @@ listeners: [{{ address: "127.0.0.1:{PORT}" }}]
 admin: {{ address: "127.0.0.1:{ADMIN}" }}
 {plugins}upstreams:
   up:
-    endpoints: ["127.0.0.1:9"]
+    endpoints: ["{origin}"]
 {predicate}routes:
   - {{ upstream: up }}
 """)
@@ -99,6 +106,68 @@ def check_once(wasm, cache):
     return time.monotonic() - started, usage.ru_maxrss / 1024
 
 
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def reload_once():
+    """Latencies (ms) of requests sent while a reload compiles the Python predicate, and
+    of those sent in a window as long just before it; and the reload's duration."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from run import Load
+    shutil.rmtree(CACHE, ignore_errors=True)
+    origin = f"127.0.0.1:{ORIGIN_PORT}"
+    path = conf(None, CACHE, origin)
+    p = subprocess.Popen([GATEWAY, "run", "--config", path], stdout=subprocess.DEVNULL,
+                         stderr=open(os.path.join(TMP, "gateway.log"), "w"))
+    try:
+        while not ready():
+            time.sleep(0.01)
+        with Load(PORT, rate=RATE, workers=100) as load:
+            time.sleep(3)
+            conf(PYTHON, CACHE, origin)
+            started = time.time()
+            p.send_signal(signal.SIGHUP)
+            while b"config reloaded" not in open(os.path.join(TMP, "gateway.log"), "rb").read():
+                if time.time() - started > 60:
+                    sys.exit("reload did not finish in 60 s")
+                time.sleep(0.01)
+            done = time.time()
+            time.sleep(1)
+        took = done - started
+        during = [r[1] * 1000 for r in load.records if started <= r[0] < done]
+        before = [r[1] * 1000 for r in load.records if started - took <= r[0] < started]
+        failed = sum(1 for r in load.records if not r[2])
+        return took, before, during, failed
+    finally:
+        p.terminate()
+        p.wait()
+
+
+def reloads():
+    if not shutil.which("nginx") or not os.path.exists(PYTHON):
+        print("reload row skipped: needs nginx and the Python fixture", file=sys.stderr)
+        return
+    nginx_conf = os.path.join(TMP, "nginx.conf")
+    with open(nginx_conf, "w") as f:
+        f.write(f"""daemon off; worker_processes 1; pid {TMP}/nginx.pid; error_log {TMP}/nginx.err;
+events {{ worker_connections 1024; }}
+http {{ access_log off; server {{ listen 127.0.0.1:{ORIGIN_PORT}; location / {{ return 200 "ok"; }} }} }}
+""")
+    nginx = subprocess.Popen(["nginx", "-c", nginx_conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        print(f"\nrequests at {RATE}/s while a reload compiles the Python predicate (cold cache)")
+        print(f"{'round':>6}{'reload s':>10}{'before p50/p99/max ms':>26}{'during p50/p99/max ms':>26}{'failed':>8}")
+        for i in range(ROUNDS):
+            took, before, during, failed = reload_once()
+            fmt = lambda v: f"{percentile(v, 0.5):.2f}/{percentile(v, 0.99):.2f}/{max(v, default=float('nan')):.2f}"
+            print(f"{i + 1:>6}{took:>10.2f}{fmt(before):>26}{fmt(during):>26}{failed:>8}")
+    finally:
+        nginx.terminate()
+        nginx.wait()
+
+
 def span(values, fmt):
     return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
 
@@ -115,6 +184,8 @@ def main():
     else:
         print(f"{PYTHON} missing: run scripts/build-python-predicate.sh", file=sys.stderr)
     print(f"{GATEWAY}, {ROUNDS} rounds")
+    if "start" not in SECTIONS:
+        rows = []
     print(f"{'':28}{'run: ready s':>14}{'RSS MB':>14}{'anon MB':>14}{'check s':>14}{'check peak MB':>16}")
     for name, wasm, cached in rows:
         runs, checks = [], []
@@ -129,6 +200,8 @@ def main():
         print(f"{name:28}{span([r[0] for r in runs], '{:.2f}'):>14}{span([r[1] for r in runs], '{:.0f}'):>14}"
               f"{span([r[2] for r in runs], '{:.0f}'):>14}{span([c[0] for c in checks], '{:.2f}'):>14}"
               f"{span([c[1] for c in checks], '{:.0f}'):>16}")
+    if supports_cache and "reload" in SECTIONS:
+        reloads()
     shutil.rmtree(TMP, ignore_errors=True)
 
 
