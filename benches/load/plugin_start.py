@@ -88,7 +88,8 @@ def run_once(wasm, cache):
                 sys.exit("gateway not ready after 60 s")
             time.sleep(0.01)
         took = time.monotonic() - started
-        time.sleep(1)  # let start-up threads finish before reading memory
+        # Past the gateway's allocator purge (1.5 s after plugins load, plugin/mod.rs).
+        time.sleep(3)
         mem = rss_mb(p.pid)
         return took, mem["Rss"], mem.get("Anonymous", 0.0)
     finally:
@@ -125,7 +126,8 @@ def reload_once():
         while not ready():
             time.sleep(0.01)
         with Load(PORT, rate=RATE, workers=100) as load:
-            time.sleep(3)
+            # Longer than a reload takes: the window before it is steady load only.
+            time.sleep(12)
             conf(PYTHON, CACHE, origin)
             started = time.time()
             p.send_signal(signal.SIGHUP)
