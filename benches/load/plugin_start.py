@@ -10,7 +10,7 @@ Rows `cold` start with an empty plugin cache directory, `cached` with the one th
 previous run filled. Needs the Rust plugins (`make plugins`) and the Python fixture.
 
 Then (when nginx is installed) requests during a reload that brings the Python predicate
-in, compiled cold: run.py's fixed-rate clients (RATE req/s, default 500) through the
+in, compiled cold and then from the cache: run.py's fixed-rate clients (RATE req/s, default 500) through the
 gateway to an nginx origin; latency of the requests sent while the reload compiled
 against those sent in as long a window before it, ROUNDS times."""
 
@@ -112,12 +112,13 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def reload_once():
+def reload_once(cold):
     """Latencies (ms) of requests sent while a reload compiles the Python predicate, and
     of those sent in a window as long just before it; and the reload's duration."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from run import Load
-    shutil.rmtree(CACHE, ignore_errors=True)
+    if cold:
+        shutil.rmtree(CACHE, ignore_errors=True)
     origin = f"127.0.0.1:{ORIGIN_PORT}"
     path = conf(None, CACHE, origin)
     p = subprocess.Popen([GATEWAY, "run", "--config", path], stdout=subprocess.DEVNULL,
@@ -159,12 +160,14 @@ http {{ access_log off; server {{ listen 127.0.0.1:{ORIGIN_PORT}; location / {{ 
 """)
     nginx = subprocess.Popen(["nginx", "-c", nginx_conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        print(f"\nrequests at {RATE}/s while a reload compiles the Python predicate (cold cache)")
-        print(f"{'round':>6}{'reload s':>10}{'before p50/p99/max ms':>26}{'during p50/p99/max ms':>26}{'failed':>8}")
-        for i in range(ROUNDS):
-            took, before, during, failed = reload_once()
-            fmt = lambda v: f"{percentile(v, 0.5):.2f}/{percentile(v, 0.99):.2f}/{max(v, default=float('nan')):.2f}"
-            print(f"{i + 1:>6}{took:>10.2f}{fmt(before):>26}{fmt(during):>26}{failed:>8}")
+        for cold in [True, False]:
+            what = "compiles the Python predicate (cold cache)" if cold else "loads the Python predicate from the cache"
+            print(f"\nrequests at {RATE}/s while a reload {what}")
+            print(f"{'round':>6}{'reload s':>10}{'before p50/p99/max ms':>26}{'during p50/p99/max ms':>26}{'failed':>8}")
+            for i in range(ROUNDS):
+                took, before, during, failed = reload_once(cold)
+                fmt = lambda v: f"{percentile(v, 0.5):.2f}/{percentile(v, 0.99):.2f}/{max(v, default=float('nan')):.2f}"
+                print(f"{i + 1:>6}{took:>10.2f}{fmt(before):>26}{fmt(during):>26}{failed:>8}")
     finally:
         nginx.terminate()
         nginx.wait()

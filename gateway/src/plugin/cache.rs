@@ -38,7 +38,7 @@ pub const COMPILE_COMMAND: &str = "compile-plugin";
 /// A child's exit status when the component itself was refused (its error on stderr).
 pub const EXIT_REFUSED: u8 = 3;
 /// How much lower than the proxy a compiling child runs.
-const CHILD_NICENESS: i32 = 10;
+const CHILD_NICENESS: i32 = 19;
 
 /// Why the cache cannot be used, or an entry cannot be made.
 #[derive(Debug, thiserror::Error)]

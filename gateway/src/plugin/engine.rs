@@ -147,6 +147,9 @@ impl PluginEngine {
         let hits = cache.hits();
         let (component, _) = in_process()?;
         if cache.hits() == hits {
+            if entry == Entry::Verified {
+                tracing::warn!(target: "gateway::plugin", plugin = name, "plugin cache: wasmtime did not find the checked entry; compiled in this process");
+            }
             source = Source::Compiled;
         }
         Ok((component, source))
