@@ -4,8 +4,10 @@
 #                tests, the whole test suite
 #   make check   validate every shipped config with `gateway check`
 #   make plugins build the example WebAssembly plugins (plugins/, wasm32-wasip2)
-#   make bench   criterion benches, reload benchmark, and the side-by-side load run
-#                against nginx and HAProxy (installs nginx, haproxy, wrk when missing)
+#   make bench   criterion benches, reload benchmark, the side-by-side load run
+#                against nginx and HAProxy (installs nginx, haproxy, wrk when missing),
+#                and start time and memory with a large (componentize-py) plugin
+#                (installs componentize-py in a venv under target/)
 #   make fuzz    every cargo-fuzz target in fuzz/ for FUZZ_SECONDS each (default 60) on
 #                the corpora in fuzz/corpus/ (nightly; installs cargo-fuzz when missing;
 #                not part of `make test`)
@@ -60,6 +62,8 @@ bench: setup bench-peers plugins
 	$(CARGO) bench -p gateway-benches --bench routes
 	$(CARGO) bench -p gateway-benches --bench reload
 	python3 benches/load/run.py
+	bash scripts/build-python-predicate.sh
+	python3 benches/load/plugin_start.py
 
 # Fuzzing: one target after another, each for FUZZ_SECONDS, growing its corpus in
 # fuzz/corpus/<target>/ (hand-written inputs in fuzz/seeds/<target>/ are read too); a

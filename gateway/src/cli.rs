@@ -48,6 +48,15 @@ enum Command {
     },
     /// Start simulated upstreams with fault injection and the gateway in front of them.
     Demo,
+    /// Internal: compile the component on stdin into the plugin cache (a child of
+    /// `run` or `check`, so that compilation's memory leaves with it).
+    #[command(name = "compile-plugin", hide = true)]
+    CompilePlugin {
+        #[arg(long)]
+        cache_dir: PathBuf,
+        #[arg(long)]
+        key: String,
+    },
 }
 
 /// Entry point shared by the `gateway` binary and the test suite's copy of it.
@@ -79,6 +88,7 @@ pub fn main() -> ExitCode {
             logging::init(cli.log_format, &cli.log_level);
             crate::demo::run()
         }
+        Command::CompilePlugin { cache_dir, key } => crate::plugin::compile_child(&cache_dir, &key),
     }
 }
 

@@ -56,7 +56,7 @@ pub enum SocketPathError {
         euid: u32,
     },
     #[error(
-        "directory `{}` (mode {mode:04o}) is {what} by group or others; the socket needs a private directory (mode 0700)",
+        "directory `{}` (mode {mode:04o}) is {what} by group or others; it must be a private directory (mode 0700)",
         path.display()
     )]
     DirectoryShared {

@@ -55,6 +55,9 @@ pub struct ServerSpec {
     /// Operator overrides are written here (a private directory); None: kept in memory
     /// only, lost at restart.
     pub state_dir: Option<PathBuf>,
+    /// Where compiled plugin components are kept between starts; `None`: compile on
+    /// every start (`off`, or no default location).
+    pub plugin_cache_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -234,6 +237,58 @@ pub fn server_spec(
             problems,
         ),
         state_dir: state_dir(raw.state_dir, source, &path.key("state_dir"), problems),
+        plugin_cache_dir: plugin_cache_dir(
+            raw.plugin_cache_dir,
+            &crate::upgrade_socket::Environment::current(),
+            std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from),
+            &path.key("plugin_cache_dir"),
+            problems,
+        ),
+    }
+}
+
+/// The plugin cache's directory: given (an absolute path without `..`), `off`, or the
+/// default: `/var/cache/edge-gateway/plugins` for root, else under `$XDG_CACHE_HOME` or
+/// `~/.cache`. Whether it is usable (ours, private) is found when plugins load; an
+/// unusable one disables the cache with a warning rather than refusing the config.
+fn plugin_cache_dir(
+    raw: Option<String>,
+    env: &crate::upgrade_socket::Environment,
+    xdg_cache_home: Option<PathBuf>,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> Option<PathBuf> {
+    const BELOW: &str = "edge-gateway/plugins";
+    match raw.as_deref() {
+        Some("off") => None,
+        Some(text) => {
+            let dir = PathBuf::from(text);
+            if !dir.is_absolute() {
+                problems.push(
+                    path.clone(),
+                    format!("`{text}` is not an absolute path; give one, or `off`"),
+                );
+            } else if dir
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                problems.push(
+                    path.clone(),
+                    format!("`{text}` contains `..`; write the directory without it"),
+                );
+            }
+            Some(dir)
+        }
+        None if env.euid == 0 => Some(PathBuf::from("/var/cache").join(BELOW)),
+        None => xdg_cache_home
+            .filter(|dir| dir.is_absolute())
+            .or_else(|| {
+                env.home
+                    .as_ref()
+                    .filter(|home| home.is_absolute())
+                    .map(|home| home.join(".cache"))
+            })
+            .map(|dir| dir.join(BELOW)),
     }
 }
 

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -74,19 +73,36 @@ impl Default for PluginLimits {
     }
 }
 
-/// The component's bytes, compared by their SHA-256.
+/// A component file as checked: its path, length and SHA-256, by which it is compared.
+/// The bytes are not kept (a large component would be held twice, here and compiled);
+/// `read` takes them again when they are compiled, and refuses a file that changed.
 #[derive(Clone)]
 pub struct WasmFile {
-    pub bytes: Arc<[u8]>,
+    pub path: PathBuf,
+    pub len: usize,
     pub sha256: [u8; 32],
 }
 
 impl WasmFile {
-    pub fn new(bytes: Vec<u8>) -> Self {
-        let sha256 = Sha256::digest(&bytes).into();
+    pub fn new(path: &Path, bytes: &[u8]) -> Self {
         Self {
-            bytes: bytes.into(),
-            sha256,
+            path: path.to_path_buf(),
+            len: bytes.len(),
+            sha256: Sha256::digest(bytes).into(),
+        }
+    }
+
+    /// The bytes again, as long as they are still the ones checked.
+    pub fn read(&self) -> Result<Vec<u8>, String> {
+        let bytes = std::fs::read(&self.path)
+            .map_err(|e| format!("cannot read `{}` again: {e}", self.path.display()))?;
+        if <[u8; 32]>::from(Sha256::digest(&bytes)) == self.sha256 {
+            Ok(bytes)
+        } else {
+            Err(format!(
+                "`{}` changed while the config was loading; load it again",
+                self.path.display()
+            ))
         }
     }
 }
@@ -103,7 +119,7 @@ impl std::fmt::Debug for WasmFile {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        write!(f, "WasmFile({} bytes, sha256 {hex}…)", self.bytes.len())
+        write!(f, "WasmFile({} bytes, sha256 {hex}…)", self.len)
     }
 }
 
@@ -302,7 +318,7 @@ fn read_component(file: &Path) -> Result<WasmFile, String> {
     let bytes =
         std::fs::read(file).map_err(|e| format!("cannot read `{}`: {e}", file.display()))?;
     match bytes.get(..8) {
-        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(WasmFile::new(bytes)),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(WasmFile::new(file, &bytes)),
         Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(format!(
             "`{}` is a core WebAssembly module, not a component; build it for \
              wasm32-wasip2 (or wrap it with `wasm-tools component new`)",

@@ -31,6 +31,7 @@ pub struct RawServer {
     pub upgrade_socket: Option<String>,
     /// Where operator overrides are kept across restarts.
     pub state_dir: Option<String>,
+    pub plugin_cache_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

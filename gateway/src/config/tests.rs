@@ -312,3 +312,30 @@ fn unknown_keys_say_what_they_are_called_here() {
         "{found:?}"
     );
 }
+
+#[test]
+fn plugin_cache_dir_is_an_absolute_path_or_off() {
+    let with = |value: &str| format!("server: {{ plugin_cache_dir: {value} }}\n{VALID}");
+    let config = parse(&with("/var/cache/gw"), Path::new("test.yaml")).expect("valid");
+    assert_eq!(
+        config.server.plugin_cache_dir.as_deref(),
+        Some(Path::new("/var/cache/gw"))
+    );
+    let config = parse(&with("off"), Path::new("test.yaml")).expect("valid");
+    assert_eq!(config.server.plugin_cache_dir, None);
+
+    let relative = errors(&with("cache/plugins"));
+    assert_eq!(relative.len(), 1, "{relative:?}");
+    assert!(
+        relative[0].contains("server.plugin_cache_dir")
+            && relative[0].contains("`cache/plugins` is not an absolute path"),
+        "{relative:?}"
+    );
+    let dotted = errors(&with("/var/cache/../tmp"));
+    assert!(
+        dotted.len() == 1
+            && dotted[0].contains("server.plugin_cache_dir")
+            && dotted[0].contains("contains `..`"),
+        "{dotted:?}"
+    );
+}

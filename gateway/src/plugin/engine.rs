@@ -3,18 +3,21 @@
 //! Calls are synchronous, on the calling thread's stack: no fiber to switch to and no
 //! timer to arm per call (`wasi.rs` makes sure that nothing a plugin calls waits).
 //! Built on first use and kept for the life of the process, so components compiled
-//! for one config stay valid for the next.
+//! for one config stay valid for the next; the first config's `plugin_cache_dir` is
+//! the cache for the life of the process (a change is reported as needing a restart).
 
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Cache, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::bindings::host;
+use super::cache::{Entry, PluginCache};
 use super::host::HostState;
 use super::wasi;
-use crate::config::MAX_PLUGIN_MEMORY;
+use crate::config::{MAX_PLUGIN_MEMORY, WasmFile};
 
 /// How often the epoch advances: the granularity of every plugin deadline.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -25,31 +28,66 @@ const POOL_SLOTS: u32 = 512;
 pub struct PluginEngine {
     pub engine: Engine,
     pub linker: Linker<HostState>,
+    cache: Option<PluginCache>,
+}
+
+/// Where a compiled component came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Loaded from the on-disk cache.
+    Cache,
+    /// Compiled now (by a child process into the cache, or in this process).
+    Compiled,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Compiled => "compiled",
+        }
+    }
 }
 
 /// The process's engine, or why it could not be built (reported on every plugin).
-pub fn engine() -> Result<&'static PluginEngine, String> {
+/// `cache_dir` counts on the first call only.
+pub fn engine(cache_dir: Option<&Path>) -> Result<&'static PluginEngine, String> {
     static ENGINE: OnceLock<Result<PluginEngine, String>> = OnceLock::new();
     ENGINE
-        .get_or_init(|| PluginEngine::new().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| PluginEngine::new(cache_dir).map_err(|e| format!("{e:#}")))
         .as_ref()
         .map_err(Clone::clone)
 }
 
+/// The engine every compilation uses, this process's and a compiling child's alike:
+/// the cache key covers these settings, so both must come from here.
+pub fn build_engine(cache: Option<Cache>) -> wasmtime::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(POOL_SLOTS)
+        .total_core_instances(POOL_SLOTS)
+        .total_memories(POOL_SLOTS)
+        .total_tables(POOL_SLOTS)
+        .max_memory_size(usize::try_from(MAX_PLUGIN_MEMORY).unwrap_or(usize::MAX));
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .cache(cache);
+    Engine::new(&config)
+}
+
 impl PluginEngine {
-    fn new() -> wasmtime::Result<Self> {
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(POOL_SLOTS)
-            .total_core_instances(POOL_SLOTS)
-            .total_memories(POOL_SLOTS)
-            .total_tables(POOL_SLOTS)
-            .max_memory_size(usize::try_from(MAX_PLUGIN_MEMORY).unwrap_or(usize::MAX));
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config)?;
+    fn new(cache_dir: Option<&Path>) -> wasmtime::Result<Self> {
+        let (cache, wasmtime_cache) = match cache_dir.map(PluginCache::open) {
+            Some(Ok((cache, wasmtime_cache))) => (Some(cache), Some(wasmtime_cache)),
+            Some(Err(e)) => {
+                tracing::warn!(target: "gateway::plugin", error = %e, "plugin cache disabled: every start compiles its plugins");
+                (None, None)
+            }
+            None => (None, None),
+        };
+        let engine = build_engine(wasmtime_cache)?;
 
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker)?;
@@ -76,11 +114,56 @@ impl PluginEngine {
                     std::thread::sleep(Duration::from_nanos(next).saturating_sub(start.elapsed()));
                 }
             })?;
-        Ok(Self { engine, linker })
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+        })
     }
 
-    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
-        Component::new(&self.engine, bytes)
+    /// The component for `wasm`: from the cache when an intact entry is there, else
+    /// compiled by a child process into the cache and loaded from it, else (no cache,
+    /// or no child could run) compiled here. Errors say why the component was refused.
+    pub fn compile(&self, name: &str, wasm: &WasmFile) -> Result<(Component, Source), String> {
+        let bytes = wasm.read()?;
+        let in_process = || {
+            Component::new(&self.engine, &bytes)
+                .map(|c| (c, Source::Compiled))
+                .map_err(|e| format!("{e:#}"))
+        };
+        let Some(cache) = &self.cache else {
+            return in_process();
+        };
+        let key = PluginCache::key(&self.engine, wasm);
+        let mut source = Source::Cache;
+        let mut entry = cache.check(&key);
+        if entry != Entry::Verified {
+            if let Entry::Corrupt(why) = &entry {
+                tracing::warn!(target: "gateway::plugin", plugin = name, dir = %cache.dir().display(), why = why.as_str(), "plugin cache entry corrupt: deleted, compiling again");
+            }
+            source = Source::Compiled;
+            entry = match cache.compile_in_child(&key, &bytes) {
+                Ok(()) => cache.check(&key),
+                Err(Ok(refused)) => return Err(refused),
+                Err(Err(e)) => Entry::Corrupt(e.to_string()),
+            };
+        }
+        if entry != Entry::Verified {
+            tracing::warn!(target: "gateway::plugin", plugin = name, entry = ?entry, "plugin cache unusable for this component: compiling in this process");
+            // wasmtime's lookup must not find an entry this process cannot vouch for.
+            if let Err(e) = cache.sweep_unrecorded() {
+                tracing::warn!(target: "gateway::plugin", error = %e, "plugin cache sweep failed");
+            }
+        }
+        let hits = cache.hits();
+        let (component, _) = in_process()?;
+        if cache.hits() == hits {
+            if entry == Entry::Verified {
+                tracing::warn!(target: "gateway::plugin", plugin = name, "plugin cache: wasmtime did not find the checked entry; compiled in this process");
+            }
+            source = Source::Compiled;
+        }
+        Ok((component, source))
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! - `bindings.rs`: the only `bindgen!`.
 //! - `engine.rs`: the one engine (pooling allocator, epoch clock) and linker.
+//! - `cache.rs`: compiled components on disk, compiled by a child process.
 //! - `host.rs`: what an instance may touch (a WASI context granting nothing, logging,
 //!   the exchange the current call is about).
 //! - `log.rs`: what a plugin writes to the log: escaped, cut, within a budget.
@@ -17,6 +18,7 @@
 
 pub mod answer;
 mod bindings;
+mod cache;
 pub mod convert;
 mod engine;
 mod host;
@@ -131,6 +133,7 @@ impl PluginSet {
                 .join()
                 .unwrap_or_else(|_| Err(vec![(String::new(), "plugin loading panicked".into())]))
         })
+        .inspect(|_| release_freed_memory())
         .map_err(|problems| {
             ConfigErrors(
                 problems
@@ -150,12 +153,48 @@ impl PluginSet {
     }
 }
 
+/// How long mimalloc keeps freed memory before returning it to the system (its
+/// `purge_delay`), plus a margin.
+const ALLOCATOR_PURGE_DELAY: Duration = Duration::from_millis(1500);
+
+/// Loading a large component frees tens of MB (wasmtime's read and decompression of the
+/// cache entry, instantiation). mimalloc returns freed memory to the system only when a
+/// later page is freed after its purge delay; an idle proxy frees none, and the memory
+/// would stay resident for good. So, past that delay, one large block is allocated and
+/// freed, which runs the purge.
+fn release_freed_memory() {
+    let _ = std::thread::Builder::new()
+        .name("plugin-purge".into())
+        .spawn(|| {
+            std::thread::sleep(ALLOCATOR_PURGE_DELAY);
+            drop(std::hint::black_box(vec![1u8; 4 << 20]));
+        });
+}
+
+/// `gateway compile-plugin`: a child compiling one component into the cache (`cache.rs`).
+pub fn compile_child(dir: &std::path::Path, key: &str) -> std::process::ExitCode {
+    let built = cache::compile_child(dir, key, |cache| {
+        engine::build_engine(Some(cache)).map_err(|e| format!("{e:#}"))
+    });
+    match built {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(cache::ChildFailure::Refused(message)) => {
+            eprint!("{message}");
+            std::process::ExitCode::from(cache::EXIT_REFUSED)
+        }
+        Err(cache::ChildFailure::Other(message)) => {
+            eprint!("{message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn load_all(
     config: &Config,
     previous: Option<&PluginSet>,
     metrics: &Metrics,
 ) -> Result<PluginSet, Vec<(String, String)>> {
-    let engine = engine::engine().map_err(|e| {
+    let engine = engine::engine(config.server.plugin_cache_dir.as_deref()).map_err(|e| {
         config
             .plugins
             .keys()
@@ -185,16 +224,22 @@ fn load_all(
             .map(|p| p.component.clone());
         let component = match compiled {
             Some(component) => component,
-            None => match engine.compile(&spec.wasm.bytes) {
-                Ok(component) => component,
-                Err(e) => {
-                    problems.push((
-                        spec.name.clone(),
-                        format!("`{}` could not be compiled: {e:#}", spec.path.display()),
-                    ));
-                    continue;
+            None => {
+                let started = std::time::Instant::now();
+                match engine.compile(&spec.name, &spec.wasm) {
+                    Ok((component, source)) => {
+                        tracing::info!(target: "gateway::plugin", plugin = %spec.name, source = source.as_str(), took_ms = started.elapsed().as_millis() as u64, "plugin component ready");
+                        component
+                    }
+                    Err(e) => {
+                        problems.push((
+                            spec.name.clone(),
+                            format!("`{}` could not be compiled: {e}", spec.path.display()),
+                        ));
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let handles = metrics.for_plugin(&spec.name, &PluginError::KINDS);
         match Plugin::load(spec.clone(), component, engine, handles) {
