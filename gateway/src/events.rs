@@ -41,6 +41,9 @@ pub enum FleetNote {
         open_remaining: Option<Duration>,
         reason: &'static str,
         window: WindowCounts,
+        /// When it moved: an open period is measured from here, however long the note
+        /// waited in the queue.
+        at: SystemTime,
     },
     /// An operator set (`Automatic`: cleared) a mode override here.
     Mode {
@@ -322,6 +325,7 @@ impl EventHub {
                 open_remaining: t.open_for,
                 reason: t.reason.as_str(),
                 window: t.window,
+                at: t.at,
             });
         }
         let event = transition_json(

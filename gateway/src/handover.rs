@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::{Outcome, Verdict};
-use crate::operator_modes::Override;
+use crate::operator_modes::{Override, Stamp};
 use crate::runtime::RuntimeHandle;
 use crate::upstream::{Upstream, UpstreamExport};
 
@@ -49,6 +49,9 @@ struct State {
     version: u32,
     upstreams: BTreeMap<String, UpstreamExport>,
     overrides: BTreeMap<String, Override>,
+    /// The newest operator action per upstream (a fleet's newest-wins rule).
+    #[serde(default)]
+    actions: BTreeMap<String, Stamp>,
 }
 
 /// One outcome the old process recorded after the handover.
@@ -194,6 +197,7 @@ pub fn send(socket: &Path, runtime: &RuntimeHandle) -> Result<(), HandoverError>
                 .map(|(name, u)| (name.clone(), u.export()))
                 .collect(),
             overrides: runtime.modes.all(),
+            actions: runtime.modes.actions(),
         };
         let mut line = serde_json::to_vec(&state).map_err(|e| io(std::io::Error::other(e)))?;
         line.push(b'\n');
@@ -395,7 +399,7 @@ fn adopt(runtime: &RuntimeHandle, state: &State) {
             adopted.push(name.as_str());
         }
     }
-    if let Err(e) = runtime.adopt_overrides(state.overrides.clone()) {
+    if let Err(e) = runtime.adopt_overrides(state.overrides.clone(), state.actions.clone()) {
         tracing::error!(target: "gateway::upgrade", error = %e, "cannot keep the handed-over breaker overrides");
     }
     tracing::info!(

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,39 @@ pub struct Override {
 struct StateFile {
     version: u32,
     overrides: BTreeMap<String, Override>,
+    /// The newest operator action (set, clear, reset) per upstream, for a fleet's
+    /// newest-wins rule; absent in files written before there were fleets.
+    #[serde(default)]
+    actions: BTreeMap<String, Stamp>,
+}
+
+/// When, and on which instance, an operator action was taken. Across a fleet the
+/// greater stamp wins (time first, the instance's name breaking ties), so every
+/// instance ends with the same mode whatever order the messages arrive in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Stamp {
+    pub at_ms: u64,
+    pub instance: String,
+}
+
+/// A remote action stamped further ahead than this is refused: a broken clock (or a
+/// stranger on the channel) must not pin a mode that no later action can change.
+pub const MAX_AHEAD_MS: u64 = 60_000;
+
+/// What happened to an action from another instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remote {
+    Applied,
+    /// Older than (or as old as) what is known here.
+    Stale,
+    /// Stamped more than `MAX_AHEAD_MS` ahead of this clock.
+    FromTheFuture,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Held {
+    overrides: BTreeMap<String, Override>,
+    actions: BTreeMap<String, Stamp>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +90,12 @@ pub enum StateError {
 /// Every override in force, and where they are kept.
 #[derive(Debug)]
 pub struct OperatorModes {
-    overrides: Mutex<BTreeMap<String, Override>>,
+    held: Mutex<Held>,
     /// None: no state directory; overrides last as long as the process (and its
     /// upgrades).
     file: Option<PathBuf>,
+    /// This instance's name in a fleet (stamps of its own actions).
+    instance: OnceLock<String>,
 }
 
 impl OperatorModes {
@@ -70,8 +105,9 @@ impl OperatorModes {
     pub fn open(state_dir: Option<&Path>) -> Result<Self, StateError> {
         let Some(dir) = state_dir else {
             return Ok(Self {
-                overrides: Mutex::default(),
+                held: Mutex::default(),
                 file: None,
+                instance: OnceLock::new(),
             });
         };
         fs::DirBuilder::new()
@@ -90,18 +126,31 @@ impl OperatorModes {
             }
         })?;
         let file = dir.join(FILE);
-        let overrides = match fs::read(&file) {
+        let held = match fs::read(&file) {
             Ok(bytes) => parse(&bytes).map_err(|message| StateError::Corrupt {
                 path: file.clone(),
                 message,
             })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Held::default(),
             Err(source) => return Err(StateError::Read { path: file, source }),
         };
         Ok(Self {
-            overrides: Mutex::new(overrides),
+            held: Mutex::new(held),
             file: Some(file),
+            instance: OnceLock::new(),
         })
+    }
+
+    /// Names this instance in the stamps of its own actions (a fleet member).
+    pub fn set_instance(&self, name: &str) {
+        let _ = self.instance.set(name.to_string());
+    }
+
+    fn instance(&self) -> String {
+        self.instance
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "local".into())
     }
 
     /// Whether overrides outlive the process.
@@ -110,83 +159,146 @@ impl OperatorModes {
     }
 
     pub fn get(&self, upstream: &str) -> Option<Override> {
-        self.lock().get(upstream).cloned()
+        self.lock().overrides.get(upstream).cloned()
     }
 
     pub fn all(&self) -> BTreeMap<String, Override> {
-        self.lock().clone()
+        self.lock().overrides.clone()
     }
 
-    /// Sets (`Some`) or clears (`None`) the override of `upstream`, written to disk
-    /// before it counts (a change that could not be kept is not made), then calls `act`
-    /// with the override's mode, under the same lock as `with`: a reload deciding modes
-    /// at the same moment sees the change either wholly or not at all.
+    /// The newest action known per upstream, for a fleet's sync.
+    pub fn actions(&self) -> BTreeMap<String, Stamp> {
+        self.lock().actions.clone()
+    }
+
+    /// An operator here sets (`Some`) or clears (`None`) the override of `upstream`,
+    /// stamped after every action known for it; written to disk before it counts (a
+    /// change that could not be kept is not made); then `act` runs with the override's
+    /// mode, under the same lock as `with`, so a reload deciding modes at the same
+    /// moment sees the change wholly or not at all. Returns the stamp.
     pub fn set(
         &self,
         upstream: &str,
         value: Option<Override>,
         act: impl FnOnce(Option<Mode>),
-    ) -> Result<(), StateError> {
-        let mut overrides = self.lock();
-        let mut next = overrides.clone();
-        let mode = value.as_ref().map(|o| o.mode);
-        match value {
-            Some(o) => next.insert(upstream.to_string(), o),
-            None => next.remove(upstream),
+    ) -> Result<Stamp, StateError> {
+        let mut held = self.lock();
+        let known = held.actions.get(upstream).map_or(0, |s| s.at_ms);
+        let stamp = Stamp {
+            at_ms: now_unix_ms().max(known + 1),
+            instance: self.instance(),
         };
-        if next != *overrides {
-            self.write(&next)?;
-            *overrides = next;
+        self.change(&mut held, upstream, value, stamp.clone())?;
+        act(held.overrides.get(upstream).map(|o| o.mode));
+        Ok(stamp)
+    }
+
+    /// Another instance's action: applied (and `act` run) only when its stamp is newer
+    /// than every one known here and not from the future.
+    pub fn set_remote(
+        &self,
+        upstream: &str,
+        value: Option<Override>,
+        stamp: Stamp,
+        act: impl FnOnce(Option<Mode>),
+    ) -> Result<Remote, StateError> {
+        if stamp.at_ms > now_unix_ms().saturating_add(MAX_AHEAD_MS) {
+            return Ok(Remote::FromTheFuture);
         }
-        act(mode);
+        let mut held = self.lock();
+        if held
+            .actions
+            .get(upstream)
+            .is_some_and(|known| *known >= stamp)
+        {
+            return Ok(Remote::Stale);
+        }
+        self.change(&mut held, upstream, value, stamp)?;
+        act(held.overrides.get(upstream).map(|o| o.mode));
+        Ok(Remote::Applied)
+    }
+
+    fn change(
+        &self,
+        held: &mut Held,
+        upstream: &str,
+        value: Option<Override>,
+        stamp: Stamp,
+    ) -> Result<(), StateError> {
+        let mut next = held.clone();
+        match value {
+            Some(mut o) => {
+                o.since_unix_ms = stamp.at_ms;
+                next.overrides.insert(upstream.to_string(), o);
+            }
+            None => {
+                next.overrides.remove(upstream);
+            }
+        }
+        next.actions.insert(upstream.to_string(), stamp);
+        self.write(&next)?;
+        *held = next;
         Ok(())
     }
 
     /// Calls `act` with the mode of the override of `upstream` in force, under the lock
     /// every change takes.
     pub fn with<R>(&self, upstream: &str, act: impl FnOnce(Option<Mode>) -> R) -> R {
-        let overrides = self.lock();
-        act(overrides.get(upstream).map(|o| o.mode))
+        let held = self.lock();
+        act(held.overrides.get(upstream).map(|o| o.mode))
     }
 
-    /// Forgets overrides of upstreams that no longer exist; keeps the file in step.
+    /// Forgets overrides (and actions) of upstreams that no longer exist; keeps the file
+    /// in step.
     pub fn retain(&self, exists: impl Fn(&str) -> bool) -> Result<Vec<String>, StateError> {
-        let mut overrides = self.lock();
-        let gone: Vec<String> = overrides.keys().filter(|n| !exists(n)).cloned().collect();
-        if !gone.is_empty() {
-            let mut next = overrides.clone();
-            next.retain(|name, _| exists(name));
+        let mut held = self.lock();
+        let gone: Vec<String> = held
+            .overrides
+            .keys()
+            .filter(|n| !exists(n))
+            .cloned()
+            .collect();
+        if !gone.is_empty() || held.actions.keys().any(|n| !exists(n)) {
+            let mut next = held.clone();
+            next.overrides.retain(|name, _| exists(name));
+            next.actions.retain(|name, _| exists(name));
             self.write(&next)?;
-            *overrides = next;
+            *held = next;
         }
         Ok(gone)
     }
 
-    /// Takes another process's overrides (graceful upgrade): they replace these, in
-    /// memory even when they cannot be written (an operator's forced-open must not
-    /// vanish with an upgrade; the error says they will not outlive this process).
-    pub fn adopt(&self, overrides: BTreeMap<String, Override>) -> Result<(), StateError> {
-        let mut current = self.lock();
-        if *current == overrides {
+    /// Takes another process's overrides and actions (graceful upgrade): they replace
+    /// these, in memory even when they cannot be written (an operator's forced-open must
+    /// not vanish with an upgrade; the error says they will not outlive this process).
+    pub fn adopt(
+        &self,
+        overrides: BTreeMap<String, Override>,
+        actions: BTreeMap<String, Stamp>,
+    ) -> Result<(), StateError> {
+        let mut held = self.lock();
+        let next = Held { overrides, actions };
+        if *held == next {
             return Ok(());
         }
-        let written = self.write(&overrides);
-        *current = overrides;
+        let written = self.write(&next);
+        *held = next;
         written
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Override>> {
-        self.overrides.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Temp file, fsync, rename: a crash leaves the old file or the new one, never half.
-    fn write(&self, overrides: &BTreeMap<String, Override>) -> Result<(), StateError> {
+    fn write(&self, held: &Held) -> Result<(), StateError> {
         let Some(file) = &self.file else {
             return Ok(());
         };
         let state = StateFile {
             version: VERSION,
-            overrides: overrides.clone(),
+            overrides: held.overrides.clone(),
+            actions: held.actions.clone(),
         };
         let error = |source| StateError::Write {
             path: file.clone(),
@@ -218,7 +330,7 @@ impl OperatorModes {
     }
 }
 
-fn parse(bytes: &[u8]) -> Result<BTreeMap<String, Override>, String> {
+fn parse(bytes: &[u8]) -> Result<Held, String> {
     let state: StateFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if state.version != VERSION {
         return Err(format!(
@@ -226,7 +338,10 @@ fn parse(bytes: &[u8]) -> Result<BTreeMap<String, Override>, String> {
             state.version
         ));
     }
-    Ok(state.overrides)
+    Ok(Held {
+        overrides: state.overrides,
+        actions: state.actions,
+    })
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -281,7 +396,16 @@ mod tests {
         let mode = fs::metadata(&state).expect("dir").permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         let again = OperatorModes::open(Some(&state)).expect("reopen");
-        assert_eq!(again.get("api"), Some(forced("127.0.0.1:1")));
+        let kept = again.get("api").expect("kept");
+        assert_eq!(
+            (kept.mode, kept.by.as_str()),
+            (Mode::ForcedOpen, "127.0.0.1:1")
+        );
+        assert!(kept.since_unix_ms > 1_600_000_000_000, "stamped when set");
+        assert!(
+            again.actions().contains_key("api"),
+            "the action's stamp is kept too"
+        );
         again.set("api", None, |_| {}).expect("clear");
         let third = OperatorModes::open(Some(&state)).expect("reopen");
         assert_eq!(third.get("api"), None);
@@ -318,5 +442,48 @@ mod tests {
         let gone = modes.retain(|n| n == "api").expect("retain");
         assert_eq!(gone, vec!["gone".to_string()]);
         assert!(modes.get("api").is_some() && modes.get("gone").is_none());
+    }
+
+    #[test]
+    fn the_newest_stamp_wins_and_a_future_one_is_refused() {
+        let modes = OperatorModes::open(None).expect("memory");
+        modes.set_instance("b");
+        let now = now_unix_ms();
+        let at = |ms: u64, instance: &str| Stamp {
+            at_ms: ms,
+            instance: instance.into(),
+        };
+        let applied = modes
+            .set_remote("api", Some(forced("x")), at(now - 10, "a"), |_| {})
+            .expect("remote");
+        assert_eq!(applied, Remote::Applied);
+        // Older, or as old from an instance named before: stale.
+        for stamp in [at(now - 20, "c"), at(now - 10, "a")] {
+            let r = modes
+                .set_remote("api", None, stamp, |_| {})
+                .expect("remote");
+            assert_eq!(r, Remote::Stale);
+        }
+        // A tie on time goes to the greater instance name, the same everywhere.
+        let r = modes
+            .set_remote("api", None, at(now - 10, "c"), |_| {})
+            .expect("remote");
+        assert_eq!(r, Remote::Applied);
+        assert_eq!(modes.get("api"), None, "cleared");
+        // A local action is stamped after everything known, even with a slow clock.
+        modes
+            .set_remote("api", Some(forced("y")), at(now + 30_000, "a"), |_| {})
+            .expect("remote");
+        let stamp = modes.set("api", None, |_| {}).expect("local");
+        assert!(
+            stamp.at_ms > now + 30_000 && stamp.instance == "b",
+            "{stamp:?}"
+        );
+        // Beyond a minute ahead of this clock: refused, nothing changes.
+        let r = modes
+            .set_remote("api", Some(forced("z")), at(now + 3_600_000, "z"), |_| {})
+            .expect("remote");
+        assert_eq!(r, Remote::FromTheFuture);
+        assert_eq!(modes.get("api"), None);
     }
 }

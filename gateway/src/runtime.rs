@@ -14,7 +14,7 @@ use crate::breaker::{Clock, CoarseClock, Mode};
 use crate::config::{Config, ConfigErrors, ListenerSpec, TlsVersion};
 use crate::events::{EventHub, FleetNote};
 use crate::metrics::{Metrics, StateGauges};
-use crate::operator_modes::{OperatorModes, Override, StateError};
+use crate::operator_modes::{OperatorModes, Override, Remote, Stamp, StateError};
 use crate::plugin::PluginSet;
 use crate::routing::{Route, RouteTable};
 use crate::tls::{CertificateStore, SniTable};
@@ -196,52 +196,64 @@ impl RuntimeHandle {
         upstream: &Upstream,
         value: Option<Override>,
     ) -> Result<(), StateError> {
-        let note = FleetNote::Mode {
+        let mode = value.as_ref().map_or(Mode::Automatic, |o| o.mode);
+        let by = value.as_ref().map_or_else(String::new, |o| o.by.clone());
+        let stamp = self.modes.set(upstream.name(), value, |mode| {
+            put_in_mode(upstream, mode.unwrap_or(upstream.spec.breaker_mode));
+        })?;
+        self.events.tell_fleet(FleetNote::Mode {
             upstream: upstream.name().to_string(),
-            mode: value.as_ref().map_or(Mode::Automatic, |o| o.mode),
-            since_unix_ms: value
-                .as_ref()
-                .map_or_else(crate::operator_modes::now_unix_ms, |o| o.since_unix_ms),
-            by: value.as_ref().map_or_else(String::new, |o| o.by.clone()),
-        };
-        self.fleet_mode(upstream, value)?;
-        self.events.tell_fleet(note);
+            mode,
+            since_unix_ms: stamp.at_ms,
+            by,
+        });
         Ok(())
     }
 
-    /// Another instance's operator set or cleared the mode of `upstream` (cluster/).
+    /// Another instance's operator set or cleared the mode of `upstream` (cluster/):
+    /// applied when it is the newest action known.
     pub fn fleet_mode(
         &self,
         upstream: &Upstream,
         value: Option<Override>,
-    ) -> Result<(), StateError> {
-        self.modes.set(upstream.name(), value, |mode| {
-            put_in_mode(upstream, mode.unwrap_or(upstream.spec.breaker_mode));
-        })
+        stamp: Stamp,
+    ) -> Result<Remote, StateError> {
+        self.modes
+            .set_remote(upstream.name(), value, stamp, |mode| {
+                put_in_mode(upstream, mode.unwrap_or(upstream.spec.breaker_mode));
+            })
     }
 
     /// An operator here resets `upstream`'s breaker: closed, automatic, window cleared;
     /// a file mode other than automatic applies again at once. The fleet is told.
     pub fn reset(&self, upstream: &Upstream, by: &str) -> Result<(), StateError> {
-        self.fleet_reset(upstream)?;
+        let stamp = self.modes.set(upstream.name(), None, |_| {
+            upstream.breaker.reset_into(upstream.spec.breaker_mode);
+        })?;
         self.events.tell_fleet(FleetNote::Reset {
             upstream: upstream.name().to_string(),
-            since_unix_ms: crate::operator_modes::now_unix_ms(),
+            since_unix_ms: stamp.at_ms,
             by: by.to_string(),
         });
         Ok(())
     }
 
-    /// Another instance's operator reset `upstream` (cluster/).
-    pub fn fleet_reset(&self, upstream: &Upstream) -> Result<(), StateError> {
-        self.modes.set(upstream.name(), None, |_| {
+    /// Another instance's operator reset `upstream` (cluster/), when it is the newest
+    /// action known.
+    pub fn fleet_reset(&self, upstream: &Upstream, stamp: Stamp) -> Result<Remote, StateError> {
+        self.modes.set_remote(upstream.name(), None, stamp, |_| {
             upstream.breaker.reset_into(upstream.spec.breaker_mode);
         })
     }
 
-    /// Takes the overrides another process had (graceful upgrade) and applies them.
-    pub fn adopt_overrides(&self, overrides: BTreeMap<String, Override>) -> Result<(), StateError> {
-        let written = self.modes.adopt(overrides);
+    /// Takes the overrides and action stamps another process had (graceful upgrade) and
+    /// applies them.
+    pub fn adopt_overrides(
+        &self,
+        overrides: BTreeMap<String, Override>,
+        actions: BTreeMap<String, Stamp>,
+    ) -> Result<(), StateError> {
+        let written = self.modes.adopt(overrides, actions);
         self.apply_modes(&self.snapshot());
         written
     }

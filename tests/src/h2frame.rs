@@ -28,3 +28,17 @@ pub fn hello() -> Vec<u8> {
     out.extend(frame(SETTINGS, 0, 0, &[]));
     out
 }
+
+/// An HPACK header block of literals without indexing (RFC 7541 §6.2.2), no Huffman:
+/// the fields go on the wire exactly as given, malformed ones included.
+pub fn header_block(fields: &[(String, String)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        block.push(0x00);
+        block.push(u8::try_from(name.len()).expect("short name"));
+        block.extend_from_slice(name.as_bytes());
+        block.push(u8::try_from(value.len()).expect("short value"));
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}

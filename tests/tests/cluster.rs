@@ -255,3 +255,56 @@ async fn an_unreachable_redis_at_start_is_reported_and_traffic_flows() {
     assert_eq!(r.status, 200);
     assert_eq!(gw.get("/").await.status, 503);
 }
+
+#[tokio::test]
+async fn a_clear_made_while_redis_was_down_wins_when_the_fleet_meets_again() {
+    let mut redis = RedisServer::start().await;
+    let origin = start_origin(echo("svc")).await;
+    let (cluster, gws) = fleet(&redis, origin.addr()).await;
+    let (a, b, c) = (&gws[0], &gws[1], &gws[2]);
+    let r = b
+        .admin(
+            "PUT",
+            "/api/v1/breakers/api/state",
+            &[],
+            br#"{"state":"forced_open"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    for other in [a, c] {
+        until(other, "forced open by B", Duration::from_secs(5), |v| {
+            v["state"] == "forced_open"
+        })
+        .await;
+    }
+    redis.stop();
+    for gw in &gws {
+        until_connected(gw, &cluster, 0.0).await;
+    }
+    // Alone, A's operator clears it: only A knows.
+    let r = a
+        .admin(
+            "PUT",
+            "/api/v1/breakers/api/state",
+            &[],
+            br#"{"state":"automatic"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(breaker(b).await["state"], "forced_open");
+    redis.restart().await;
+    for gw in &gws {
+        until_connected(gw, &cluster, 1.0).await;
+    }
+    // The clear is the newest action: it wins everywhere, and B's older forced-open,
+    // sent in B's own sync, does not come back to A.
+    for gw in [a, b, c] {
+        until(
+            gw,
+            "cleared by A's newer action",
+            Duration::from_secs(10),
+            |v| v["state"] == "closed" && v["mode_source"]["from"] == "file",
+        )
+        .await;
+    }
+}

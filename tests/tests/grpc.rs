@@ -300,7 +300,8 @@ async fn a_predicate_reads_the_trailers_and_a_fallback_plugin_answers_with_them(
             "{plugins}{}",
             body(
                 origin,
-                "{ consecutive_failures: 1, open_duration: 30s, predicate: grpc-rules, fallback: { plugin: degraded } }"
+                // failure_when counts no gRPC status: only the predicate can open it.
+                "{ consecutive_failures: 1, open_duration: 30s, predicate: grpc-rules, failure_when: { grpc_statuses: [] }, fallback: { plugin: degraded } }"
             )
         ),
         "    http2: true\n",
@@ -334,4 +335,70 @@ async fn a_predicate_reads_the_trailers_and_a_fallback_plugin_answers_with_them(
             .is_some_and(|ms| ms > 25_000),
         "{e:?}"
     );
+}
+
+#[tokio::test]
+async fn the_gateways_own_grpc_answer_ends_the_stream_in_its_headers() {
+    use gateway_tests::h2frame::{
+        DATA, END_HEADERS, END_STREAM, HEADERS, frame, header_block, hello,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = start_grpc_origin().await;
+    let gw = Gateway::start_with_listener(
+        &format!(
+            "upstreams:\n  api: {{ endpoints: [\"{origin}\"], protocol: http2 }}\nroutes:\n  - {{ match: {{ path_prefix: /elsewhere }}, upstream: api }}\n"
+        ),
+        "    http2: true\n",
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gw.listen)
+        .await
+        .expect("connect");
+    let fields: Vec<(String, String)> = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/grpc.health.v1.Health/Check"),
+        (":authority", "gateway.test"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    let mut out = hello();
+    out.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &header_block(&fields),
+    ));
+    stream.write_all(&out).await.expect("request");
+    // Frames until the answer on stream 1: one HEADERS frame that ends the stream
+    // (Trailers-Only, as gRPC clients require), no DATA before it.
+    loop {
+        let mut head = [0u8; 9];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_exact(&mut head),
+        )
+        .await
+        .expect("a frame in time")
+        .expect("read");
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let (kind, flags) = (head[3], head[4]);
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7FFF_FFFF;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).await.expect("payload");
+        if id != 1 {
+            continue;
+        }
+        assert_ne!(kind, DATA, "no DATA frame before the status");
+        assert_eq!(kind, HEADERS);
+        assert_eq!(
+            flags & END_STREAM,
+            END_STREAM,
+            "the HEADERS frame ends the stream"
+        );
+        break;
+    }
 }

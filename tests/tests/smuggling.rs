@@ -13,7 +13,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use gateway_tests::h2frame::{
-    ACK, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, SETTINGS, frame, hello,
+    ACK, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, SETTINGS, frame, header_block,
+    hello,
 };
 use gateway_tests::recording::{RecordingOrigin, Seen};
 use gateway_tests::{Gateway, Options};
@@ -515,20 +516,6 @@ fn h2_variants() -> Vec<H2Variant> {
         ),
         h2("h2 :authority with a quote", &[(":authority", "a\"b")], &[]),
     ]
-}
-
-/// An HPACK header block of literals without indexing (RFC 7541 §6.2.2), no Huffman:
-/// the fields go on the wire exactly as given, malformed ones included.
-fn header_block(fields: &[(String, String)]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in fields {
-        block.push(0x00);
-        block.push(u8::try_from(name.len()).expect("short name"));
-        block.extend_from_slice(name.as_bytes());
-        block.push(u8::try_from(value.len()).expect("short value"));
-        block.extend_from_slice(value.as_bytes());
-    }
-    block
 }
 
 /// How the gateway ended an HTTP/2 stream.

@@ -146,6 +146,8 @@ struct Control {
     since_wall: SystemTime,
     /// The instance the current state was adopted from (None: decided here).
     origin: Option<Arc<str>>,
+    /// Why the breaker entered its current state (None: it never moved).
+    entered_by: Option<Reason>,
 }
 
 /// A read-only view for the admin API and metrics.
@@ -164,6 +166,8 @@ pub struct BreakerSnapshot {
     pub probe_successes: u32,
     /// The instance the current state was adopted from (None: decided here).
     pub origin: Option<Arc<str>>,
+    /// Why the breaker entered its current state (None: it never moved).
+    pub entered_by: Option<Reason>,
 }
 
 /// The settings a breaker judges by and the window they judge, swapped together: a
@@ -244,6 +248,7 @@ impl Breaker {
                 since: now,
                 since_wall: SystemTime::now(),
                 origin: None,
+                entered_by: None,
             }),
             clock,
             listener,
@@ -755,6 +760,7 @@ impl Breaker {
             probes_admitted: control.probes_admitted,
             probe_successes: control.probe_successes,
             origin: control.origin.clone(),
+            entered_by: control.entered_by,
         };
         drop(control);
         self.emit(event);
@@ -793,6 +799,7 @@ impl Breaker {
         control.since = now;
         control.since_wall = SystemTime::now();
         control.origin = None;
+        control.entered_by = Some(reason);
         let next = from.next(to);
         self.word.store(next.pack(), Ordering::Release);
         let event = Transition {

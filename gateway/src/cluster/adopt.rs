@@ -3,67 +3,52 @@
 //!
 //! - A remote **open** is adopted by a closed or half-open breaker for the rest of the
 //!   sender's open period (measured from the move, so queueing and network lag do not
-//!   lengthen it). A breaker that is already open keeps its own period: nothing ever
+//!   lengthen it), when the sender tripped on traffic (not when its probe failed: one
+//!   instance whose own path to the upstream is broken must not hold healthy ones
+//!   open, cycle after cycle). A breaker that is already open keeps its own period: nothing ever
 //!   extends an open period, so the fleet cannot hold itself open.
 //! - Every instance **probes** on its own when its open period ends; the first whose
 //!   probes succeed **closes** and says so, and an open breaker elsewhere then goes
 //!   half-open at once: its own probes decide (a remote close never closes a breaker).
-//! - Operator **modes and resets**: the newest (by the operator's wall-clock time) wins
-//!   on every instance, including clears; ties keep what is there.
+//! - Operator **modes and resets**: the newest action wins on every instance, clears
+//!   included, by its stamp (`operator_modes::Stamp`: the time it was taken, never before
+//!   an action known there, then the instance's name), kept with the overrides so a
+//!   restart or a reconnection does not forget a clear; a stamp more than a minute
+//!   ahead of the local clock is refused and counted.
 //! - An adopted move is never repeated to the fleet, so nothing echoes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::breaker::{Mode, Remote, RemoteMove, State};
 use crate::config::ClusterSpec;
 use crate::metrics::ClusterMetrics;
-use crate::operator_modes::{Override, now_unix_ms};
+use crate::operator_modes::{Override, Remote as Applied, Stamp, StateError, now_unix_ms};
 use crate::runtime::RuntimeHandle;
 
 use super::wire::{Body, Message};
+
+/// The reasons of an open that tripped on traffic, the only opens adopted.
+const TRIPS: [&str; 4] = [
+    "consecutive_failures",
+    "failures_in_window",
+    "failure_rate",
+    "slow_call_rate",
+];
 
 pub struct Fleet {
     pub spec: ClusterSpec,
     runtime: Arc<RuntimeHandle>,
     pub metrics: ClusterMetrics,
-    /// Per upstream, the time of the newest operator action known here (set, clear or
-    /// reset, local or remote): an older one arriving later is ignored.
-    newest_action: Mutex<HashMap<String, u64>>,
 }
 
 impl Fleet {
     pub fn new(spec: ClusterSpec, runtime: Arc<RuntimeHandle>, metrics: ClusterMetrics) -> Self {
+        runtime.modes.set_instance(&spec.instance);
         Self {
             spec,
             runtime,
             metrics,
-            newest_action: Mutex::default(),
-        }
-    }
-
-    fn newest(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.newest_action.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Remembers a local operator action's time (it is about to be sent).
-    pub fn noted(&self, message: &Message) {
-        if let Body::Mode {
-            upstream,
-            since_unix_ms,
-            ..
-        }
-        | Body::Reset {
-            upstream,
-            since_unix_ms,
-            ..
-        } = &message.body
-        {
-            let mut newest = self.newest();
-            let entry = newest.entry(upstream.clone()).or_default();
-            *entry = (*entry).max(*since_unix_ms);
         }
     }
 
@@ -72,7 +57,7 @@ impl Fleet {
         match message.body {
             Body::Transition { .. } => self.spec.share_transitions,
             Body::Mode { .. } | Body::Reset { .. } => self.spec.share_modes,
-            Body::SyncRequest => true,
+            Body::SyncRequest | Body::Heartbeat => true,
         }
     }
 
@@ -85,6 +70,7 @@ impl Fleet {
         let upstream = |name: &str| snapshot.upstreams.get(name).cloned();
         match &message.body {
             Body::SyncRequest => return true,
+            Body::Heartbeat => {}
             Body::Transition {
                 upstream: name,
                 to,
@@ -98,12 +84,22 @@ impl Fleet {
                 let now = now_unix_ms();
                 let elapsed = now.saturating_sub(message.at_unix_ms);
                 let remote_move = match to {
+                    State::Open if !TRIPS.contains(&reason.as_str()) => return false,
                     State::Open => {
                         let remaining = open_remaining_ms.unwrap_or(0).saturating_sub(elapsed);
+                        if remaining == 0 {
+                            // Over by the time it arrived (or the clocks disagree by
+                            // more than the period): nothing to adopt.
+                            self.metrics.dropped.inc();
+                            return false;
+                        }
                         RemoteMove::Opened {
                             remaining: Duration::from_millis(remaining),
                         }
                     }
+                    // With gated recovery, ending the open period early would let probes
+                    // past a health check that has not passed.
+                    State::Closed if !u.may_probe() => return false,
                     State::Closed => RemoteMove::Closed,
                     _ => return false,
                 };
@@ -120,61 +116,53 @@ impl Fleet {
                 mode,
                 since_unix_ms,
                 by,
+                origin,
             } => {
                 let Some(u) = upstream(name) else {
                     return false;
                 };
-                if !self.is_newest(name, *since_unix_ms) {
-                    return false;
-                }
                 let value = (*mode != Mode::Automatic).then(|| Override {
                     mode: *mode,
                     since_unix_ms: *since_unix_ms,
                     by: format!("fleet:{} ({by})", message.instance),
                     token: false,
                 });
-                if let Err(e) = self.runtime.fleet_mode(&u, value) {
-                    tracing::error!(target: "gateway::cluster", upstream = %name, error = %e, "cannot keep the fleet's mode override");
-                } else {
-                    tracing::warn!(target: "gateway::cluster", upstream = %name, mode = mode.as_str(), from = %message.instance, "breaker mode set by the fleet");
-                }
+                let stamp = stamp(message, *since_unix_ms, origin);
+                let result = self.runtime.fleet_mode(&u, value, stamp);
+                self.report(name, "mode set", &message.instance, result);
             }
             Body::Reset {
                 upstream: name,
                 since_unix_ms,
+                origin,
                 ..
             } => {
                 let Some(u) = upstream(name) else {
                     return false;
                 };
-                if !self.is_newest(name, *since_unix_ms) {
-                    return false;
-                }
-                if let Err(e) = self.runtime.fleet_reset(&u) {
-                    tracing::error!(target: "gateway::cluster", upstream = %name, error = %e, "cannot apply the fleet's reset");
-                } else {
-                    tracing::warn!(target: "gateway::cluster", upstream = %name, from = %message.instance, "breaker reset by the fleet");
-                }
+                let stamp = stamp(message, *since_unix_ms, origin);
+                let result = self.runtime.fleet_reset(&u, stamp);
+                self.report(name, "reset", &message.instance, result);
             }
         }
         false
     }
 
-    /// Records `since` as the newest action on `upstream` when it is newer than every
-    /// one known (the override in force included).
-    fn is_newest(&self, upstream: &str, since: u64) -> bool {
-        let current = self
-            .runtime
-            .modes
-            .get(upstream)
-            .map_or(0, |o| o.since_unix_ms);
-        let mut newest = self.newest();
-        let known = newest.get(upstream).copied().unwrap_or(0).max(current);
-        if since <= known {
-            return false;
+    /// Logs (and counts) what became of another instance's operator action.
+    fn report(&self, upstream: &str, what: &str, from: &str, result: Result<Applied, StateError>) {
+        match result {
+            Ok(Applied::Applied) => {
+                tracing::warn!(target: "gateway::cluster", upstream, from, "breaker {what} by the fleet");
+            }
+            Ok(Applied::Stale) => {}
+            Ok(Applied::FromTheFuture) => {
+                self.metrics.dropped.inc();
+                tracing::warn!(target: "gateway::cluster", upstream, from, "fleet action stamped more than a minute ahead of this clock: ignored (check NTP)");
+            }
+            Err(e) => {
+                tracing::error!(target: "gateway::cluster", upstream, from, error = %e, "cannot keep the fleet's action");
+            }
         }
-        newest.insert(upstream.to_string(), since);
-        true
     }
 
     /// What this instance holds, for an instance that (re)connected: its own open
@@ -187,7 +175,9 @@ impl Fleet {
         if self.spec.share_transitions {
             for (name, u) in &snapshot.upstreams {
                 let view = u.breaker.snapshot();
-                if view.state != State::Open || view.origin.is_some() {
+                // Only its own opens that tripped on traffic: what a receiver adopts.
+                let tripped = view.entered_by.is_some_and(|r| TRIPS.contains(&r.as_str()));
+                if view.state != State::Open || view.origin.is_some() || !tripped {
                     continue;
                 }
                 messages.push(Message::new(
@@ -197,34 +187,45 @@ impl Fleet {
                         upstream: name.clone(),
                         to: State::Open,
                         open_remaining_ms: view.open_remaining.map(|d| d.as_millis() as u64),
-                        reason: "sync".into(),
+                        reason: view.entered_by.map_or("sync", |r| r.as_str()).into(),
                         window: view.window,
                     },
                 ));
             }
         }
         if self.spec.share_modes {
+            // Every action known here (its own or adopted), with the stamp it carries:
+            // set as the override in force, cleared (or reset) as `automatic`.
             let overrides = self.runtime.modes.all();
-            let newest = self.newest().clone();
-            for name in snapshot.upstreams.keys() {
-                let body = match (overrides.get(name), newest.get(name)) {
-                    (Some(o), _) => Body::Mode {
-                        upstream: name.clone(),
-                        mode: o.mode,
-                        since_unix_ms: o.since_unix_ms,
-                        by: o.by.clone(),
+            for (name, stamp) in self.runtime.modes.actions() {
+                if !snapshot.upstreams.contains_key(&name) {
+                    continue;
+                }
+                let (mode, by) = overrides
+                    .get(&name)
+                    .map_or((Mode::Automatic, String::new()), |o| (o.mode, o.by.clone()));
+                messages.push(Message::new(
+                    instance,
+                    now,
+                    Body::Mode {
+                        upstream: name,
+                        mode,
+                        since_unix_ms: stamp.at_ms,
+                        by,
+                        origin: Some(stamp.instance),
                     },
-                    (None, Some(cleared)) => Body::Mode {
-                        upstream: name.clone(),
-                        mode: Mode::Automatic,
-                        since_unix_ms: *cleared,
-                        by: String::new(),
-                    },
-                    (None, None) => continue,
-                };
-                messages.push(Message::new(instance, now, body));
+                ));
             }
         }
         messages
+    }
+}
+
+/// The stamp of an operator action in `message`: its time and the instance where it was
+/// taken (`origin` when the sender relays another's in a sync).
+fn stamp(message: &Message, since_unix_ms: u64, origin: &Option<String>) -> Stamp {
+    Stamp {
+        at_ms: since_unix_ms,
+        instance: origin.clone().unwrap_or_else(|| message.instance.clone()),
     }
 }

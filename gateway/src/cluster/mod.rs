@@ -30,13 +30,17 @@ use wire::{Body, Message};
 const OUTBOX: usize = 4096;
 /// Connecting, and any one Redis command, give up after this.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often an idle link is checked (PING), so a Redis that hangs is noticed.
+/// How often the link is checked: a heartbeat is published, and its echo must come back
+/// through the subscription within `ECHO_LIMIT`, so a Redis that hangs, or a
+/// subscription a middlebox dropped without a word, is noticed.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+const ECHO_LIMIT: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub struct FleetLink {
     fleet: Fleet,
+    unreadable: crate::throttled_log::ThrottledLog,
     outbox: Mutex<mpsc::Receiver<FleetNote>>,
     channel: String,
 }
@@ -55,6 +59,7 @@ impl FleetLink {
         let channel = format!("edge-gateway:{}:events", spec.name);
         Self {
             fleet: Fleet::new(spec, runtime, metrics),
+            unreadable: Default::default(),
             outbox: Mutex::new(outbox),
             channel,
         }
@@ -131,6 +136,7 @@ impl FleetLink {
         }
         *connected = true;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut last_echo = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 received = messages.next() => {
@@ -147,25 +153,34 @@ impl FleetLink {
                                 }
                             }
                         }
-                        Ok(_) => {}
+                        Ok(message) => {
+                            if message.body == Body::Heartbeat {
+                                last_echo = tokio::time::Instant::now();
+                            }
+                        }
                         Err(e) => {
                             metrics.dropped.inc();
-                            tracing::warn!(target: "gateway::cluster", error = %e, "unreadable fleet message dropped");
+                            // Another publisher (a newer version, a stranger) could send
+                            // thousands a second: at most one line a second.
+                            if let Some(skipped) = self.unreadable.admit() {
+                                tracing::warn!(target: "gateway::cluster", error = %e, skipped, "unreadable fleet message dropped");
+                            }
                         }
                     }
                 }
                 note = outbox.recv() => {
                     let Some(note) = note else { return Ok(()) };
                     let message = Message::from_note(&instance, now_unix_ms(), note);
-                    self.fleet.noted(&message);
                     if self.fleet.shared(&message) {
                         self.publish(&mut publisher, message).await?;
                     }
                 }
                 _ = heartbeat.tick() => {
-                    let pong: redis::RedisResult<String> =
-                        redis::cmd("PING").query_async(&mut publisher).await;
-                    pong.map_err(|e| format!("heartbeat: {e}"))?;
+                    if last_echo.elapsed() > ECHO_LIMIT {
+                        return Err("no echo of this instance's heartbeat: the subscription is dead".into());
+                    }
+                    let beat = Message::new(&instance, now_unix_ms(), Body::Heartbeat);
+                    self.publish(&mut publisher, beat).await?;
                 }
                 _ = shutdown.changed() => return Ok(()),
             }

@@ -40,15 +40,22 @@ pub enum Body {
         mode: Mode,
         since_unix_ms: u64,
         by: String,
+        /// The instance where the action was taken, when the sender relays another's.
+        #[serde(default)]
+        origin: Option<String>,
     },
     /// An operator's reset, newest wins.
     Reset {
         upstream: String,
         since_unix_ms: u64,
         by: String,
+        #[serde(default)]
+        origin: Option<String>,
     },
     /// A (re)connected instance asks every other to send what it holds.
     SyncRequest,
+    /// Sent every second; its echo proves the subscription still delivers.
+    Heartbeat,
 }
 
 impl Message {
@@ -61,8 +68,10 @@ impl Message {
         }
     }
 
-    /// This instance's note, as the fleet reads it; `now` stamps a transition.
+    /// This instance's note, as the fleet reads it: a transition stamped with the time
+    /// it happened, an operator action with `now`.
     pub fn from_note(instance: &str, now_unix_ms: u64, note: FleetNote) -> Self {
+        let mut at = now_unix_ms;
         let body = match note {
             FleetNote::Transition {
                 upstream,
@@ -70,13 +79,17 @@ impl Message {
                 open_remaining,
                 reason,
                 window,
-            } => Body::Transition {
-                upstream,
-                to,
-                open_remaining_ms: open_remaining.map(|d| d.as_millis() as u64),
-                reason: reason.to_string(),
-                window,
-            },
+                at: moved,
+            } => {
+                at = crate::events::unix_ms(moved);
+                Body::Transition {
+                    upstream,
+                    to,
+                    open_remaining_ms: open_remaining.map(|d| d.as_millis() as u64),
+                    reason: reason.to_string(),
+                    window,
+                }
+            }
             FleetNote::Mode {
                 upstream,
                 mode,
@@ -87,6 +100,7 @@ impl Message {
                 mode,
                 since_unix_ms,
                 by,
+                origin: None,
             },
             FleetNote::Reset {
                 upstream,
@@ -96,9 +110,10 @@ impl Message {
                 upstream,
                 since_unix_ms,
                 by,
+                origin: None,
             },
         };
-        Self::new(instance, now_unix_ms, body)
+        Self::new(instance, at, body)
     }
 
     /// Parses a message from the channel: bounded, versioned.

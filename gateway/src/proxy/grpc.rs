@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::HttpTask;
 
 use super::call::Call;
 use crate::grpc::{Code, encode_message, is_grpc_content_type};
@@ -59,18 +60,28 @@ pub struct Answer<'a> {
 }
 
 /// Writes `answer` as a Trailers-Only response: HTTP 200 and one header block that
-/// ends the stream and carries the status, as gRPC servers do for a call that fails
-/// before any message.
+/// ends the stream (END_STREAM on the HEADERS frame: gRPC clients read a status only
+/// from a block that ends the stream) and carries the status, as gRPC servers do for a
+/// call that fails before any message. A pushback of zero would tell clients to retry
+/// at once: it is left out.
 pub async fn write_trailers_only(session: &mut Session, answer: Answer<'_>) -> Result<()> {
-    let mut header = ResponseHeader::build(200, Some(answer.headers.len() + 4))?;
+    let mut header = ResponseHeader::build(200, Some(answer.headers.len() + 5))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
     header.insert_header(STATUS, answer.code.value().to_string())?;
     header.insert_header(MESSAGE, encode_message(answer.message))?;
-    if let Some(pushback) = answer.pushback {
+    if let Some(pushback) = answer.pushback.filter(|p| !p.is_zero()) {
         header.insert_header(PUSHBACK, pushback.as_millis().to_string())?;
     }
     for (name, value) in answer.headers {
         header.insert_header(name, value)?;
     }
-    session.write_response_header(Box::new(header), true).await
+    if !session.is_http2() {
+        // HTTP/1.1 has no END_STREAM: an empty body, framed, keeps the connection.
+        header.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    }
+    // `write_response_header` drops its end-of-stream flag; a task keeps it.
+    session
+        .write_response_tasks(vec![HttpTask::Header(Box::new(header), true)])
+        .await
+        .map(|_| ())
 }

@@ -33,7 +33,9 @@ pub fn at_head(call: &mut Call, session: &Session, route: &String, head: &Respon
         call.inspected = Some((response, head.headers.clone()));
         return;
     }
-    let status = CallResult::Response(response.status);
+    // A Trailers-Only gRPC answer is judged on its status, by `failure_when` too when
+    // the plugin fails.
+    let status = call.result(None);
     let response = Some((response, &head.headers));
     call.judgement = Some(ask(call, session, route, response, None, None, status));
 }

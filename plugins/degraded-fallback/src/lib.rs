@@ -72,21 +72,25 @@ impl Guest for Plugin {
             .is_some_and(|ct| ct.starts_with("application/grpc"));
         if grpc {
             let upstream = request(RequestField::Upstream);
+            let mut trailers = vec![
+                ("grpc-status".into(), "14".into()),
+                (
+                    "grpc-message".into(),
+                    format!("degraded: {upstream} is {}", reason(context.reason)),
+                ),
+            ];
+            // A pushback of 0 would tell the client to retry at once.
+            if context.retry_after_ms > 0 {
+                trailers.push((
+                    "grpc-retry-pushback-ms".into(),
+                    context.retry_after_ms.to_string(),
+                ));
+            }
             return FallbackAction::Respond(SyntheticResponse {
                 status: 200,
                 headers: vec![("content-type".into(), "application/grpc".into())],
                 body: Vec::new(),
-                trailers: vec![
-                    ("grpc-status".into(), "14".into()),
-                    (
-                        "grpc-message".into(),
-                        format!("degraded: {upstream} is {}", reason(context.reason)),
-                    ),
-                    (
-                        "grpc-retry-pushback-ms".into(),
-                        context.retry_after_ms.to_string(),
-                    ),
-                ],
+                trailers,
             });
         }
         SETTINGS.with(|s| {
