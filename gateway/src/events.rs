@@ -19,11 +19,38 @@ use crate::metrics::Metrics;
 /// Transitions kept per upstream for `GET /api/v1/breakers/{upstream}`.
 const HISTORY: usize = 20;
 
+/// The last `HISTORY` events per upstream.
+#[derive(Debug, Default)]
+struct History(Mutex<HashMap<String, VecDeque<Value>>>);
+
+impl History {
+    fn push(&self, upstream: &str, event: Value) {
+        if let Ok(mut history) = self.0.lock() {
+            let list = history.entry(upstream.to_string()).or_default();
+            if list.len() == HISTORY {
+                list.pop_front();
+            }
+            list.push_back(event);
+        }
+    }
+
+    fn of(&self, upstream: &str) -> Vec<Value> {
+        self.0
+            .lock()
+            .map(|h| {
+                h.get(upstream)
+                    .map(|v| v.iter().cloned().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug)]
 pub struct EventHub {
     sender: broadcast::Sender<Arc<Value>>,
-    history: Mutex<HashMap<String, VecDeque<Value>>>,
-    shadow_history: Mutex<HashMap<String, VecDeque<Value>>>,
+    history: History,
+    shadow_history: History,
     /// The config generation in service, stamped on every event.
     generation: AtomicU64,
     pub metrics: Arc<Metrics>,
@@ -84,8 +111,8 @@ impl EventHub {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             sender: broadcast::channel(1024).0,
-            history: Mutex::default(),
-            shadow_history: Mutex::default(),
+            history: History::default(),
+            shadow_history: History::default(),
             generation: AtomicU64::new(1),
             metrics,
             fleet: OnceLock::new(),
@@ -123,14 +150,7 @@ impl EventHub {
 
     /// The most recent transitions of `upstream`, oldest first.
     pub fn history(&self, upstream: &str) -> Vec<Value> {
-        self.history
-            .lock()
-            .map(|h| {
-                h.get(upstream)
-                    .map(|v| v.iter().cloned().collect())
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default()
+        self.history.of(upstream)
     }
 
     pub fn publish(&self, event: Value) {
@@ -273,26 +293,13 @@ impl EventHub {
         );
         event["type"] = json!("shadow_transition");
         event["would"] = json!(would(t.to));
-        if let Ok(mut history) = self.shadow_history.lock() {
-            let list = history.entry(t.breaker.to_string()).or_default();
-            if list.len() == HISTORY {
-                list.pop_front();
-            }
-            list.push_back(event.clone());
-        }
+        self.shadow_history.push(&t.breaker, event.clone());
         self.publish(event);
     }
 
     /// The most recent shadow transitions of `upstream`, oldest first.
     pub fn shadow_history(&self, upstream: &str) -> Vec<Value> {
-        self.shadow_history
-            .lock()
-            .map(|h| {
-                h.get(upstream)
-                    .map(|v| v.iter().cloned().collect())
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default()
+        self.shadow_history.of(upstream)
     }
 
     pub fn transition(&self, t: &Transition, top_failure: Option<(String, u32)>) {
@@ -333,13 +340,7 @@ impl EventHub {
             self.generation.load(Ordering::Relaxed),
             top_failure.as_ref(),
         );
-        if let Ok(mut history) = self.history.lock() {
-            let list = history.entry(t.breaker.to_string()).or_default();
-            if list.len() == HISTORY {
-                list.pop_front();
-            }
-            list.push_back(event.clone());
-        }
+        self.history.push(&t.breaker, event.clone());
         self.publish(event);
     }
 }

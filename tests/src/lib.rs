@@ -376,6 +376,29 @@ impl Gateway {
             .json()
     }
 
+    /// Waits (at most `limit`) until `check` holds for the breaker of `upstream`;
+    /// returns the view it held for. Polls every millisecond: for measuring how soon.
+    pub async fn wait_breaker(
+        &self,
+        upstream: &str,
+        what: &str,
+        limit: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let view = self.breaker(upstream).await;
+            if check(&view) {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{upstream}: never {what}: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Waits (up to 10 s) until `upstream`'s breaker has no open period left, as its admin
     /// API reports it: the next call will be a probe. For tests of what happens after
     /// an open period, without a sleep guessing at its length.

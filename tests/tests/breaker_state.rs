@@ -51,14 +51,6 @@ fn start_refused(body: &str) -> (i32, String) {
     )
 }
 
-async fn breaker(gw: &Gateway, upstream: &str) -> Value {
-    let r = gw
-        .admin("GET", &format!("/api/v1/breakers/{upstream}"), &[], b"")
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
 async fn reload(gw: &Gateway, body: &str) -> Value {
     std::fs::write(&gw.config_path, gw.config_with(body)).expect("write config");
     let r = gw.admin("POST", "/admin/reload", &[], b"").await;
@@ -101,7 +93,7 @@ async fn an_open_breaker_and_its_endpoints_survive_a_reload_that_changes_the_ups
     // One call rejected while open: the count is the breaker's own, a new breaker
     // would start at zero.
     assert_eq!(gw.get("/").await.status, 503);
-    let before = breaker(&gw, "api").await;
+    let before = gw.breaker("api").await;
     assert_eq!(before["state"], "open", "{before}");
     assert_eq!(before["rejections"], 1, "{before}");
     let health = gw.admin("GET", "/health/upstreams", &[], b"").await.json();
@@ -128,7 +120,7 @@ async fn an_open_breaker_and_its_endpoints_survive_a_reload_that_changes_the_ups
         serde_json::json!([{ "upstream": "api", "part": format!("endpoint {c_addr}"), "why": "new endpoint" }]),
         "only the new endpoint starts fresh: {reply}"
     );
-    let after = breaker(&gw, "api").await;
+    let after = gw.breaker("api").await;
     assert_eq!(after["state"], "open", "kept open: {after}");
     assert_eq!(after["thresholds"]["consecutive_failures"], 7, "{after}");
     assert!(
@@ -190,7 +182,7 @@ async fn an_open_breaker_and_its_endpoints_survive_a_reload_that_changes_the_ups
     for _ in 0..4 {
         gw.get("/").await;
     }
-    assert_eq!(breaker(&gw, "api").await["window"]["calls"], 4);
+    assert_eq!(gw.breaker("api").await["window"]["calls"], 4);
     let reshaped = upstream_body(&[kept, c_addr, removed], "2s", 7)
         .replace("size: 20", "size: 2")
         .replace(
@@ -207,7 +199,7 @@ async fn an_open_breaker_and_its_endpoints_survive_a_reload_that_changes_the_ups
             && why.contains("2 calls re-bucketed, 2 dropped"),
         "{reply}"
     );
-    assert_eq!(breaker(&gw, "api").await["window"]["calls"], 2);
+    assert_eq!(gw.breaker("api").await["window"]["calls"], 2);
 }
 
 #[tokio::test]
@@ -273,12 +265,12 @@ async fn the_file_sets_a_mode_and_an_override_outlives_a_restart_until_cleared()
 
     // The file's mode.
     let gw = Gateway::start(&modes_body(&state, "forced_open")).await;
-    let view = breaker(&gw, "api").await;
+    let view = gw.breaker("api").await;
     assert_eq!(view["state"], "forced_open", "{view}");
     assert_eq!(view["mode_source"]["from"], "file");
     assert_eq!(gw.get("/").await.status, 503);
     reload(&gw, &modes_body(&state, "automatic")).await;
-    assert_eq!(breaker(&gw, "api").await["state"], "closed");
+    assert_eq!(gw.breaker("api").await["state"], "closed");
 
     // An override: kept in the state directory, says who and when.
     let r = gw
@@ -306,12 +298,12 @@ async fn the_file_sets_a_mode_and_an_override_outlives_a_restart_until_cleared()
     );
     // A reload that sets another file mode does not undo it.
     reload(&gw, &modes_body(&state, "forced_open")).await;
-    assert_eq!(breaker(&gw, "api").await["state"], "disabled");
+    assert_eq!(gw.breaker("api").await["state"], "disabled");
     drop(gw);
 
     // Restart: the override is back; clearing it returns to the file's mode.
     let gw = Gateway::start(&modes_body(&state, "automatic")).await;
-    let view = breaker(&gw, "api").await;
+    let view = gw.breaker("api").await;
     assert_eq!(view["state"], "disabled", "{view}");
     assert_eq!(view["mode_source"]["from"], "override");
     let r = gw
@@ -326,7 +318,7 @@ async fn the_file_sets_a_mode_and_an_override_outlives_a_restart_until_cleared()
     assert_eq!(r.json()["state"], "closed");
     drop(gw);
     let gw = Gateway::start(&modes_body(&state, "automatic")).await;
-    assert_eq!(breaker(&gw, "api").await["mode_source"]["from"], "file");
+    assert_eq!(gw.breaker("api").await["mode_source"]["from"], "file");
 
     // A state file that is not ours stops the start with an error naming it.
     drop(gw);
@@ -362,7 +354,7 @@ async fn an_upgrade_hands_over_open_breakers_overrides_and_the_old_process_outco
     for _ in 0..2 {
         assert_eq!(gw.get("/").await.status, 502);
     }
-    assert_eq!(breaker(&gw, "api").await["state"], "open");
+    assert_eq!(gw.breaker("api").await["state"], "open");
     let r = gw
         .admin(
             "PUT",
@@ -396,7 +388,7 @@ async fn an_upgrade_hands_over_open_breakers_overrides_and_the_old_process_outco
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let old_remaining = remaining_ms(&breaker(&gw, "api").await);
+    let old_remaining = remaining_ms(&gw.breaker("api").await);
     let asked = Instant::now();
     gw.signal("QUIT");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -416,7 +408,7 @@ async fn an_upgrade_hands_over_open_breakers_overrides_and_the_old_process_outco
     assert!(old_exit.is_some_and(|s| s.success()), "{old_exit:?}");
 
     // Open with the time that was left (same clock on both sides; within 1 s).
-    let view = breaker(&gw, "api").await;
+    let view = gw.breaker("api").await;
     let expected = old_remaining.saturating_sub(asked.elapsed().as_millis() as u64);
     let new_remaining = remaining_ms(&view);
     assert!(
@@ -424,12 +416,12 @@ async fn an_upgrade_hands_over_open_breakers_overrides_and_the_old_process_outco
         "remaining {new_remaining} ms, expected about {expected} ms: {view}"
     );
     // The override came along.
-    let ops = breaker(&gw, "ops").await;
+    let ops = gw.breaker("ops").await;
     assert_eq!(ops["state"], "forced_open", "{ops}");
     assert_eq!(ops["mode_source"]["from"], "override");
     // The old process's last outcome was forwarded and tripped the new one's breaker
     // (which never sent that upstream a request).
-    let slow = breaker(&gw, "slow").await;
+    let slow = gw.breaker("slow").await;
     assert_eq!(slow["state"], "open", "{slow}");
     assert_eq!(slow_origin.stats().requests(), 1);
     let upgrade_log =
@@ -493,7 +485,7 @@ async fn a_shadow_policy_says_what_it_would_do_and_does_nothing() {
         !received.contains("breaker_transition"),
         "the live breaker moved: {received}"
     );
-    let view = breaker(&gw, "api").await;
+    let view = gw.breaker("api").await;
     assert_eq!(view["state"], "closed", "{view}");
     assert_eq!(view["shadow"]["state"], "open", "{view}");
     assert_eq!(view["shadow"]["thresholds"]["consecutive_failures"], 3);
@@ -514,7 +506,7 @@ async fn a_shadow_policy_says_what_it_would_do_and_does_nothing() {
     gw.wait_for_log(&["shadow breaker would open", "api"]).await;
     // The shadow counts what it would have rejected.
     assert_eq!(gw.get("/").await.status, 503);
-    let view = breaker(&gw, "api").await;
+    let view = gw.breaker("api").await;
     assert!(
         view["shadow"]["rejections"]
             .as_u64()

@@ -6,8 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use gateway_tests::redis::RedisServer;
 use gateway_tests::{Gateway, Scripted, echo, start_origin};
 
@@ -42,25 +40,6 @@ async fn until_connected(gw: &Gateway, cluster: &str, value: f64) {
     }
 }
 
-async fn breaker(gw: &Gateway) -> Value {
-    gw.admin("GET", "/api/v1/breakers/api", &[], b"")
-        .await
-        .json()
-}
-
-/// Waits (at most `limit`) until `check` holds for the breaker; returns the view.
-async fn until(gw: &Gateway, what: &str, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let view = breaker(gw).await;
-        if check(&view) {
-            return view;
-        }
-        assert!(Instant::now() < deadline, "never {what}: {view}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
@@ -79,10 +58,11 @@ async fn a_trip_on_one_instance_opens_the_others_within_a_bounded_time() {
         assert_eq!(a.get("/").await.status, 500, "round {round}");
         let tripped = Instant::now();
         for other in [b, c] {
-            let view = until(other, "adopted A's open", Duration::from_secs(5), |v| {
-                v["state"] == "open"
-            })
-            .await;
+            let view = other
+                .wait_breaker("api", "adopted A's open", Duration::from_secs(5), |v| {
+                    v["state"] == "open"
+                })
+                .await;
             if round == 0 {
                 assert_eq!(view["origin"], "a", "{view}");
                 let t = view["transitions"]
@@ -108,10 +88,11 @@ async fn a_trip_on_one_instance_opens_the_others_within_a_bounded_time() {
             .await;
         assert_eq!(r.status, 200);
         for other in [b, c] {
-            until(other, "reset by the fleet", Duration::from_secs(5), |v| {
-                v["state"] == "closed"
-            })
-            .await;
+            other
+                .wait_breaker("api", "reset by the fleet", Duration::from_secs(5), |v| {
+                    v["state"] == "closed"
+                })
+                .await;
         }
     }
     convergence.sort();
@@ -147,13 +128,14 @@ async fn an_operator_action_on_one_instance_reaches_every_other() {
         .await;
     assert_eq!(r.status, 200);
     for other in [a, c] {
-        let view = until(
-            other,
-            "forced open by B's operator",
-            Duration::from_secs(5),
-            |v| v["state"] == "forced_open",
-        )
-        .await;
+        let view = other
+            .wait_breaker(
+                "api",
+                "forced open by B's operator",
+                Duration::from_secs(5),
+                |v| v["state"] == "forced_open",
+            )
+            .await;
         assert_eq!(view["mode_source"]["from"], "override", "{view}");
         assert!(
             view["mode_source"]["by"]
@@ -173,10 +155,11 @@ async fn an_operator_action_on_one_instance_reaches_every_other() {
         .await;
     assert_eq!(r.status, 200);
     for other in [a, c] {
-        until(other, "back to automatic", Duration::from_secs(5), |v| {
-            v["state"] == "closed" && v["mode_source"]["from"] == "file"
-        })
-        .await;
+        other
+            .wait_breaker("api", "back to automatic", Duration::from_secs(5), |v| {
+                v["state"] == "closed" && v["mode_source"]["from"] == "file"
+            })
+            .await;
         assert_eq!(other.get("/").await.status, 200);
     }
 }
@@ -194,7 +177,7 @@ async fn with_redis_gone_each_instance_stands_alone_and_resynchronises_when_it_i
     }
     // Alone: A's breaker still trips and recovers on its own; B and C are untouched.
     assert_eq!(a.get("/").await.status, 500);
-    assert_eq!(breaker(a).await["state"], "open");
+    assert_eq!(a.breaker("api").await["state"], "open");
     assert_eq!(a.get("/").await.status, 503);
     assert_eq!(
         a.admin("POST", "/api/v1/breakers/api/reset", &[], b"")
@@ -202,22 +185,23 @@ async fn with_redis_gone_each_instance_stands_alone_and_resynchronises_when_it_i
             .status,
         200
     );
-    assert_eq!(breaker(a).await["state"], "closed");
-    assert_eq!(breaker(b).await["state"], "closed");
-    assert_eq!(breaker(c).await["state"], "closed");
+    assert_eq!(a.breaker("api").await["state"], "closed");
+    assert_eq!(b.breaker("api").await["state"], "closed");
+    assert_eq!(c.breaker("api").await["state"], "closed");
     // A trips again while the fleet cannot hear it...
     assert_eq!(a.get("/").await.status, 500);
-    assert_eq!(breaker(a).await["state"], "open");
+    assert_eq!(a.breaker("api").await["state"], "open");
     // ...and the others learn it once Redis is back (A answers their sync request).
     redis.restart().await;
     for gw in &gws {
         until_connected(gw, &cluster, 1.0).await;
     }
     for other in [b, c] {
-        let view = until(other, "resynchronised", Duration::from_secs(10), |v| {
-            v["state"] == "open"
-        })
-        .await;
+        let view = other
+            .wait_breaker("api", "resynchronised", Duration::from_secs(10), |v| {
+                v["state"] == "open"
+            })
+            .await;
         assert_eq!(view["origin"], "a", "{view}");
     }
 }
@@ -272,10 +256,11 @@ async fn a_clear_made_while_redis_was_down_wins_when_the_fleet_meets_again() {
         .await;
     assert_eq!(r.status, 200);
     for other in [a, c] {
-        until(other, "forced open by B", Duration::from_secs(5), |v| {
-            v["state"] == "forced_open"
-        })
-        .await;
+        other
+            .wait_breaker("api", "forced open by B", Duration::from_secs(5), |v| {
+                v["state"] == "forced_open"
+            })
+            .await;
     }
     redis.stop();
     for gw in &gws {
@@ -291,7 +276,7 @@ async fn a_clear_made_while_redis_was_down_wins_when_the_fleet_meets_again() {
         )
         .await;
     assert_eq!(r.status, 200);
-    assert_eq!(breaker(b).await["state"], "forced_open");
+    assert_eq!(b.breaker("api").await["state"], "forced_open");
     redis.restart().await;
     for gw in &gws {
         until_connected(gw, &cluster, 1.0).await;
@@ -299,8 +284,8 @@ async fn a_clear_made_while_redis_was_down_wins_when_the_fleet_meets_again() {
     // The clear is the newest action: it wins everywhere, and B's older forced-open,
     // sent in B's own sync, does not come back to A.
     for gw in [a, b, c] {
-        until(
-            gw,
+        gw.wait_breaker(
+            "api",
             "cleared by A's newer action",
             Duration::from_secs(10),
             |v| v["state"] == "closed" && v["mode_source"]["from"] == "file",

@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 
-use serde_json::Value;
 use tokio_stream::Stream;
 use tonic::transport::{Channel, ClientTlsConfig, Server};
 use tonic::{Code, Request, Response, Status};
@@ -97,12 +96,6 @@ async fn check(client: &mut HealthClient<Channel>, service: &str) -> Result<(), 
         .map(|_| ())
 }
 
-async fn breaker(gw: &Gateway) -> Value {
-    gw.admin("GET", "/api/v1/breakers/api", &[], b"")
-        .await
-        .json()
-}
-
 #[tokio::test]
 async fn unavailable_opens_the_breaker_and_the_client_gets_a_grpc_answer() {
     let origin = start_grpc_origin().await;
@@ -120,7 +113,7 @@ async fn unavailable_opens_the_breaker_and_the_client_gets_a_grpc_answer() {
             .expect_err("not found");
         assert_eq!(e.code(), Code::NotFound);
     }
-    let view = breaker(&gw).await;
+    let view = gw.breaker("api").await;
     assert_eq!(view["state"], "closed", "{view}");
     assert_eq!(
         view["window"]["calls"], 8,
@@ -146,7 +139,7 @@ async fn unavailable_opens_the_breaker_and_the_client_gets_a_grpc_answer() {
             "the origin's own answer"
         );
     }
-    let view = breaker(&gw).await;
+    let view = gw.breaker("api").await;
     assert_eq!(view["state"], "open", "{view}");
     let t = view["transitions"]
         .as_array()
@@ -203,7 +196,7 @@ async fn a_streaming_call_that_ends_in_an_error_counts_once() {
         }
     };
     assert_eq!((messages, status.code()), (2, Code::Unavailable));
-    let view = breaker(&gw).await;
+    let view = gw.breaker("api").await;
     assert_eq!(view["window"]["calls"], 1, "one call, counted once: {view}");
     assert_eq!(view["window"]["failures"], 1, "{view}");
     assert_eq!(view["state"], "closed", "two failures needed: {view}");
@@ -273,7 +266,7 @@ async fn over_tls_with_alpn_h2_the_same_holds() {
         .await
         .expect_err("unavailable");
     assert_eq!(e.code(), Code::Unavailable);
-    assert_eq!(breaker(&gw).await["state"], "open");
+    assert_eq!(gw.breaker("api").await["state"], "open");
     let e = check(&mut client, "ok").await.expect_err("open");
     assert_eq!(e.code(), Code::Unavailable);
     assert!(
@@ -318,7 +311,7 @@ async fn a_predicate_reads_the_trailers_and_a_fallback_plugin_answers_with_them(
         .expect("watch starts")
         .into_inner();
     while let Ok(Some(_)) = stream.message().await {}
-    let view = breaker(&gw).await;
+    let view = gw.breaker("api").await;
     assert_eq!(
         view["state"], "open",
         "the predicate judged the trailer: {view}"
