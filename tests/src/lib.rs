@@ -369,6 +369,18 @@ impl Gateway {
         last.unwrap_or_default()
     }
 
+    /// An operator's `PUT /api/v1/breakers/{upstream}/state` with `{"state": mode}`.
+    pub async fn set_mode(&self, upstream: &str, mode: &str) -> http::Response {
+        let body = format!("{{\"state\":\"{mode}\"}}");
+        self.admin(
+            "PUT",
+            &format!("/api/v1/breakers/{upstream}/state"),
+            &[],
+            body.as_bytes(),
+        )
+        .await
+    }
+
     /// The breaker of `upstream` as the admin API shows it.
     pub async fn breaker(&self, upstream: &str) -> serde_json::Value {
         self.admin("GET", &format!("/api/v1/breakers/{upstream}"), &[], b"")

@@ -273,14 +273,7 @@ async fn the_file_sets_a_mode_and_an_override_outlives_a_restart_until_cleared()
     assert_eq!(gw.breaker("api").await["state"], "closed");
 
     // An override: kept in the state directory, says who and when.
-    let r = gw
-        .admin(
-            "PUT",
-            "/api/v1/breakers/api/state",
-            &[],
-            br#"{"state":"disabled"}"#,
-        )
-        .await;
+    let r = gw.set_mode("api", "disabled").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let source = &r.json()["mode_source"];
     assert_eq!(source["from"], "override", "{source}");
@@ -306,14 +299,7 @@ async fn the_file_sets_a_mode_and_an_override_outlives_a_restart_until_cleared()
     let view = gw.breaker("api").await;
     assert_eq!(view["state"], "disabled", "{view}");
     assert_eq!(view["mode_source"]["from"], "override");
-    let r = gw
-        .admin(
-            "PUT",
-            "/api/v1/breakers/api/state",
-            &[],
-            br#"{"state":"automatic"}"#,
-        )
-        .await;
+    let r = gw.set_mode("api", "automatic").await;
     assert_eq!(r.json()["mode_source"]["from"], "file");
     assert_eq!(r.json()["state"], "closed");
     drop(gw);
@@ -355,14 +341,7 @@ async fn an_upgrade_hands_over_open_breakers_overrides_and_the_old_process_outco
         assert_eq!(gw.get("/").await.status, 502);
     }
     assert_eq!(gw.breaker("api").await["state"], "open");
-    let r = gw
-        .admin(
-            "PUT",
-            "/api/v1/breakers/ops/state",
-            &[],
-            br#"{"state":"forced_open"}"#,
-        )
-        .await;
+    let r = gw.set_mode("ops", "forced_open").await;
     assert_eq!(r.status, 200);
     // A request the old process will finish after the handover: it fails.
     let listen = gw.listen;

@@ -118,14 +118,7 @@ async fn an_operator_action_on_one_instance_reaches_every_other() {
     let origin = start_origin(echo("svc")).await;
     let (_cluster, gws) = fleet(&redis, origin.addr()).await;
     let (a, b, c) = (&gws[0], &gws[1], &gws[2]);
-    let r = b
-        .admin(
-            "PUT",
-            "/api/v1/breakers/api/state",
-            &[],
-            br#"{"state":"forced_open"}"#,
-        )
-        .await;
+    let r = b.set_mode("api", "forced_open").await;
     assert_eq!(r.status, 200);
     for other in [a, c] {
         let view = other
@@ -145,14 +138,7 @@ async fn an_operator_action_on_one_instance_reaches_every_other() {
         );
         assert_eq!(other.get("/").await.status, 503);
     }
-    let r = b
-        .admin(
-            "PUT",
-            "/api/v1/breakers/api/state",
-            &[],
-            br#"{"state":"automatic"}"#,
-        )
-        .await;
+    let r = b.set_mode("api", "automatic").await;
     assert_eq!(r.status, 200);
     for other in [a, c] {
         other
@@ -228,14 +214,7 @@ async fn an_unreachable_redis_at_start_is_reported_and_traffic_flows() {
     let health = gw.admin("GET", "/health/upstreams", &[], b"").await.json();
     assert_eq!(health[0]["fleet"], "alone", "{health}");
     // Its breaker works as a lone gateway's does.
-    let r = gw
-        .admin(
-            "PUT",
-            "/api/v1/breakers/api/state",
-            &[],
-            br#"{"state":"forced_open"}"#,
-        )
-        .await;
+    let r = gw.set_mode("api", "forced_open").await;
     assert_eq!(r.status, 200);
     assert_eq!(gw.get("/").await.status, 503);
 }
@@ -246,14 +225,7 @@ async fn a_clear_made_while_redis_was_down_wins_when_the_fleet_meets_again() {
     let origin = start_origin(echo("svc")).await;
     let (cluster, gws) = fleet(&redis, origin.addr()).await;
     let (a, b, c) = (&gws[0], &gws[1], &gws[2]);
-    let r = b
-        .admin(
-            "PUT",
-            "/api/v1/breakers/api/state",
-            &[],
-            br#"{"state":"forced_open"}"#,
-        )
-        .await;
+    let r = b.set_mode("api", "forced_open").await;
     assert_eq!(r.status, 200);
     for other in [a, c] {
         other
@@ -267,14 +239,7 @@ async fn a_clear_made_while_redis_was_down_wins_when_the_fleet_meets_again() {
         until_connected(gw, &cluster, 0.0).await;
     }
     // Alone, A's operator clears it: only A knows.
-    let r = a
-        .admin(
-            "PUT",
-            "/api/v1/breakers/api/state",
-            &[],
-            br#"{"state":"automatic"}"#,
-        )
-        .await;
+    let r = a.set_mode("api", "automatic").await;
     assert_eq!(r.status, 200);
     assert_eq!(b.breaker("api").await["state"], "forced_open");
     redis.restart().await;

@@ -87,14 +87,7 @@ async fn events_arrive_over_websocket_and_the_protocol_is_kept() {
             .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
         "the RFC's accept key: {head}"
     );
-    let r = gw
-        .admin(
-            "PUT",
-            "/api/v1/breakers/api/state",
-            &[],
-            br#"{"state":"forced_open"}"#,
-        )
-        .await;
+    let r = gw.set_mode("api", "forced_open").await;
     assert_eq!(r.status, 200);
     let (opcode, payload) = frame(&mut ws).await;
     assert_eq!(opcode, 1, "a text frame");
@@ -178,9 +171,7 @@ async fn a_foreign_page_a_bad_handshake_and_too_many_subscribers_are_refused() {
     let mut mode = "forced_open";
     while gw.metric("gateway_admin_event_subscribers").await > 0.0 {
         assert!(Instant::now() < deadline, "places never given back");
-        let body = format!("{{\"state\":\"{mode}\"}}");
-        gw.admin("PUT", "/api/v1/breakers/api/state", &[], body.as_bytes())
-            .await;
+        gw.set_mode("api", mode).await;
         mode = if mode == "forced_open" {
             "automatic"
         } else {
@@ -210,10 +201,7 @@ async fn a_subscriber_that_does_not_read_is_dropped_and_the_gateway_goes_on() {
             "never dropped after {toggles} events"
         );
         for state in ["forced_open", "automatic"] {
-            let body = format!("{{\"state\":\"{state}\"}}");
-            let r = gw
-                .admin("PUT", "/api/v1/breakers/api/state", &[], body.as_bytes())
-                .await;
+            let r = gw.set_mode("api", state).await;
             assert_eq!(r.status, 200, "the admin API never stalls");
         }
         toggles += 2;
