@@ -92,7 +92,7 @@ pub fn shadow_policy(
         if set {
             problems.push(
                 path.key(key),
-                "a shadow policy judges the live breaker's outcomes and acts on nothing: only thresholds (window, minimum_requests, failure_rate, consecutive_failures, slow_call, open_duration, backoff, half_open) belong here",
+                "a shadow policy judges the live breaker's outcomes and acts on nothing: only thresholds (window, minimum_requests, failure_rate, consecutive_failures, failures_in_window, slow_call, open_duration, backoff, half_open) belong here",
             );
         }
     }
