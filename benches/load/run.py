@@ -360,7 +360,7 @@ admin: {{ address: "127.0.0.1:{admin}" }}
     return path
 
 
-def start_proxy(kind, servers, gateway_extra="", tls=False):
+def start_proxy(kind, servers, gateway_extra="", tls=False, gateway_top=""):
     if kind == "nginx":
         conf = nginx_conf("nginx", P["nginx"], nginx_upstream_block(servers), tls)
         cmd = ["nginx", "-c", conf]
@@ -369,7 +369,7 @@ def start_proxy(kind, servers, gateway_extra="", tls=False):
     elif kind == "pingora":
         cmd = [PLAIN, f"127.0.0.1:{P['pingora']}", f"127.0.0.1:{servers[0]}"]
     else:
-        cmd = [GATEWAY, "run", "--config", gateway_conf(servers, gateway_extra, tls=tls)]
+        cmd = [GATEWAY, "run", "--config", gateway_conf(servers, gateway_extra, tls=tls, top=gateway_top)]
         kind = "gateway"
     return launch(pinned(1, cmd), kind, P[kind])
 
@@ -497,7 +497,8 @@ def measure(proxy_kind, variant, tls=False):
     """Starts one proxy in front of the upstream (a gateway with `variant`'s settings),
     drives it with wrk and stops it: wrk's figures plus CPU seconds per 100k requests
     and peak RSS."""
-    proxy = start_proxy(proxy_kind, [P["upstream"]], GATEWAY_VARIANTS.get(variant, ""), tls)
+    proxy = start_proxy(proxy_kind, [P["upstream"]], GATEWAY_VARIANTS.get(variant, ""), tls,
+                        gateway_top=TOP_LEVEL_VARIANTS.get(variant, ""))
     if variant == "gw+fallback":
         force_open()
     port = P.get(proxy_kind, P["gateway"])
@@ -610,6 +611,7 @@ def steady(run_once):
 
 def throughput():
     upstream = start_upstream()
+    start_redis()  # for the gw+cluster row: a fleet link that is really connected
     # "pingora": the smallest Pingora proxy, to separate Pingora's cost from the gateway's.
     # "+tls": the same proxy terminating TLS (TLS 1.3, ECDSA P-256; 32 keep-alive
     # connections, so this is record encryption, not handshakes).
