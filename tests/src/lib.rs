@@ -682,3 +682,47 @@ pub fn check_config_file(path: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A subscriber of the admin's Server-Sent Events (`GET /api/v1/events`), reading as a
+/// client would: everything received so far is kept, to wait on and to search.
+pub struct EventStream {
+    stream: tokio::net::TcpStream,
+    pub received: String,
+}
+
+impl EventStream {
+    /// Subscribes and waits for the stream's opening `: connected`.
+    pub async fn open(gw: &Gateway) -> EventStream {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(gw.admin)
+            .await
+            .expect("connect to the admin");
+        stream
+            .write_all(
+                format!("GET /api/v1/events HTTP/1.1\r\nhost: {}\r\n\r\n", gw.admin).as_bytes(),
+            )
+            .await
+            .expect("subscribe");
+        let mut events = EventStream {
+            stream,
+            received: String::new(),
+        };
+        events.read_until(": connected").await;
+        events
+    }
+
+    /// Reads (each read within 10 s) until `needle` has been received.
+    pub async fn read_until(&mut self, needle: &str) {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = [0u8; 4096];
+        while !self.received.contains(needle) {
+            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buffer))
+                .await
+                .unwrap_or_else(|_| panic!("no `{needle}` within 10 s; got:\n{}", self.received))
+                .expect("read");
+            assert!(n > 0, "stream closed; got:\n{}", self.received);
+            self.received
+                .push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    }
+}

@@ -3,12 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use std::time::Duration;
 
 use gateway_tests::{
     Gateway, Options, Scripted, echo, one_upstream, plugin_entry, sample, start_origin,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Runs promtool with `args` (and `input` on stdin) and requires success.
 fn promtool(args: &[&str], input: &str) {
@@ -139,28 +137,13 @@ async fn metrics_follow_a_breaker_open_and_closed_again() {
 async fn the_event_stream_delivers_a_transition_as_it_happens() {
     let origin = start_origin(echo("svc")).await;
     let gw = Gateway::start(&one_upstream(&[origin.addr()], "")).await;
-    let mut stream = tokio::net::TcpStream::connect(gw.admin)
-        .await
-        .expect("connect");
-    stream
-        .write_all(format!("GET /api/v1/events HTTP/1.1\r\nhost: {}\r\n\r\n", gw.admin).as_bytes())
-        .await
-        .expect("request");
-    let mut received = String::new();
-    let mut read_until = async |needle: &str, received: &mut String| {
-        let mut buffer = [0u8; 4096];
-        while !received.contains(needle) {
-            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
-                .await
-                .expect("stream delivers in time")
-                .expect("read");
-            assert!(n > 0, "stream closed; got:\n{received}");
-            received.push_str(&String::from_utf8_lossy(&buffer[..n]));
-        }
-    };
-    read_until(": connected", &mut received).await;
-    assert!(received.starts_with("HTTP/1.1 200"), "{received}");
-    assert!(received.contains("text/event-stream"));
+    let mut events = gateway_tests::EventStream::open(&gw).await;
+    assert!(
+        events.received.starts_with("HTTP/1.1 200"),
+        "{}",
+        events.received
+    );
+    assert!(events.received.contains("text/event-stream"));
 
     let forced = gw
         .admin(
@@ -171,8 +154,9 @@ async fn the_event_stream_delivers_a_transition_as_it_happens() {
         )
         .await;
     assert_eq!(forced.status, 200);
-    read_until("\"reason\":\"operator\"", &mut received).await;
-    let data = received
+    events.read_until("\"reason\":\"operator\"").await;
+    let data = events
+        .received
         .lines()
         .find(|l| l.starts_with("data: ") && l.contains("breaker_transition"))
         .expect("a data line");

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use gateway_tests::{Gateway, Scripted, echo, http, start_origin};
 
@@ -428,23 +427,7 @@ async fn a_shadow_policy_says_what_it_would_do_and_does_nothing() {
         origin.addr()
     ))
     .await;
-    let mut stream = tokio::net::TcpStream::connect(gw.admin)
-        .await
-        .expect("connect");
-    stream
-        .write_all(format!("GET /api/v1/events HTTP/1.1\r\nhost: {}\r\n\r\n", gw.admin).as_bytes())
-        .await
-        .expect("subscribe");
-    let mut received = String::new();
-    let mut buffer = [0u8; 4096];
-    while !received.contains(": connected") {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
-            .await
-            .expect("stream in time")
-            .expect("read");
-        assert!(n > 0, "{received}");
-        received.push_str(&String::from_utf8_lossy(&buffer[..n]));
-    }
+    let mut events = gateway_tests::EventStream::open(&gw).await;
     for _ in 0..5 {
         assert_eq!(
             gw.get("/").await.status,
@@ -452,17 +435,11 @@ async fn a_shadow_policy_says_what_it_would_do_and_does_nothing() {
             "the live breaker lets every call through"
         );
     }
-    while !received.contains("shadow_transition") {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
-            .await
-            .expect("event in time")
-            .expect("read");
-        assert!(n > 0, "{received}");
-        received.push_str(&String::from_utf8_lossy(&buffer[..n]));
-    }
+    events.read_until("shadow_transition").await;
     assert!(
-        !received.contains("breaker_transition"),
-        "the live breaker moved: {received}"
+        !events.received.contains("breaker_transition"),
+        "the live breaker moved: {}",
+        events.received
     );
     let view = gw.breaker("api").await;
     assert_eq!(view["state"], "closed", "{view}");
