@@ -57,3 +57,30 @@ pub fn record(entry: &Entry<'_>) {
         "admin state change"
     );
 }
+
+/// A section of the config file changed through the settings API: who, what, old and
+/// new value, and the file's hash before and after.
+pub struct SettingsChange<'a> {
+    pub peer: &'a str,
+    pub token: Token,
+    pub upstream: &'a str,
+    pub section: &'a str,
+    pub old: &'a Value,
+    pub new: &'a Value,
+    pub old_hash: &'a str,
+    pub new_hash: &'a str,
+}
+
+pub fn settings_change(change: &SettingsChange<'_>) {
+    tracing::info!(
+        target: "gateway::audit",
+        peer = %change.peer,
+        token = %change.token.as_str(),
+        upstream = %change.upstream,
+        section = %change.section,
+        old = %change.old,
+        new = %change.new,
+        file_hash = %format!("{} -> {}", change.old_hash, change.new_hash),
+        "config section changed through the admin API and written to the file"
+    );
+}

@@ -19,6 +19,8 @@
 //! | GET | /api/v1/breakers/{upstream} | one breaker, with recent transitions |
 //! | PUT | /api/v1/breakers/{upstream}/state | force open, disable, metrics-only, automatic |
 //! | POST | /api/v1/breakers/{upstream}/reset | back to closed, window cleared |
+//! | GET | /api/v1/upstreams/{upstream}/{section} | breaker, retries, outlier_detection or max_concurrent_requests as the file has it |
+//! | PUT | /api/v1/upstreams/{upstream}/{section} | change it: validated, applied, written back to the file |
 //! | GET | /api/v1/events | Server-Sent Events: transitions, ejections, health |
 //! | GET | /api/v1/events/ws | the same events over WebSocket |
 
@@ -27,6 +29,7 @@ mod audit;
 mod auth;
 mod host;
 mod refusal;
+mod settings;
 mod state_change;
 mod stream;
 mod websocket;
@@ -320,6 +323,31 @@ impl AdminApp {
                 },
                 None => not_found(name),
             },
+            ("GET", ["api", "v1", "upstreams", name, section]) => {
+                settings::read(&runtime, name, section)
+            }
+            ("PUT", ["api", "v1", "upstreams", name, section]) => {
+                let Some(reloader) = &self.reloader else {
+                    return Reply::Json(
+                        409,
+                        json!({ "code": "NO_CONFIG_FILE", "message": "this gateway runs an embedded config; there is no file to write settings to" }),
+                    );
+                };
+                let if_match = session
+                    .req_header()
+                    .headers
+                    .get(http::header::IF_MATCH)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let Some(body) = read_body(session).await else {
+                    return Reply::Json(413, json!({ "code": "BODY_TOO_LARGE" }));
+                };
+                let caller = settings::Caller {
+                    peer: &peer.address,
+                    token,
+                };
+                settings::write(reloader, name, section, &body, if_match.as_deref(), &caller)
+            }
             ("GET", ["api", "v1", "events"]) => match self.subscribers.join() {
                 Some(subscription) => Reply::Stream(subscription),
                 None => too_many_subscribers(),

@@ -6,6 +6,7 @@
 //! serde_yaml is called from this module only, so a fork can replace it in one place.
 
 mod cluster;
+pub mod edit;
 mod error;
 mod listener;
 mod model;
@@ -305,6 +306,7 @@ fn check(
     Some(Config {
         source: source.to_path_buf(),
         hash: content_hash(text, &plugins, &listeners, &upstreams),
+        text: std::sync::Arc::from(text),
         server,
         listeners,
         admin,
@@ -323,6 +325,13 @@ pub(crate) fn resolve_relative(source: &Path, path: &str) -> PathBuf {
         Some(dir) if path.is_relative() && source.is_file() => dir.join(path),
         _ => path.to_path_buf(),
     }
+}
+
+/// First 12 hex digits of the SHA-256 of the file's text alone: what the settings API
+/// names a version of the file by (`If-Match`, the 409 on a concurrent edit).
+pub fn text_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 /// First 12 hex digits of the SHA-256 of the file and the plugins it loads: short

@@ -30,6 +30,9 @@ pub struct Config {
     pub source: PathBuf,
     /// Short content hash of the file, exported as `gateway_config_info{hash}`.
     pub hash: String,
+    /// The file's text as loaded: what the settings API reads and edits
+    /// (`edit.rs`), and what a concurrent edit on disk is told apart from.
+    pub text: std::sync::Arc<str>,
     pub server: ServerSpec,
     pub listeners: Vec<ListenerSpec>,
     pub admin: AdminSpec,

@@ -5,6 +5,7 @@
 
 mod signal;
 mod watch;
+pub mod write_back;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::config::{self, Config, LoadError};
 use crate::events::unix_ms;
-use crate::runtime::RuntimeHandle;
+use crate::runtime::{Runtime, RuntimeHandle};
 use crate::upstream::Fresh;
 
 pub use signal::spawn as spawn_sighup;
@@ -60,6 +61,9 @@ impl ReloadResult {
         }
     }
 }
+
+/// A swapped-in runtime, what in it starts fresh, what needs a restart, its hash.
+type Applied = (Arc<Runtime>, Vec<Fresh>, Vec<&'static str>, String);
 
 pub struct Reloader {
     path: PathBuf,
@@ -124,16 +128,12 @@ impl Reloader {
     /// Reloads the file now. `trigger` names what asked (file, sighup, api) in logs.
     pub fn reload(&self, trigger: &str) -> ReloadResult {
         let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
-        let metrics = &self.runtime.metrics;
         let current = self.runtime.snapshot();
         let applied = config::load(&self.path).and_then(|config| {
             if config.hash == current.config.hash {
                 return Ok(None);
             }
-            let needs_restart = needs_restart(&current.config, &config);
-            let hash = config.hash.clone();
-            let (runtime, fresh) = self.runtime.apply(config)?;
-            Ok(Some((runtime, fresh, needs_restart, hash)))
+            Ok(Some(self.apply(&current.config, config)?))
         });
         let result = match applied {
             Err(e) => {
@@ -141,36 +141,107 @@ impl Reloader {
                     LoadError::Invalid(list) => list.0.iter().map(ToString::to_string).collect(),
                     other => vec![other.to_string()],
                 };
-                metrics.config_reloads.with_label_values(&["error"]).inc();
-                for error in &errors {
-                    tracing::error!(target: "gateway::reload", trigger, %error, "config reload refused; the running config keeps serving");
-                }
-                ReloadResult::Failed { errors }
+                self.refused(trigger, errors)
             }
             Ok(None) => ReloadResult::Unchanged {
                 hash: current.config.hash.clone(),
             },
-            Ok(Some((runtime, fresh_upstreams, needs_restart, hash))) => {
-                metrics.config_reloads.with_label_values(&["success"]).inc();
-                tracing::info!(
-                    target: "gateway::reload",
-                    trigger,
-                    generation = runtime.generation,
-                    %hash,
-                    fresh_upstreams = %fresh_summary(&fresh_upstreams),
-                    "config reloaded"
-                );
-                if !needs_restart.is_empty() {
-                    tracing::warn!(target: "gateway::reload", sections = ?needs_restart, "changed sections take effect only on restart or graceful upgrade");
+            Ok(Some(applied)) => self.applied(trigger, applied),
+        };
+        self.remember(&result, trigger);
+        result
+    }
+
+    /// Writes a change to one section of an upstream into the file and applies it
+    /// through the same path as a reload; see `write_back.rs`.
+    pub fn write_section(
+        &self,
+        change: &write_back::SectionChange<'_>,
+    ) -> Result<write_back::Written, write_back::WriteBackError> {
+        let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.runtime.snapshot();
+        let prepared = write_back::prepare(&self.path, &current.config, change)?;
+        write_back::write_atomically(&self.path, &prepared.text)?;
+        let applied = match self.apply(&current.config, prepared.config) {
+            Ok(applied) => applied,
+            Err(errors) => {
+                // Not applied: the file goes back to what is running.
+                if let Err(e) = write_back::write_atomically(&self.path, &current.config.text) {
+                    tracing::error!(target: "gateway::reload", error = %e, "could not restore the config file after a refused change");
                 }
-                ReloadResult::Applied {
-                    generation: runtime.generation,
-                    hash,
-                    fresh_upstreams,
-                    needs_restart,
-                }
+                let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                let result = self.refused(change.trigger, errors.clone());
+                self.remember(&result, change.trigger);
+                return Err(write_back::WriteBackError::Invalid(errors));
             }
         };
+        let generation = applied.0.generation;
+        let result = self.applied(change.trigger, applied);
+        self.remember(&result, change.trigger);
+        let fresh_upstreams = match result {
+            ReloadResult::Applied {
+                fresh_upstreams, ..
+            } => fresh_upstreams,
+            _ => Vec::new(),
+        };
+        Ok(write_back::Written {
+            old: prepared.old,
+            new: prepared.new,
+            old_hash: prepared.old_hash,
+            new_hash: config::text_hash(&prepared.text),
+            generation,
+            fresh_upstreams,
+        })
+    }
+
+    /// Builds and swaps in the runtime for `config`.
+    fn apply(&self, current: &Config, config: Config) -> Result<Applied, config::ConfigErrors> {
+        let needs_restart = needs_restart(current, &config);
+        let hash = config.hash.clone();
+        let (runtime, fresh) = self.runtime.apply(config)?;
+        Ok((runtime, fresh, needs_restart, hash))
+    }
+
+    fn refused(&self, trigger: &str, errors: Vec<String>) -> ReloadResult {
+        self.runtime
+            .metrics
+            .config_reloads
+            .with_label_values(&["error"])
+            .inc();
+        for error in &errors {
+            tracing::error!(target: "gateway::reload", trigger, %error, "config reload refused; the running config keeps serving");
+        }
+        ReloadResult::Failed { errors }
+    }
+
+    fn applied(&self, trigger: &str, applied: Applied) -> ReloadResult {
+        let (runtime, fresh_upstreams, needs_restart, hash) = applied;
+        self.runtime
+            .metrics
+            .config_reloads
+            .with_label_values(&["success"])
+            .inc();
+        tracing::info!(
+            target: "gateway::reload",
+            trigger,
+            generation = runtime.generation,
+            %hash,
+            fresh_upstreams = %fresh_summary(&fresh_upstreams),
+            "config reloaded"
+        );
+        if !needs_restart.is_empty() {
+            tracing::warn!(target: "gateway::reload", sections = ?needs_restart, "changed sections take effect only on restart or graceful upgrade");
+        }
+        ReloadResult::Applied {
+            generation: runtime.generation,
+            hash,
+            fresh_upstreams,
+            needs_restart,
+        }
+    }
+
+    /// Keeps the result for `GET /admin/config` and tells the event stream.
+    fn remember(&self, result: &ReloadResult, trigger: &str) {
         let mut record = result.to_json();
         record["trigger"] = json!(trigger);
         record["at_unix_ms"] = json!(unix_ms(SystemTime::now()));
@@ -182,6 +253,5 @@ impl Reloader {
         if let Ok(mut last) = self.last.lock() {
             *last = Some(record);
         }
-        result
     }
 }
