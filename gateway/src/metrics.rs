@@ -40,6 +40,8 @@ pub struct Metrics {
     endpoint_healthy: IntGaugeVec,
     endpoint_ejections: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// Lookups of host-name endpoints by the refresher, by upstream and result.
+    pub dns_lookups: IntCounterVec,
     pub config_last_reload_success: Gauge,
     config_info: IntGaugeVec,
     connections: IntGaugeVec,
@@ -286,6 +288,12 @@ impl Default for Metrics {
         for result in ["success", "error"] {
             config_reloads.with_label_values(&[result]);
         }
+        let dns_lookups = counter(
+            r,
+            "gateway_dns_lookups_total",
+            "Background lookups of host-name endpoints, by upstream and result (success, failure: the last good addresses stay).",
+            &["upstream", "result"],
+        );
         let admin_refusals = counter(
             r,
             "gateway_admin_refusals_total",
@@ -392,6 +400,7 @@ impl Default for Metrics {
                 &["upstream", "endpoint"],
             ),
             config_reloads,
+            dns_lookups,
             config_last_reload_success,
             config_info: gauge(
                 r,

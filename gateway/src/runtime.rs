@@ -126,6 +126,9 @@ pub struct RuntimeHandle {
     /// Operators' mode overrides, for the life of the process and, with a state
     /// directory, beyond.
     pub modes: OperatorModes,
+    /// Every snapshot swap (a reload, a DNS change) builds on the one before it, one
+    /// at a time: a swap racing another would undo it.
+    swaps: std::sync::Mutex<()>,
 }
 
 impl Runtime {
@@ -172,6 +175,7 @@ impl RuntimeHandle {
             metrics,
             certificates,
             current: ArcSwap::from_pointee(runtime),
+            swaps: std::sync::Mutex::new(()),
             generations: AtomicU64::new(1),
             events,
             modes,
@@ -302,6 +306,7 @@ impl RuntimeHandle {
     /// snapshot; requests already running keep theirs. A plugin that cannot load
     /// changes nothing. Returns the new snapshot and what in it starts fresh, and why.
     pub fn apply(&self, config: Config) -> Result<(Arc<Runtime>, Vec<Fresh>), ConfigErrors> {
+        let _swap = self.swaps.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.snapshot();
         let plugins = Arc::new(PluginSet::load(
             &config,
@@ -327,6 +332,45 @@ impl RuntimeHandle {
         self.current.store(Arc::clone(&runtime));
         self.metrics.config_applied(&runtime.config);
         Ok((runtime, fresh))
+    }
+}
+
+impl RuntimeHandle {
+    /// A host-name endpoint of `upstream` now resolves to `addresses`: a snapshot with
+    /// that upstream's endpoints changed and everything else the same (same config
+    /// generation and hash: the file did not change). Addresses that stay keep their
+    /// state (`Upstream::succeed`). None when nothing changed, or the upstream or name
+    /// is gone (a reload got there first).
+    pub fn follow_dns(
+        &self,
+        upstream: &str,
+        host: &str,
+        port: u16,
+        addresses: Vec<SocketAddr>,
+    ) -> Option<Vec<Fresh>> {
+        let _swap = self.swaps.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.snapshot();
+        let mut config = (*current.config).clone();
+        let spec = config.upstreams.get_mut(upstream)?;
+        let entry = spec
+            .hosts
+            .iter_mut()
+            .find(|h| h.host == host && h.port == port)?;
+        if entry.addresses == addresses {
+            return None;
+        }
+        entry.addresses = addresses;
+        spec.endpoints = crate::config::assemble_endpoints(&spec.fixed, &spec.hosts);
+        let (runtime, fresh) = Runtime::build(
+            config,
+            Arc::clone(&current.plugins),
+            current.generation,
+            &self.events,
+            Some(&current),
+        );
+        self.apply_modes(&runtime);
+        self.current.store(Arc::new(runtime));
+        Some(fresh)
     }
 }
 

@@ -98,6 +98,10 @@ pub fn run(config: Config, source: Option<std::path::PathBuf>, upgrade: bool) ->
         }
     }
 
+    if let Err(e) = crate::endpoint_refresh::spawn(Arc::clone(&runtime)) {
+        tracing::error!(error = %e, "cannot start following DNS; host-name endpoints keep the addresses found at load");
+    }
+
     crate::tls::install_crypto_provider();
     for listener in &config.listeners {
         match listener_service(&server, listener, &runtime, &in_flight) {

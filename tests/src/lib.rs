@@ -1,6 +1,7 @@
 //! Test harness: start the real gateway process on loopback ports, wait until it is
 //! ready, and start scripted origin servers for it to proxy to.
 
+pub mod dns;
 pub mod h2frame;
 pub mod http;
 pub mod recording;

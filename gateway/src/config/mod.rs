@@ -30,8 +30,8 @@ pub use listener::{
     TlsSpec, TlsVersion,
 };
 pub use model::{
-    AdminSpec, Config, HostMatch, LoadBalancing, PathMatch, Protocol, RouteSpec, ServerSpec,
-    Timeouts, UpstreamSpec, UpstreamTls,
+    AdminSpec, Config, DEFAULT_RESOLVE_INTERVAL, HostEndpoint, HostMatch, LoadBalancing, PathMatch,
+    Protocol, RouteSpec, ServerSpec, Timeouts, UpstreamSpec, UpstreamTls, assemble_endpoints,
 };
 pub use plugins::{
     MAX_LOG_BYTES_PER_SECOND, MAX_LOG_LINES_PER_SECOND, MAX_PLUGIN_MEMORY, OnPluginError,
@@ -269,7 +269,7 @@ fn check(
         let Some(raw) = section::<RawUpstream>(value, &path, problems) else {
             continue;
         };
-        if let Some(spec) = model::upstream_spec(&name, raw, source, &path, problems) {
+        if let Some(spec) = model::upstream_spec(&name, raw, source, &server.dns, &path, problems) {
             upstreams.insert(name, spec);
         }
     }

@@ -2,7 +2,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,11 +13,12 @@ use super::error::{KeyPath, Problems};
 use super::listener::{ListenerSpec, RouteLimits};
 use super::plugins::{OnPluginError, PluginSpec};
 use super::raw::{
-    RawAdmin, RawLoadBalancing, RawMode, RawProtocol, RawRoute, RawServer, RawUpstream,
+    RawAdmin, RawDns, RawLoadBalancing, RawMode, RawProtocol, RawRoute, RawServer, RawUpstream,
     RawUpstreamTls,
 };
 use super::resilience::{self, FallbackSpec, HealthCheckSpec, OutlierSpec, RetrySpec};
 use crate::breaker::{BreakerPolicy, Mode};
+use crate::dns::ResolverSpec;
 use crate::tls::{CaBundle, load_ca_bundle};
 use crate::upstream::classify::FailureWhen;
 
@@ -61,6 +62,8 @@ pub struct ServerSpec {
     /// Where compiled plugin components are kept between starts; `None`: compile on
     /// every start (`off`, or no default location).
     pub plugin_cache_dir: Option<PathBuf>,
+    /// How host-name endpoints are looked up (`server.dns`).
+    pub dns: ResolverSpec,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -87,7 +90,14 @@ impl std::fmt::Debug for AdminSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamSpec {
     pub name: String,
+    /// Every address: those written as IPs, then what each host name resolves to.
     pub endpoints: Vec<SocketAddr>,
+    /// Endpoints written as IP addresses.
+    pub fixed: Vec<SocketAddr>,
+    /// Endpoints written as `host:port`, looked up again every `resolve_interval`
+    /// (sooner when a record's TTL says so) by `endpoint_refresh.rs`.
+    pub hosts: Vec<HostEndpoint>,
+    pub resolve_interval: Duration,
     pub load_balancing: LoadBalancing,
     pub timeouts: Timeouts,
     /// Bulkhead: requests beyond this many in flight are answered at once.
@@ -108,6 +118,17 @@ pub struct UpstreamSpec {
     pub protocol: Protocol,
     pub tls: Option<UpstreamTls>,
 }
+
+/// An endpoint written as a host name, and what it resolved to at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub addresses: Vec<SocketAddr>,
+}
+
+/// Default `resolve_interval`: the TTL most service discovery DNS hands out.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The HTTP version spoken to an upstream. HTTP/2 without TLS is h2c with prior knowledge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +153,10 @@ impl UpstreamSpec {
     pub fn for_test(name: &str, endpoints: Vec<SocketAddr>) -> Self {
         Self {
             name: name.to_string(),
+            fixed: endpoints.clone(),
             endpoints,
+            hosts: Vec::new(),
+            resolve_interval: DEFAULT_RESOLVE_INTERVAL,
             load_balancing: LoadBalancing::RoundRobin,
             timeouts: Timeouts::default(),
             max_concurrent_requests: None,
@@ -247,7 +271,31 @@ pub fn server_spec(
             &path.key("plugin_cache_dir"),
             problems,
         ),
+        dns: resolver_spec(raw.dns, &path.key("dns"), problems),
     }
+}
+
+fn resolver_spec(raw: Option<RawDns>, path: &KeyPath, problems: &mut Problems) -> ResolverSpec {
+    let Some(raw) = raw else {
+        return ResolverSpec::default();
+    };
+    let mut spec = ResolverSpec::default();
+    for (i, text) in raw.nameservers.iter().enumerate() {
+        match text.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() != 0 => spec.nameservers.push(addr),
+            _ => problems.push(
+                path.key("nameservers").index(i),
+                format!("`{text}` is not ip:port (e.g. 10.0.0.10:53)"),
+            ),
+        }
+    }
+    if let Some(timeout) = raw.timeout {
+        if timeout.0.is_zero() || timeout.0 > Duration::from_secs(30) {
+            problems.push(path.key("timeout"), "must be more than 0s and at most 30s");
+        }
+        spec.timeout = timeout.0;
+    }
+    spec
 }
 
 /// The plugin cache's directory: given (an absolute path without `..`), `off`, or the
@@ -465,6 +513,7 @@ pub fn upstream_spec(
     name: &str,
     raw: RawUpstream,
     source: &Path,
+    resolver: &ResolverSpec,
     path: &KeyPath,
     problems: &mut Problems,
 ) -> Option<UpstreamSpec> {
@@ -479,16 +528,35 @@ pub fn upstream_spec(
         problems.push(path.key("endpoints"), "at least one endpoint is required");
     }
     let mut endpoints: Vec<SocketAddr> = Vec::new();
+    let mut hosts: Vec<HostEndpoint> = Vec::new();
     for (i, text) in raw.endpoints.iter().enumerate() {
         let at = path.key("endpoints").index(i);
-        match resolve_endpoint(text) {
-            Ok(addr) if endpoints.contains(&addr) => {
+        match endpoint(text, resolver) {
+            Ok(Endpoint::Address(addr)) if endpoints.contains(&addr) => {
                 problems.push(at, format!("`{text}` is listed twice"));
             }
-            Ok(addr) => endpoints.push(addr),
+            Ok(Endpoint::Address(addr)) => endpoints.push(addr),
+            Ok(Endpoint::Host(host))
+                if hosts
+                    .iter()
+                    .any(|h| h.host == host.host && h.port == host.port) =>
+            {
+                problems.push(at, format!("`{text}` is listed twice"));
+            }
+            Ok(Endpoint::Host(host)) => hosts.push(host),
             Err(message) => problems.push(at, message),
         }
     }
+    let fixed = endpoints;
+    let endpoints = assemble_endpoints(&fixed, &hosts);
+    let resolve_interval = match raw.resolve_interval {
+        None => DEFAULT_RESOLVE_INTERVAL,
+        Some(d) if d.0 >= Duration::from_millis(100) => d.0,
+        Some(_) => {
+            problems.push(path.key("resolve_interval"), "must be at least 100ms");
+            DEFAULT_RESOLVE_INTERVAL
+        }
+    };
     let defaults = Timeouts::default();
     let mut timeout = |key: &str, value: Option<super::units::HumanDuration>, default: Duration| {
         let value = value.map_or(default, |d| d.0);
@@ -584,6 +652,9 @@ pub fn upstream_spec(
     (problems.0.len() == before).then(|| UpstreamSpec {
         name: name.to_string(),
         endpoints,
+        fixed,
+        hosts,
+        resolve_interval,
         load_balancing,
         timeouts,
         max_concurrent_requests,
@@ -602,26 +673,50 @@ pub fn upstream_spec(
     })
 }
 
-fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
+/// An upstream's endpoints: the addresses written as such, then each host name's
+/// addresses (one an IP entry or another name has too is not doubled).
+pub fn assemble_endpoints(fixed: &[SocketAddr], hosts: &[HostEndpoint]) -> Vec<SocketAddr> {
+    let mut endpoints = fixed.to_vec();
+    for addr in hosts.iter().flat_map(|h| &h.addresses) {
+        if !endpoints.contains(addr) {
+            endpoints.push(*addr);
+        }
+    }
+    endpoints
+}
+
+/// An `endpoints` entry: an address, or a host name and what it resolves to now.
+enum Endpoint {
+    Address(SocketAddr),
+    Host(HostEndpoint),
+}
+
+fn endpoint(text: &str, resolver: &ResolverSpec) -> Result<Endpoint, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         if addr.port() == 0 {
             return Err(format!("`{text}` has port 0"));
         }
-        return Ok(addr);
+        return Ok(Endpoint::Address(addr));
     }
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err(format!("`{text}` is not host:port"));
     };
-    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(format!(
-            "`{text}` is not host:port with a port from 1 to 65535"
-        ));
-    }
-    // Resolved once at load time; the request path never waits on DNS.
-    text.to_socket_addrs()
-        .map_err(|e| format!("`{text}` does not resolve: {e}"))?
-        .next()
-        .ok_or_else(|| format!("`{text}` resolves to no address"))
+    let port = match port.parse::<u16>() {
+        Ok(port) if port != 0 && !host.is_empty() => port,
+        _ => {
+            return Err(format!(
+                "`{text}` is not host:port with a port from 1 to 65535"
+            ));
+        }
+    };
+    // Looked up at load (a name that does not resolve now is refused), then again in
+    // the background; the request path never waits on DNS.
+    let answer = crate::dns::lookup(resolver, host, port).map_err(|e| e.to_string())?;
+    Ok(Endpoint::Host(HostEndpoint {
+        host: host.to_string(),
+        port,
+        addresses: answer.addresses,
+    }))
 }
 
 fn host_match(text: &str, path: KeyPath, problems: &mut Problems) -> HostMatch {

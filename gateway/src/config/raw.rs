@@ -32,6 +32,16 @@ pub struct RawServer {
     /// Where operator overrides are kept across restarts.
     pub state_dir: Option<String>,
     pub plugin_cache_dir: Option<String>,
+    pub dns: Option<RawDns>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// `ip:port` of name servers to ask directly (TTLs honoured); default: the system's.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    pub timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +154,8 @@ pub struct RawUpstream {
     #[serde(default)]
     pub timeouts: RawTimeouts,
     pub max_concurrent_requests: Option<u32>,
+    /// How often host-name endpoints are looked up again.
+    pub resolve_interval: Option<HumanDuration>,
     pub breaker: Option<RawBreaker>,
     pub outlier_detection: Option<RawOutlierDetection>,
     pub retries: Option<RawRetries>,

@@ -93,7 +93,12 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.admin != new.admin {
         sections.push("admin");
     }
-    if old.server != new.server {
+    // `server.dns` is read by the endpoint refresher at each lookup: it reloads.
+    let server = |c: &Config| crate::config::ServerSpec {
+        dns: crate::dns::ResolverSpec::default(),
+        ..c.server.clone()
+    };
+    if server(old) != server(new) {
         sections.push("server");
     }
     if old.cluster != new.cluster {
