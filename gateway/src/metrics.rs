@@ -36,6 +36,8 @@ pub struct Metrics {
     plugin_errors: IntCounterVec,
     plugin_duration: HistogramVec,
     plugin_log_dropped: IntCounterVec,
+    plugin_instances_created: IntCounterVec,
+    plugin_instances_idle: IntGaugeVec,
     endpoint_ejected: IntGaugeVec,
     endpoint_healthy: IntGaugeVec,
     endpoint_ejections: IntCounterVec,
@@ -153,6 +155,8 @@ pub struct PluginMetrics {
     pub duration: Histogram,
     /// Log lines dropped over the plugin's log budget.
     pub log_dropped: IntCounter,
+    pub instances_created: IntCounter,
+    pub instances_idle: IntGauge,
     errors: IntCounterVec,
     plugin: String,
 }
@@ -381,6 +385,18 @@ impl Default for Metrics {
                 "Plugin log lines (host.log, stdout, stderr) dropped over the plugin's log budget.",
                 &["plugin"],
             ),
+            plugin_instances_created: counter(
+                r,
+                "gateway_plugin_instances_created_total",
+                "Plugin instances created and initialised. Growing with traffic: more calls at once than limits.instances keeps, or instances dropped after failures.",
+                &["plugin"],
+            ),
+            plugin_instances_idle: gauge(
+                r,
+                "gateway_plugin_instances_idle",
+                "Initialised plugin instances waiting for a call (at most limits.instances).",
+                &["plugin"],
+            ),
             endpoint_ejected: gauge(
                 r,
                 "gateway_endpoint_ejected",
@@ -514,6 +530,8 @@ impl Metrics {
             calls_error: self.plugin_calls.with_label_values(&[plugin, "error"]),
             duration: self.plugin_duration.with_label_values(&[plugin]),
             log_dropped: self.plugin_log_dropped.with_label_values(&[plugin]),
+            instances_created: self.plugin_instances_created.with_label_values(&[plugin]),
+            instances_idle: self.plugin_instances_idle.with_label_values(&[plugin]),
             errors: self.plugin_errors.clone(),
             plugin: plugin.to_string(),
         }

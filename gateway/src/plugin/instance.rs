@@ -199,7 +199,11 @@ impl Plugin {
     }
 
     fn check_out(&self) -> Result<Instance, PluginError> {
-        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let idle = self.idle.lock().ok().and_then(|mut idle| {
+            let instance = idle.pop();
+            self.metrics.instances_idle.set(idle.len() as i64);
+            instance
+        });
         match idle {
             Some(instance) => Ok(instance),
             None => self.instantiate().map_err(|e| self.count(e)),
@@ -211,6 +215,7 @@ impl Plugin {
             && idle.len() < self.spec.limits.instances.get() as usize
         {
             idle.push(instance);
+            self.metrics.instances_idle.set(idle.len() as i64);
         }
     }
 
@@ -240,6 +245,7 @@ impl Plugin {
 
     /// A new instance with `init` done, within `init_timeout`.
     fn instantiate(&self) -> Result<Instance, PluginError> {
+        self.metrics.instances_created.inc();
         let limits = self.spec.limits;
         let mut store = Store::new(
             &self.engine.engine,
