@@ -187,6 +187,10 @@ impl RequestCtx {
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
+    /// No downstream modules: Pingora's default installs response compression
+    /// (disabled, yet built and run for every request); the gateway compresses nothing.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         let runtime = self.runtime.snapshot();
         let listener = runtime
