@@ -139,6 +139,26 @@ fn predicate(c: &mut Criterion) {
         b.iter_custom(|iters| per_call(&rt, &status, &plain, iters))
     });
 
+    // What the request path does for an exchange outside the predicate's interest
+    // (a healthy 200: the status-latency plugin asks for 5xx, 429, slow and flagged
+    // ones): the native interest check, then `failure_when`. No call into the plugin.
+    let (_, held) = &plain;
+    let interest = status.interest().clone();
+    c.bench_function(
+        "predicate/wasm status-latency, healthy exchange outside its interest",
+        |b| {
+            b.iter(|| {
+                let asked = black_box(&interest).wants_response(
+                    black_box(200),
+                    &held.response,
+                    Duration::from_micros(3_000),
+                );
+                assert!(!asked);
+                black_box(&rules).judge(black_box(CallResult::Response(200)))
+            })
+        },
+    );
+
     let (_set, body) = load(&plugin_entry(
         "body",
         "json-body-predicate",

@@ -39,7 +39,7 @@ async fn status_latency_predicate_decides_what_each_breaker_records() {
     let origin = start_origin(by_path()).await;
     let addr = origin.addr();
     let config = format!(
-        "plugins:\n{}upstreams:\n  a:\n    endpoints: [\"{addr}\"]\n    breaker: {{ consecutive_failures: 3, predicate: strict }}\n  b:\n    endpoints: [\"{addr}\"]\n    breaker: {{ consecutive_failures: 2, predicate: strict }}\n  c:\n    endpoints: [\"{addr}\"]\n    breaker:\n      window: {{ kind: count, size: 4 }}\n      minimum_requests: 4\n      slow_call: {{ duration: 10s, rate: 0.5 }}\n      predicate: strict\nroutes:\n  - {{ match: {{ path_prefix: /a }}, upstream: a }}\n  - {{ match: {{ path_prefix: /b }}, upstream: b }}\n  - {{ match: {{ path_prefix: /c }}, upstream: c }}\n",
+        "plugins:\n{}upstreams:\n  a:\n    endpoints: [\"{addr}\"]\n    breaker: {{ consecutive_failures: 3, predicate: strict }}\n  b:\n    endpoints: [\"{addr}\"]\n    breaker: {{ consecutive_failures: 2, predicate: strict }}\n  c:\n    endpoints: [\"{addr}\"]\n    breaker:\n      window: {{ kind: count, size: 4 }}\n      minimum_requests: 4\n      slow_call: {{ duration: 10s, rate: 0.5 }}\n      predicate: strict\n  d:\n    endpoints: [\"{addr}\"]\n    breaker: {{ consecutive_failures: 5, predicate: strict }}\nroutes:\n  - {{ match: {{ path_prefix: /a }}, upstream: a }}\n  - {{ match: {{ path_prefix: /b }}, upstream: b }}\n  - {{ match: {{ path_prefix: /c }}, upstream: c }}\n  - {{ match: {{ path_prefix: /d }}, upstream: d }}\n",
         plugin_entry(
             "strict",
             "status-latency-predicate",
@@ -85,10 +85,31 @@ async fn status_latency_predicate_decides_what_each_breaker_records() {
         1.0
     );
     assert_eq!(origin.stats().requests(), 3 + 5 + 2 + 4);
+    let calls = "gateway_plugin_calls_total{plugin=\"strict\",result=\"ok\"}";
+    assert_eq!(gw.metric(calls).await, 14.0);
+
+    // d: healthy traffic is outside what the plugin declared at init (its statuses,
+    // header, slow_ms, transport errors): judged by failure_when, the plugin not called.
+    for _ in 0..10 {
+        assert_eq!(conn.get("/d/ok").await.expect("request").status, 200);
+    }
     assert_eq!(
-        gw.metric("gateway_plugin_calls_total{plugin=\"strict\",result=\"ok\"}")
+        gw.metric(calls).await,
+        14.0,
+        "healthy calls never reach the plugin"
+    );
+    assert_eq!(
+        gw.metric("gateway_upstream_requests_total{outcome=\"success\",upstream=\"d\"}")
             .await,
-        14.0
+        10.0
+    );
+    for path in ["/d/teapot", "/d/flagged", "/d/slow"] {
+        conn.get(path).await.expect("request");
+    }
+    assert_eq!(
+        gw.metric(calls).await,
+        17.0,
+        "declared exchanges are asked about"
     );
 }
 
@@ -840,7 +861,7 @@ fn plugins_that_cannot_load_are_config_errors_at_their_declaration() {
         ),
         (
             plugin_entry("old", "old-contract", "predicate", ""),
-            "plugins.old: was built against edge-gateway:plugin@0.1.0, but this gateway speaks edge-gateway:plugin@0.4.0: rebuild it",
+            "plugins.old: was built against edge-gateway:plugin@0.1.0, but this gateway speaks edge-gateway:plugin@0.5.0: rebuild it",
         ),
     ];
     for (entry, expected) in cases {

@@ -20,6 +20,14 @@ class WitWorld(wit_world.WitWorld):
                     raise Err(f"slow_ms: `{value}` is not a whole number of milliseconds")
             else:
                 raise Err(f"unknown key `{key}`")
+        # What it needs to see: 5xx, transport errors, and slow calls when slow_ms is set.
+        return types.Interest(
+            all=False,
+            statuses=[types.StatusRange(min=500, max=599)],
+            transport_errors=True,
+            slower_than_us=None if _slow_us is None else max(_slow_us - 1, 0),
+            response_headers=[],
+        )
 
     def classify(self, outcome):
         slow = None if _slow_us is None else outcome.latency_us >= _slow_us

@@ -19,6 +19,7 @@ use super::bindings::types::{
 };
 use super::engine::{PluginEngine, ticks};
 use super::host::{Exchange, HostState};
+use super::interest::Interest;
 use super::log::PluginLog;
 use crate::config::{PluginKind, PluginSpec};
 use crate::metrics::PluginMetrics;
@@ -26,7 +27,7 @@ use crate::throttled_log::ThrottledLog;
 
 /// The WIT package plugins are built against, named in errors about a plugin that does
 /// not fit it.
-const CONTRACT: &str = "edge-gateway:plugin@0.4.0";
+const CONTRACT: &str = "edge-gateway:plugin@0.5.0";
 
 /// The contract version a component imports, when it is not this gateway's.
 fn built_for(component: &Component, engine: &wasmtime::Engine) -> Option<String> {
@@ -71,6 +72,8 @@ pub struct Plugin {
     errors_logged: ThrottledLog,
     /// What its instances write, within one budget for all of them.
     log: Arc<PluginLog>,
+    /// Which exchanges a predicate is asked about: its first instance's `init` said.
+    interest: Interest,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -128,10 +131,20 @@ impl Plugin {
             idle: Mutex::new(Vec::new()),
             metrics,
             errors_logged: ThrottledLog::default(),
+            interest: Interest::all(),
         };
-        let first = plugin.instantiate().map_err(|e| e.to_string())?;
+        let (first, declared) = plugin.instantiate().map_err(|e| e.to_string())?;
+        let mut plugin = plugin;
+        if let Some(declared) = declared {
+            plugin.interest = Interest::from_plugin(declared)?;
+        }
         plugin.check_in(first);
         Ok(plugin)
+    }
+
+    /// Which exchanges this predicate is asked about (every one for a fallback).
+    pub fn interest(&self) -> &Interest {
+        &self.interest
     }
 
     /// Asks a predicate what `exchange`, which ended with `outcome`, counts as.
@@ -206,7 +219,10 @@ impl Plugin {
         });
         match idle {
             Some(instance) => Ok(instance),
-            None => self.instantiate().map_err(|e| self.count(e)),
+            None => self
+                .instantiate()
+                .map(|(i, _)| i)
+                .map_err(|e| self.count(e)),
         }
     }
 
@@ -243,8 +259,9 @@ impl Plugin {
         }
     }
 
-    /// A new instance with `init` done, within `init_timeout`.
-    fn instantiate(&self) -> Result<Instance, PluginError> {
+    /// A new instance with `init` done, within `init_timeout`, and the interest a
+    /// predicate's `init` declared.
+    fn instantiate(&self) -> Result<(Instance, Option<super::types::Interest>), PluginError> {
         self.metrics.instances_created.inc();
         let limits = self.spec.limits;
         let mut store = Store::new(
@@ -260,12 +277,16 @@ impl Plugin {
         .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
         let config = &self.spec.config;
         let init = match &exports {
-            Exports::Predicate(exports) => exports.call_init(&mut store, config),
-            Exports::Fallback(exports) => exports.call_init(&mut store, config),
+            Exports::Predicate(exports) => {
+                exports.call_init(&mut store, config).map(|r| r.map(Some))
+            }
+            Exports::Fallback(exports) => exports
+                .call_init(&mut store, config)
+                .map(|r| r.map(|()| None)),
         };
         let instance = Instance { store, exports };
         match init {
-            Ok(Ok(())) => Ok(instance),
+            Ok(Ok(interest)) => Ok((instance, interest)),
             Ok(Err(reason)) => Err(PluginError::InitRefused(reason)),
             Err(e) => Err(PluginError::Init(Box::new(self.explain(
                 &instance,

@@ -23,6 +23,7 @@ pub mod convert;
 mod engine;
 mod host;
 mod instance;
+mod interest;
 mod log;
 mod wasi;
 
@@ -36,6 +37,7 @@ use crate::metrics::Metrics;
 pub use bindings::types;
 pub use host::Exchange;
 pub use instance::Plugin;
+pub use interest::Interest;
 
 /// Why a plugin call (or its instance's start) failed.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,9 @@
 //! unchanged and undelayed — and is asked once the response is complete. A gRPC
 //! response is judged once its trailers (its status) arrived, which the predicate can
 //! read. Transport errors are judged when they end the exchange. A plugin that fails gets the
-//! upstream's `on_plugin_error` policy instead.
+//! upstream's `on_plugin_error` policy instead. An exchange outside what the predicate
+//! declared at `init` (its `interest`) is never asked about: `failure_when` judges it
+//! when the call finishes, at native cost.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -22,6 +24,13 @@ pub fn at_head(call: &mut Call, session: &Session, route: &String, head: &Respon
     let Some(plugin) = &call.predicate else {
         return;
     };
+    let wanted =
+        plugin
+            .interest()
+            .wants_response(head.status.as_u16(), &head.headers, call.latency());
+    if !wanted {
+        return;
+    }
     let mut response = convert::response(head);
     let inspects_body = plugin.spec.inspect_body_bytes.is_some();
     if inspects_body || call.awaits_trailers() {
@@ -85,10 +94,15 @@ pub fn at_end(call: &mut Call, session: &Session, route: &String, result: CallRe
     if call.predicate.is_none() || !call.is_open() {
         return;
     }
+    let transport_wanted = call
+        .predicate
+        .as_ref()
+        .is_some_and(|p| p.interest().wants_transport_errors());
     let judgement = match result {
-        CallResult::Transport(error) => {
+        CallResult::Transport(error) if transport_wanted => {
             Some(ask(call, session, route, None, None, Some(error), result))
         }
+        CallResult::Transport(_) => None,
         CallResult::Response(_) | CallResult::Grpc(_) => match call.inspected.take() {
             Some((response, headers)) => {
                 let response = Some((response, &headers));

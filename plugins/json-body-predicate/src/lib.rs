@@ -10,12 +10,15 @@
 //!
 //! Bodies that are not JSON (or were cut off by the prefix limit) are judged by their
 //! status alone: 5xx is a failure. Transport errors are failures.
+//!
+//! It asks to see only 2xx responses (the ones whose body can contradict their status);
+//! every other exchange is judged by the upstream's `failure_when`.
 
 use std::cell::RefCell;
 
 wit_bindgen::generate!({ world: "failure-predicate", path: "../../wit" });
 
-use edge_gateway::plugin::types::Classification;
+use edge_gateway::plugin::types::{Classification, StatusRange};
 use serde_json::Value;
 
 struct Settings {
@@ -57,7 +60,7 @@ impl Settings {
 struct Plugin;
 
 impl Guest for Plugin {
-    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+    fn init(config: Vec<(String, String)>) -> Result<Interest, String> {
         let mut settings = Settings::default();
         for (key, value) in config {
             match key.as_str() {
@@ -71,7 +74,13 @@ impl Guest for Plugin {
             }
         }
         SETTINGS.with(|s| *s.borrow_mut() = settings);
-        Ok(())
+        Ok(Interest {
+            all: false,
+            statuses: vec![StatusRange { min: 200, max: 299 }],
+            transport_errors: false,
+            slower_than_us: None,
+            response_headers: Vec::new(),
+        })
     }
 
     fn classify(outcome: Outcome) -> Verdict {

@@ -11,13 +11,19 @@
 //!   Trailers-Only answer
 //!
 //! Transport errors are always failures.
+//!
+//! It declares at `init` what it needs to see: the statuses above, transport errors,
+//! calls slower than `slow_ms`, responses carrying `failure_header`, and every call when
+//! `failure_grpc_statuses` is set (the status is in the trailers). Every other exchange
+//! (healthy traffic) is judged by the upstream's `failure_when` and the breaker's own
+//! `slow_call.duration`, without calling the plugin.
 
 use std::cell::RefCell;
 
 wit_bindgen::generate!({ world: "failure-predicate", path: "../../wit" });
 
 use edge_gateway::plugin::host::{LogLevel, Message, header, log};
-use edge_gateway::plugin::types::Classification;
+use edge_gateway::plugin::types::{Classification, StatusRange};
 
 #[derive(Default)]
 struct Settings {
@@ -75,7 +81,7 @@ fn grpc_failed(codes: &[u8]) -> bool {
 struct Plugin;
 
 impl Guest for Plugin {
-    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+    fn init(config: Vec<(String, String)>) -> Result<Interest, String> {
         let mut settings = Settings {
             failure_statuses: vec![(500, 599)],
             ..Settings::default()
@@ -110,8 +116,21 @@ impl Guest for Plugin {
             LogLevel::Debug,
             &format!("failing on {:?}", settings.failure_statuses),
         );
+        let interest = Interest {
+            all: !settings.failure_grpc_statuses.is_empty(),
+            statuses: settings
+                .failure_statuses
+                .iter()
+                .chain(&settings.ignore_statuses)
+                .map(|&(min, max)| StatusRange { min, max })
+                .collect(),
+            transport_errors: true,
+            // "At or above `slow_ms`" is "longer than one µs less".
+            slower_than_us: settings.slow_us.map(|us| us.saturating_sub(1)),
+            response_headers: settings.failure_header.iter().cloned().collect(),
+        };
         SETTINGS.with(|s| *s.borrow_mut() = settings);
-        Ok(())
+        Ok(interest)
     }
 
     fn classify(outcome: Outcome) -> Verdict {
