@@ -59,7 +59,10 @@ fn main() {
     // scripts/build-polyglot-plugins.sh (`make plugins`, `make test`), which needs pip
     // and npm; only their place is told here, and their tests fail when they are missing.
     let polyglot = root.join("target").join("polyglot");
-    println!("cargo:rustc-env=GATEWAY_POLYGLOT_DIR={}", polyglot.display());
+    println!(
+        "cargo:rustc-env=GATEWAY_POLYGLOT_DIR={}",
+        polyglot.display()
+    );
 }
 
 /// Re-run when any source under `dir` changes (build output directories skipped).

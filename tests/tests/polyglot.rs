@@ -3,11 +3,11 @@
 //! imports `wasi:http`), built from `plugins/` by `scripts/build-polyglot-plugins.sh`
 //! before `cargo test` (`make test` does). A missing component fails these tests.
 
-use std::sync::Arc;
 use gateway_tests::{
     Gateway, Reply, Request, component_imports, dead_address, polyglot_entry, polyglot_path,
     start_origin,
 };
+use std::sync::Arc;
 
 /// Each plugin is tens of MB: a generous start and call budget for a debug build on a
 /// shared machine (a cut-off would show as a plugin error, which the tests count).
@@ -37,7 +37,9 @@ async fn python_predicate_opens_the_breaker_on_what_it_calls_failures() {
             "py",
             "python_predicate",
             "predicate",
-            &format!("config: {{ failure_header: x-bad, failure_statuses: \"500-599\" }}, {LIMITS}")
+            &format!(
+                "config: {{ failure_header: x-bad, failure_statuses: \"500-599\" }}, {LIMITS}"
+            )
         ),
         origin.addr(),
         origin.addr(),
@@ -85,7 +87,11 @@ async fn python_predicate_opens_the_breaker_on_what_it_calls_failures() {
             .await,
         7.0
     );
-    assert_eq!(origin.stats().requests(), 7, "nothing reached an open upstream");
+    assert_eq!(
+        origin.stats().requests(),
+        7,
+        "nothing reached an open upstream"
+    );
 }
 
 #[tokio::test]
@@ -180,8 +186,12 @@ async fn js_fallback_fetch_fails_at_call_time_and_nothing_leaves() {
             .to_string();
         assert!(probe.starts_with("failed: "), "{probe}");
     }
-    gw.wait_for_log(&["plugin=\"js\"", "failed", &format!("probe http://{}", probed.addr())])
-        .await;
+    gw.wait_for_log(&[
+        "plugin=\"js\"",
+        "failed",
+        &format!("probe http://{}", probed.addr()),
+    ])
+    .await;
 
     assert_eq!(probed.stats().requests(), 0, "no request left the sandbox");
     assert_eq!(
@@ -218,4 +228,144 @@ fn js_fallback_imports_wasi_http_as_componentize_js_builds_by_default() {
             "js_fallback.wasm does not import {interface}*: {imports:?}"
         );
     }
+}
+
+/// The WASI interfaces TinyGo's wasip2 target binds its runtime to (tinygo's
+/// `src/internal/wasi/`, generated from `wasi:cli/command@0.2.0`; its
+/// `targets/wasip2.json` names that world). A TinyGo plugin imports those of them its
+/// code reaches, at version 0.2.0. TinyGo itself is not installable from the registries
+/// this repository builds from, so the `wasi-imports` fixture stands in for it.
+const TINYGO_WASIP2_IMPORTS: [&str; 25] = [
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:filesystem/preopens",
+    "wasi:filesystem/types",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:random/random",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/ip-name-lookup",
+    "wasi:sockets/network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+];
+
+/// `wasi:<package>/<interface>@<version>` split at the `@`.
+fn unversioned(name: &str) -> &str {
+    name.split_once('@')
+        .map_or(name, |(interface, _)| interface)
+}
+
+/// A copy of the fixture with its WASI imports renamed to 0.2.0, the version TinyGo
+/// imports: Rust's toolchain merges every WASI import to its own version (0.2.6), so
+/// the names are rewritten in place (same length; the component stays valid, and the
+/// gateway validates it again on load).
+fn at_wasi_0_2_0(original: &[u8], from: &str) -> Vec<u8> {
+    let mut bytes = original.to_vec();
+    let (from, to) = (format!("@{from}"), b"@0.2.0");
+    let mut at = 0;
+    while let Some(found) = bytes[at..]
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+    {
+        let start = at + found;
+        // Only in a WASI interface name: `wasi:` a few bytes before.
+        let name_start = start.saturating_sub(40);
+        if bytes[name_start..start].windows(5).any(|w| w == b"wasi:") {
+            bytes[start..start + from.len()].copy_from_slice(to);
+        }
+        at = start + from.len();
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn a_component_importing_tinygos_wasi_world_loads_and_every_call_answers_at_once() {
+    let fixture = gateway_tests::plugin_path("wasi-imports");
+    let imports = component_imports(&fixture);
+    let unversioned_imports: Vec<&str> = imports.iter().map(|n| unversioned(n)).collect();
+    for interface in TINYGO_WASIP2_IMPORTS {
+        assert!(
+            unversioned_imports.contains(&interface),
+            "the fixture does not import {interface}: {imports:?}"
+        );
+    }
+    let rust_version = imports
+        .iter()
+        .find(|n| n.starts_with("wasi:io/poll@"))
+        .and_then(|n| n.split_once('@'))
+        .map(|(_, v)| v.to_string())
+        .expect("a wasi:io/poll import");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tinygo_like = dir.path().join("wasi_imports_0_2_0.wasm");
+    let original = std::fs::read(&fixture).expect("read fixture");
+    std::fs::write(&tinygo_like, at_wasi_0_2_0(&original, &rust_version)).expect("write copy");
+    let renamed = component_imports(&tinygo_like);
+    for interface in TINYGO_WASIP2_IMPORTS {
+        let at_0_2_0 = format!("{interface}@0.2.0");
+        assert!(renamed.contains(&at_0_2_0), "{at_0_2_0} not in {renamed:?}");
+    }
+
+    let config = format!(
+        "plugins:\n  go: {{ path: \"{}\", kind: fallback }}\nupstreams:\n  a:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 1, open_duration: 30s, fallback: {{ plugin: go }} }}\nroutes:\n  - {{ upstream: a }}\n",
+        tinygo_like.display(),
+        dead_address()
+    );
+    let gw = Gateway::start(&config).await;
+    let _ = gw.get("/").await; // opens the breaker
+    let response = gw.get("/").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-gateway-fallback"), Some("circuit_open"));
+    let body = response.text();
+    let results: std::collections::BTreeMap<&str, &str> =
+        body.lines().filter_map(|l| l.split_once('\t')).collect();
+    // What a plugin gets from a host that grants nothing, each at once.
+    for (call, expected) in [
+        ("environment.get-environment", "[]"),
+        ("environment.get-arguments", "[]"),
+        ("environment.initial-cwd", "None"),
+        ("stdin.read", "Err(\"closed\")"),
+        ("stdout.blocking-write-and-flush", "Ok(())"),
+        ("stderr.check-write", "Ok(true)"),
+        ("terminal-stdin/stdout/stderr", "(false, false, false)"),
+        ("monotonic-clock.now", "true"),
+        ("wall-clock.now", "true"),
+        ("poll.poll", "[0]"),
+        ("random.get-random-u64", "true"),
+        ("insecure.get-insecure-random-bytes", "4"),
+        ("insecure-seed.insecure-seed", "true"),
+        ("preopens.get-directories", "0"),
+        ("tcp.start-connect", "Err(\"access-denied\")"),
+        (
+            "udp-create-socket.create-udp-socket",
+            "Err(\"access-denied\")",
+        ),
+        (
+            "ip-name-lookup.resolve-addresses",
+            "Err(\"permanent-resolver-failure\")",
+        ),
+    ] {
+        assert_eq!(results.get(call), Some(&expected), "{call} in:\n{body}");
+    }
+    gw.wait_for_log(&["wasi-imports: stdout works", "plugin=\"go\""])
+        .await;
+    assert_eq!(
+        gw.metric("gateway_plugin_errors_total{kind=\"trap\",plugin=\"go\"}")
+            .await,
+        0.0
+    );
 }

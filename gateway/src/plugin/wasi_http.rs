@@ -84,8 +84,9 @@ struct NoNetwork;
 
 /// What `send_request` returns: the response, and a future for the rest of the exchange.
 type Sent = Box<
-    dyn Future<Output = Result<(http::Response<WasiBody>, Box<Exchange>), wasmtime_wasi_http::Error>>
-        + Send,
+    dyn Future<
+            Output = Result<(http::Response<WasiBody>, Box<Exchange>), wasmtime_wasi_http::Error>,
+        > + Send,
 >;
 type Exchange = dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send;
 
