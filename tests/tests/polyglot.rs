@@ -4,14 +4,40 @@
 //! before `cargo test` (`make test` does). A missing component fails these tests.
 
 use gateway_tests::{
-    Gateway, Reply, Request, component_imports, dead_address, polyglot_entry, polyglot_path,
-    start_origin,
+    Gateway, Reply, Request, check_config, component_imports, dead_address, polyglot_entry,
+    polyglot_path, start_origin,
 };
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Once};
 
 /// Each plugin is tens of MB: a generous start and call budget for a debug build on a
 /// shared machine (a cut-off would show as a plugin error, which the tests count).
 const LIMITS: &str = "limits: { timeout: 1s, init_timeout: 30s, memory: 64MiB }";
+
+/// The `server:` section of every config here: one plugin cache for this test binary,
+/// kept across runs under cargo's test scratch directory (not the machine's default).
+fn server_section() -> String {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("polyglot-plugin-cache");
+    format!("server: {{ plugin_cache_dir: \"{}\" }}\n", dir.display())
+}
+
+/// Compiles both components into the plugin cache once, before any test starts a
+/// gateway: uncached, compiling them takes 15-20 s on a busy 2-core machine, and
+/// several tests compiling at once could outlast the harness's 30 s wait for a gateway
+/// to be ready. Cached, each start loads them in well under a second.
+fn warm_plugin_cache() {
+    static WARM: Once = Once::new();
+    WARM.call_once(|| {
+        let yaml = format!(
+            "{}listeners: [{{ address: \"127.0.0.1:18999\" }}]\nplugins:\n{}{}upstreams:\n  a:\n    endpoints: [\"127.0.0.1:9\"]\n    breaker: {{ predicate: py, fallback: {{ plugin: js }} }}\nroutes:\n  - {{ upstream: a }}\n",
+            server_section(),
+            polyglot_entry("py", "python_predicate", "predicate", LIMITS),
+            polyglot_entry("js", "js_fallback", "fallback", LIMITS),
+        );
+        let (code, _, stderr) = check_config("gateway.yaml", &yaml);
+        assert_eq!(code, 0, "gateway check refused the components: {stderr}");
+    });
+}
 
 /// `/flagged`: 200 with `x-bad: 1`; `/broken`: 500; anything else 200.
 fn flagging_origin() -> gateway_tests::Handler {
@@ -30,9 +56,11 @@ fn flagging_origin() -> gateway_tests::Handler {
 
 #[tokio::test]
 async fn python_predicate_opens_the_breaker_on_what_it_calls_failures() {
+    warm_plugin_cache();
     let origin = start_origin(flagging_origin()).await;
     let config = format!(
-        "plugins:\n{}upstreams:\n  a:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 3, open_duration: 30s, predicate: py }}\n  b:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 2, open_duration: 30s, predicate: py }}\nroutes:\n  - {{ match: {{ path_prefix: /a }}, upstream: a }}\n  - {{ match: {{ path_prefix: /b }}, upstream: b }}\n",
+        "{}plugins:\n{}upstreams:\n  a:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 3, open_duration: 30s, predicate: py }}\n  b:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 2, open_duration: 30s, predicate: py }}\nroutes:\n  - {{ match: {{ path_prefix: /a }}, upstream: a }}\n  - {{ match: {{ path_prefix: /b }}, upstream: b }}\n",
+        server_section(),
         polyglot_entry(
             "py",
             "python_predicate",
@@ -96,8 +124,10 @@ async fn python_predicate_opens_the_breaker_on_what_it_calls_failures() {
 
 #[tokio::test]
 async fn js_fallback_answers_while_the_breaker_is_open() {
+    warm_plugin_cache();
     let config = format!(
-        "plugins:\n{}upstreams:\n  quotes:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 2, open_duration: 30s, fallback: {{ plugin: js }} }}\nroutes:\n  - {{ upstream: quotes }}\n",
+        "{}plugins:\n{}upstreams:\n  quotes:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 2, open_duration: 30s, fallback: {{ plugin: js }} }}\nroutes:\n  - {{ upstream: quotes }}\n",
+        server_section(),
         polyglot_entry(
             "js",
             "js_fallback",
@@ -153,11 +183,13 @@ async fn js_fallback_answers_while_the_breaker_is_open() {
 
 #[tokio::test]
 async fn js_fallback_fetch_fails_at_call_time_and_nothing_leaves() {
+    warm_plugin_cache();
     // A live server the plugin is told to fetch: it must never be reached.
     let probed = start_origin(Arc::new(|_: &Request| Reply::text(200, "up"))).await;
     let live = start_origin(Arc::new(|_: &Request| Reply::text(200, "live"))).await;
     let config = format!(
-        "plugins:\n{}upstreams:\n  down:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 1, open_duration: 30s, fallback: {{ plugin: js }} }}\n  live:\n    endpoints: [\"{}\"]\nroutes:\n  - {{ match: {{ path_prefix: /live }}, upstream: live }}\n  - {{ upstream: down }}\n",
+        "{}plugins:\n{}upstreams:\n  down:\n    endpoints: [\"{}\"]\n    breaker: {{ consecutive_failures: 1, open_duration: 30s, fallback: {{ plugin: js }} }}\n  live:\n    endpoints: [\"{}\"]\nroutes:\n  - {{ match: {{ path_prefix: /live }}, upstream: live }}\n  - {{ upstream: down }}\n",
+        server_section(),
         polyglot_entry(
             "js",
             "js_fallback",
