@@ -102,3 +102,45 @@ impl WasiHttpHooks for NoNetwork {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use wasmtime::{AsContextMut, Engine, Store};
+    use wasmtime_wasi_http::FieldMap;
+
+    use super::*;
+    use crate::plugin::log::PluginLog;
+
+    #[test]
+    fn an_outgoing_request_is_denied_at_once_and_dropped_with_its_options() {
+        let dropped = prometheus::IntCounter::new("dropped", "test").expect("counter");
+        let log = Arc::new(PluginLog::new("test".into(), 100, 64 << 10, dropped));
+        let mut store = Store::new(&Engine::default(), HostState::new(log, 1 << 20));
+        let table = store.data_mut().resource_table();
+        let request = table
+            .push(HostOutgoingRequest {
+                method: types::Method::Get,
+                scheme: Some(types::Scheme::Http),
+                authority: Some("127.0.0.1:9".into()),
+                path_with_query: Some("/".into()),
+                headers: FieldMap::default(),
+                body: None,
+            })
+            .expect("push request");
+        let options = table.push(RequestOptions::default()).expect("push options");
+        let (request_rep, options_rep) = (request.rep(), options.rep());
+
+        let (answer,) = deny(store.as_context_mut(), (request, Some(options))).expect("no trap");
+        assert!(
+            matches!(answer, Err(ErrorCode::HttpRequestDenied)),
+            "{answer:?}"
+        );
+        let table = store.data_mut().resource_table();
+        let request = Resource::<HostOutgoingRequest>::new_borrow(request_rep);
+        let options = Resource::<RequestOptions>::new_borrow(options_rep);
+        assert!(table.get(&request).is_err(), "the request is dropped");
+        assert!(table.get(&options).is_err(), "its options are dropped");
+    }
+}
