@@ -82,20 +82,20 @@ fn deny(
 #[derive(Default)]
 struct NoNetwork;
 
-/// What `send_request` returns: the response, and a future for the rest of the exchange.
+/// What `send_request` returns: the response, and a future for the rest of the exchange
+/// (`Rest`).
 type Sent = Box<
-    dyn Future<
-            Output = Result<(http::Response<WasiBody>, Box<Exchange>), wasmtime_wasi_http::Error>,
-        > + Send,
+    dyn Future<Output = Result<(http::Response<WasiBody>, Box<Rest>), wasmtime_wasi_http::Error>>
+        + Send,
 >;
-type Exchange = dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send;
+type Rest = dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send;
 
 impl WasiHttpHooks for NoNetwork {
     fn send_request(
         &mut self,
         _request: http::Request<WasiBody>,
         _options: Option<RequestOptions>,
-        _fut: Box<Exchange>,
+        _fut: Box<Rest>,
     ) -> Sent {
         Box::new(std::future::ready(Err(
             wasmtime_wasi_http::Error::HttpRequestDenied,
