@@ -65,14 +65,19 @@ fn main() {
     );
 }
 
-/// Re-run when any source under `dir` changes (build output directories skipped).
+/// Re-run when any source under `dir` changes (build output and `node_modules`
+/// directories skipped).
 fn watch(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.file_name().is_some_and(|n| n == "target") {
+        // Build output, and what a developer may install next to a JavaScript plugin.
+        if path
+            .file_name()
+            .is_some_and(|n| n == "target" || n == "node_modules")
+        {
             continue;
         }
         if path.is_dir() {
