@@ -401,3 +401,42 @@ async fn a_component_importing_tinygos_wasi_world_loads_and_every_call_answers_a
         0.0
     );
 }
+
+/// `init`'s `result<_, string>` in both languages: a Python `raise Err(...)` and a
+/// JavaScript `throw` refuse the config, with their message, at the declaration.
+#[test]
+fn python_and_javascript_plugins_refuse_a_bad_config_with_their_own_message() {
+    warm_plugin_cache();
+    for (entry, expected) in [
+        (
+            polyglot_entry(
+                "py",
+                "python_predicate",
+                "predicate",
+                &format!("config: {{ slow_ms: soon }}, {LIMITS}"),
+            ),
+            "slow_ms: `soon` is not a whole number of milliseconds",
+        ),
+        (
+            polyglot_entry(
+                "js",
+                "js_fallback",
+                "fallback",
+                &format!("config: {{ status: 99 }}, {LIMITS}"),
+            ),
+            "status: `99` is not a status between 200 and 599",
+        ),
+    ] {
+        let yaml = format!(
+            "{}listeners: [{{ address: \"127.0.0.1:18999\" }}]\nplugins:\n{entry}upstreams:\n  a:\n    endpoints: [\"127.0.0.1:9\"]\nroutes:\n  - {{ upstream: a }}\n",
+            server_section()
+        );
+        let (code, _, stderr) = check_config("gateway.yaml", &yaml);
+        assert_eq!(code, 2, "{expected}: {stderr}");
+        assert!(stderr.contains(expected), "{expected}:\n{stderr}");
+        assert!(
+            stderr.contains("gateway.yaml:4:"),
+            "at the declaration:\n{stderr}"
+        );
+    }
+}
