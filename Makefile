@@ -1,9 +1,12 @@
 # Edge gateway: every entry point a person or CI needs.
 #   make demo    the gateway in front of simulated upstreams with fault injection
 #   make test    fmt check, clippy -D warnings, docs (broken links denied), alert-rule
-#                tests, the whole test suite
+#                tests, the Python and JavaScript plugins (built once, then only when
+#                their sources or toolchains change), the whole test suite
 #   make check   validate every shipped config with `gateway check`
-#   make plugins build the example WebAssembly plugins (plugins/, wasm32-wasip2)
+#   make plugins build the example WebAssembly plugins (plugins/): the Rust ones for
+#                wasm32-wasip2, the Python and JavaScript ones with componentize-py and
+#                ComponentizeJS (pinned, installed under target/; `make polyglot`)
 #   make bench   criterion benches, reload benchmark, the side-by-side load run
 #                against nginx and HAProxy (installs nginx, haproxy, wrk when missing),
 #                and start time and memory with a large (componentize-py) plugin
@@ -14,7 +17,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all demo test setup lint fmt check build alerts-test bench bench-peers plugins fuzz
+.PHONY: all demo test setup lint fmt check build alerts-test bench bench-peers plugins polyglot fuzz
 
 all: test
 
@@ -39,16 +42,22 @@ lint: setup
 check: setup
 	@for f in config/*.yaml; do $(CARGO) run -q -p gateway -- check --config $$f || exit 1; done
 
-plugins: setup
+plugins: setup polyglot
 	$(CARGO) build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
 	@ls -1 plugins/target/wasm32-wasip2/release/*.wasm
+
+# The Python and JavaScript plugins, into target/polyglot/ (the tests load them there).
+# Needs python3 with venv and node 20+ with npm; the toolchains come from PyPI and npm.
+polyglot:
+	@bash scripts/ensure-packages.sh python3:python3 node:nodejs npm:npm
+	bash scripts/build-polyglot-plugins.sh
 
 # Alert rules: syntax and unit tests (promtool comes from Debian's prometheus package).
 alerts-test: setup
 	promtool check rules config/prometheus/alerts.yml
 	promtool test rules config/prometheus/alerts_test.yml
 
-test: lint alerts-test
+test: lint alerts-test polyglot
 	$(CARGO) test --workspace
 
 # Peers for side-by-side measurements, from Debian.

@@ -1,7 +1,8 @@
 //! Builds the plugin workspace (`plugins/`: the example plugins and the hostile test
 //! fixtures) for wasm32-wasip2, so that the tests and benches load real components
 //! built from source. The components land in `target/plugins/wasm32-wasip2/release/`,
-//! exported to the crate as `GATEWAY_PLUGIN_DIR`.
+//! exported to the crate as `GATEWAY_PLUGIN_DIR`. `GATEWAY_POLYGLOT_DIR` says where
+//! `scripts/build-polyglot-plugins.sh` puts the Python and JavaScript plugins.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,16 +55,29 @@ fn main() {
     }
     let out = target_dir.join("wasm32-wasip2").join("release");
     println!("cargo:rustc-env=GATEWAY_PLUGIN_DIR={}", out.display());
+    // The Python and JavaScript plugins: built before `cargo test` by
+    // scripts/build-polyglot-plugins.sh (`make plugins`, `make test`), which needs pip
+    // and npm; only their place is told here, and their tests fail when they are missing.
+    let polyglot = root.join("target").join("polyglot");
+    println!(
+        "cargo:rustc-env=GATEWAY_POLYGLOT_DIR={}",
+        polyglot.display()
+    );
 }
 
-/// Re-run when any source under `dir` changes (build output directories skipped).
+/// Re-run when any source under `dir` changes (build output and `node_modules`
+/// directories skipped).
 fn watch(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.file_name().is_some_and(|n| n == "target") {
+        // Build output, and what a developer may install next to a JavaScript plugin.
+        if path
+            .file_name()
+            .is_some_and(|n| n == "target" || n == "node_modules")
+        {
             continue;
         }
         if path.is_dir() {

@@ -31,6 +31,53 @@ pub fn plugin_path(crate_name: &str) -> PathBuf {
     Path::new(env!("GATEWAY_PLUGIN_DIR")).join(format!("{}.wasm", crate_name.replace('-', "_")))
 }
 
+/// A component built by `scripts/build-polyglot-plugins.sh` into `target/polyglot/`
+/// (`python_predicate`, `js_fallback`). Panics when it is missing: a test of a plugin
+/// in another language must fail, not pass, when its component was not built.
+pub fn polyglot_path(component: &str) -> PathBuf {
+    let path = Path::new(env!("GATEWAY_POLYGLOT_DIR")).join(format!("{component}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `make plugins` or `bash scripts/build-polyglot-plugins.sh` \
+         (`make test` does) before `cargo test`",
+        path.display()
+    );
+    path
+}
+
+/// The names a component imports at its outermost level: what the host must provide
+/// (e.g. `wasi:http/types@0.2.10`).
+pub fn component_imports(path: &Path) -> Vec<String> {
+    use wasmparser::Payload;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    // Every module or component, nested or not, starts with a version and ends with an end.
+    let mut depth = 0usize;
+    let mut names = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        match payload.unwrap_or_else(|e| panic!("{}: not a component: {e}", path.display())) {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 1 => {
+                for import in reader {
+                    let import =
+                        import.unwrap_or_else(|e| panic!("{}: bad import: {e}", path.display()));
+                    names.push(import.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
+/// A `plugins:` entry like `plugin_entry`'s, for a component in `target/polyglot/`.
+pub fn polyglot_entry(name: &str, component: &str, kind: &str, settings: &str) -> String {
+    format!(
+        "  {name}: {{ path: \"{}\", kind: {kind}, {settings} }}\n",
+        polyglot_path(component).display()
+    )
+}
+
 /// A `plugins:` entry: `name` loading `crate_name`'s component, plus `settings`
 /// (YAML flow-mapping entries such as `config: { a: b }, limits: { timeout: 50ms }`).
 pub fn plugin_entry(name: &str, crate_name: &str, kind: &str, settings: &str) -> String {

@@ -16,7 +16,7 @@ use wasmtime::{Cache, Config, Engine, InstanceAllocationStrategy, PoolingAllocat
 use super::bindings::host;
 use super::cache::{Entry, PluginCache};
 use super::host::HostState;
-use super::wasi;
+use super::{wasi, wasi_http};
 use crate::config::{MAX_PLUGIN_MEMORY, WasmFile};
 
 /// How often the epoch advances: the granularity of every plugin deadline.
@@ -91,6 +91,7 @@ impl PluginEngine {
 
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker)?;
+        wasi_http::add_to_linker(&mut linker)?;
         host::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
 
         let weak = engine.weak();

@@ -1,5 +1,5 @@
 //! What a plugin instance may touch: a WASI context that grants nothing (no files,
-//! no environment, no sockets; stdout and stderr go to the log), the `host` interface
+//! no environment, no sockets, no outgoing HTTP; stdout and stderr go to the log), the `host` interface
 //! (logging, and the request and headers of the exchange the current call is about,
 //! lent for the length of the call), and a memory limiter that remembers when it said no.
 //! Every line a plugin writes, through `host.log` or stdout/stderr, goes through its
@@ -17,15 +17,18 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::WasiHttpCtxView;
 
 use super::bindings::host::{self, LogLevel, Message, RequestField};
 use super::bindings::types;
 use super::log::{MAX_LOG_LINE, PluginLog};
+use super::wasi_http::HttpState;
 
 /// The data of one plugin instance's store.
 pub struct HostState {
     log: Arc<PluginLog>,
     wasi: WasiCtx,
+    http: HttpState,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
 }
@@ -130,12 +133,25 @@ impl HostState {
         Self {
             log,
             wasi,
+            http: HttpState::default(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 memory: usize::try_from(memory).unwrap_or(usize::MAX),
                 exceeded: false,
             },
         }
+    }
+}
+
+impl HostState {
+    /// What `wasi:http/types` works on (`wasi_http.rs`).
+    pub fn http(&mut self) -> WasiHttpCtxView<'_> {
+        self.http.view(&mut self.table)
+    }
+
+    /// The table every resource handed to the plugin lives in, WASI's and `wasi:http`'s.
+    pub fn resource_table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 

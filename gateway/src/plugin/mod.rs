@@ -8,6 +8,8 @@
 //!   the exchange the current call is about).
 //! - `log.rs`: what a plugin writes to the log: escaped, cut, within a budget.
 //! - `wasi.rs`: WASI in which nothing waits, since calls run on the proxy's threads.
+//! - `wasi_http.rs`: `wasi:http`, linked so that components importing it load; every
+//!   outgoing request is denied when made.
 //! - `instance.rs`: one plugin: instance pool, bounded calls, error accounting.
 //! - `convert.rs`: gateway types to and from WIT types.
 //! - `answer.rs`: a fallback plugin's response, checked before it reaches a client.
@@ -26,6 +28,7 @@ mod instance;
 mod interest;
 mod log;
 mod wasi;
+mod wasi_http;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
