@@ -29,8 +29,8 @@ pub use listener::{
     TlsSpec, TlsVersion,
 };
 pub use model::{
-    AdminSpec, Config, HostMatch, LoadBalancing, PathMatch, Protocol, RouteSpec, ServerSpec,
-    Timeouts, UpstreamSpec, UpstreamTls,
+    AdminSpec, Config, HostMatch, LoadBalancing, PathMatch, Protocol, RecordOutcomesSpec,
+    RouteSpec, ServerSpec, Timeouts, UpstreamSpec, UpstreamTls,
 };
 pub use plugins::{
     MAX_LOG_BYTES_PER_SECOND, MAX_LOG_LINES_PER_SECOND, MAX_PLUGIN_MEMORY, OnPluginError,

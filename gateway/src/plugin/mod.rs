@@ -10,6 +10,7 @@
 //! - `wasi.rs`: WASI in which nothing waits, since calls run on the proxy's threads.
 //! - `instance.rs`: one plugin: instance pool, bounded calls, error accounting.
 //! - `convert.rs`: gateway types to and from WIT types.
+//! - `judge.rs`: a predicate's judgement, or the `on_plugin_error` policy's.
 //! - `answer.rs`: a fallback plugin's response, checked before it reaches a client.
 //!
 //! A config's plugins load as a `PluginSet` before its runtime is built; a plugin whose
@@ -23,6 +24,7 @@ pub mod convert;
 mod engine;
 mod host;
 mod instance;
+mod judge;
 mod log;
 mod wasi;
 
@@ -36,6 +38,7 @@ use crate::metrics::Metrics;
 pub use bindings::types;
 pub use host::Exchange;
 pub use instance::Plugin;
+pub use judge::judge;
 
 /// Why a plugin call (or its instance's start) failed.
 #[derive(Debug, thiserror::Error)]
