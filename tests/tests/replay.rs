@@ -223,6 +223,8 @@ async fn an_incident_recorded_live_is_replayed_against_two_candidates() {
     assert_eq!(api["candidate"]["failures"], 3);
     assert_eq!(api["candidate"]["rejected"], 7 + 20 + 10 + 5);
     assert_eq!(api["candidate"]["rejected_called_live"], 42);
+    assert_eq!(api["candidate"]["rejected_failures"], 7);
+    assert_eq!(api["candidate"]["rejected_successes"], 35);
     assert_eq!(api["candidate"]["final_state"], "open");
     assert!(
         api["candidate"]["open_seconds"]
@@ -259,6 +261,8 @@ async fn an_incident_recorded_live_is_replayed_against_two_candidates() {
     assert_eq!(api["candidate"]["ignored"], 10);
     assert_eq!(api["candidate"]["failures"], 5);
     assert_eq!(api["candidate"]["rejected"], 5 + 5);
+    assert_eq!(api["candidate"]["rejected_failures"], 5);
+    assert_eq!(api["candidate"]["rejected_successes"], 5);
 
     // Text for people: each transition with its reason and the line that caused it.
     let (code, stdout, stderr) = replay(&[

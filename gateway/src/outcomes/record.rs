@@ -244,19 +244,28 @@ mod tests {
         let mut both = record();
         both.status = Some(200);
         both.error = Some("tls".into());
-        assert!(both.result().unwrap_err().contains("exactly one"));
+        assert!(
+            both.result()
+                .expect_err("an inconsistent line")
+                .contains("exactly one")
+        );
         let mut unknown = record();
         unknown.error = Some("dns".into());
         assert!(
             unknown
                 .result()
-                .unwrap_err()
+                .expect_err("an inconsistent line")
                 .contains("unknown transport error `dns`")
         );
         let mut future = record();
         future.v = 9;
         future.status = Some(200);
-        assert!(future.result().unwrap_err().contains("format version 9"));
+        assert!(
+            future
+                .result()
+                .expect_err("an inconsistent line")
+                .contains("format version 9")
+        );
         let mut rejected = record();
         rejected.rejected = Some("circuit_open".into());
         assert_eq!(rejected.result(), Ok(RecordedResult::Rejected));

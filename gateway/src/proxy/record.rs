@@ -23,6 +23,9 @@ pub fn write(
     refused: Option<&Refusal>,
     started: Instant,
 ) {
+    if call.is_none_or(|c| c.attempts.is_empty()) && refused.is_none() {
+        return;
+    }
     // Instants to wall-clock time, through one reading of both clocks.
     let (now, wall) = (Instant::now(), SystemTime::now());
     let unix_us = |at: Instant| {

@@ -100,6 +100,10 @@ pub struct UpstreamRun {
     pub rejected: u64,
     /// ... of which the live gateway had called the upstream (their outcome is known).
     pub rejected_called_live: u64,
+    /// ... and of those, what this config judges their recorded outcome: a failure
+    /// the breaker would have spared the upstream, or a success it would have cost.
+    pub rejected_failures: u64,
+    pub rejected_successes: u64,
     /// Requests the live gateway refused but this breaker would have admitted: their
     /// outcome is unknown and is not counted.
     pub admitted_unknown: u64,
@@ -204,8 +208,13 @@ fn run_upstream<'a>(
         match (admitted, result) {
             (Err(_), called) => {
                 run.rejected += 1;
-                if called.is_some() {
+                if let Some(result) = called {
                     run.rejected_called_live += 1;
+                    match judge(spec, predicate, entry, result).failed {
+                        Some(true) => run.rejected_failures += 1,
+                        Some(false) => run.rejected_successes += 1,
+                        None => {}
+                    }
                     if run.rejected_lines.len() < LISTED_LINES {
                         run.rejected_lines.push(entry.line);
                     }

@@ -214,12 +214,14 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "    judged {} failures, {} successes, {} ignored; would reject {} requests ({} the live gateway sent to the upstream), admit {} the live gateway refused (outcome unknown)",
+            "    judged {} failures, {} successes, {} ignored; would reject {} requests ({} the live gateway sent to the upstream: {} failed there, {} succeeded), admit {} the live gateway refused (outcome unknown)",
             run.failures,
             run.successes,
             run.ignored,
             run.rejected,
             run.rejected_called_live,
+            run.rejected_failures,
+            run.rejected_successes,
             run.admitted_unknown
         );
         let _ = writeln!(

@@ -115,6 +115,11 @@ fn a_strict_breaker_opens_where_a_lenient_one_does_not() {
     assert_eq!(first.at_unix_us, START_US + 1_200_000 + 1000);
     assert_eq!(strict_run.rejected, 10);
     assert_eq!(strict_run.rejected_lines, (14..=23).collect::<Vec<_>>());
+    // Seven of them failed live (spared), three succeeded (the breaker's cost).
+    assert_eq!(
+        (strict_run.rejected_failures, strict_run.rejected_successes),
+        (7, 3)
+    );
     let states: Vec<&str> = strict_run.transitions.iter().map(|s| s.to).collect();
     assert_eq!(states, ["open", "half_open", "closed"]);
     assert_eq!(strict_run.final_state, "closed");
