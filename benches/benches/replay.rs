@@ -97,6 +97,16 @@ fn main() {
         config,
         plugins: &plugins,
     };
+    // Reading alone (every line parsed and checked, then sorted): the rest is breakers.
+    let started = Instant::now();
+    let recording =
+        gateway::replay::read(&path, None, &|_| false).unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "read and checked {} lines in {:.2} s",
+        recording.entries.len(),
+        started.elapsed().as_secs_f64()
+    );
+    drop(recording);
     let started = Instant::now();
     let report = replay(&path, judge(&candidate), Some(judge(&baseline)), None)
         .unwrap_or_else(|e| panic!("{e}"));
