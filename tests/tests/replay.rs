@@ -379,3 +379,74 @@ fn record_outcomes_is_checked_like_any_key() {
         "{stderr}"
     );
 }
+
+/// A body with one upstream and recording into `path` with a queue of `queue`.
+fn recording_to(path: &Path, queue: usize, origin: std::net::SocketAddr) -> String {
+    format!(
+        "server:\n  access_log: false\n  record_outcomes: {{ path: \"{}\", queue: {queue} }}\n{}",
+        path.display(),
+        upstream(origin, "{ consecutive_failures: 1000 }")
+    )
+}
+
+#[tokio::test]
+async fn a_writer_that_cannot_keep_up_drops_records_never_requests() {
+    // A FIFO nobody reads: the writer's write blocks once the pipe's buffer is full,
+    // like a stuck disk. The test holds it open read-write so the gateway can open it.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let fifo = dir.path().join("stuck");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let _held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open the FIFO");
+    let origin = start_origin(origin_handler()).await;
+    let gw = Gateway::start(&recording_to(&fifo, 16, origin.addr())).await;
+    // ~200 bytes a record: 1000 records are three times what the pipe holds.
+    requests(&gw, "/", 1000, 200).await;
+    let dropped = gw
+        .metric("gateway_outcome_records_total{result=\"dropped_queue_full\"}")
+        .await;
+    let written = gw
+        .metric("gateway_outcome_records_total{result=\"written\"}")
+        .await;
+    assert!(dropped > 0.0, "nothing dropped");
+    assert!(written + dropped <= 1000.0, "{written} + {dropped}");
+}
+
+#[tokio::test]
+async fn a_full_disk_counts_failed_writes() {
+    // /dev/full fails every write with ENOSPC.
+    let origin = start_origin(origin_handler()).await;
+    let gw = Gateway::start(&recording_to(Path::new("/dev/full"), 64, origin.addr())).await;
+    requests(&gw, "/", 5, 200).await;
+    gw.wait_metric(
+        "gateway_outcome_records_total{result=\"dropped_write_error\"}",
+        5.0,
+    )
+    .await;
+    assert_eq!(
+        gw.metric("gateway_outcome_records_total{result=\"written\"}")
+            .await,
+        0.0
+    );
+    gw.wait_for_log(&[
+        "outcome records dropped: cannot write",
+        "No space left on device",
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn nothing_is_recorded_or_exported_when_recording_is_off() {
+    let origin = start_origin(origin_handler()).await;
+    let gw = Gateway::start(&upstream(origin.addr(), "{ consecutive_failures: 1000 }")).await;
+    requests(&gw, "/", 3, 200).await;
+    gw.metric_absent("gateway_outcome_records_total{result=\"written\"}")
+        .await;
+}
