@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::breaker::{
-    Breaker, Clock, Mode, Nanos, Outcome, Permit, Reason, State, Transition, TransitionListener,
+    Breaker, Clock, Mode, Nanos, Outcome, Permit, State, Transition, TransitionListener,
 };
 use crate::config::{Config, UpstreamSpec};
 use crate::plugin::{Exchange, Plugin, PluginSet, convert, types};
@@ -254,14 +254,16 @@ fn run_upstream<'a>(
     let steps = std::mem::take(&mut *timeline.steps.lock().unwrap_or_else(|p| p.into_inner()));
     let end = nanos(last_us);
     let mut entered = (State::Closed, Nanos(0));
+    // Summed as durations, turned into seconds once (no float drift in the report).
+    let mut spent = [Duration::ZERO; 2];
     for (i, (at, t)) in steps.iter().enumerate() {
-        add_time(&mut run, entered, *at);
+        add_time(&mut spent, entered, *at);
         entered = (t.to, *at);
         run.transitions.push(Step {
             at_unix_us: origin_us.saturating_add(at.0 / 1000),
             from: t.from.as_str(),
             to: t.to.as_str(),
-            reason: reason(t.reason),
+            reason: t.reason.as_str(),
             window_calls: t.window.calls,
             window_failures: t.window.failures,
             window_slow: t.window.slow,
@@ -272,20 +274,18 @@ fn run_upstream<'a>(
             line: causes.get(i).copied().flatten(),
         });
     }
-    add_time(&mut run, entered, end.max(entered.1));
+    add_time(&mut spent, entered, end.max(entered.1));
+    [run.open_seconds, run.half_open_seconds] = spent.map(|d| d.as_secs_f64());
     run.final_state = breaker.state().as_str();
     run
 }
 
-fn reason(reason: Reason) -> &'static str {
-    reason.as_str()
-}
-
-fn add_time(run: &mut UpstreamRun, (state, since): (State, Nanos), until: Nanos) {
-    let seconds = since.until(until).as_secs_f64();
+/// Adds the time from `since` to `until` in `state` to `[open, half-open]`.
+fn add_time(spent: &mut [Duration; 2], (state, since): (State, Nanos), until: Nanos) {
+    let time = since.until(until);
     match state {
-        State::Open | State::ForcedOpen => run.open_seconds += seconds,
-        State::HalfOpen => run.half_open_seconds += seconds,
+        State::Open | State::ForcedOpen => spent[0] += time,
+        State::HalfOpen => spent[1] += time,
         _ => {}
     }
 }
