@@ -450,3 +450,40 @@ async fn nothing_is_recorded_or_exported_when_recording_is_off() {
     gw.metric_absent("gateway_outcome_records_total{result=\"written\"}")
         .await;
 }
+
+#[tokio::test]
+async fn sighup_reopens_the_recording_so_it_can_be_rotated() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("outcomes.jsonl");
+    let rotated = dir.path().join("outcomes.jsonl.1");
+    let origin = start_origin(origin_handler()).await;
+    let gw = Gateway::start(&recording_to(&path, 64, origin.addr())).await;
+    requests(&gw, "/", 3, 200).await;
+    gw.wait_metric("gateway_outcome_records_total{result=\"written\"}", 3.0)
+        .await;
+    // logrotate without copytruncate: move the file away, then SIGHUP.
+    std::fs::rename(&path, &rotated).expect("rotate");
+    gw.signal("HUP");
+    // The writer reopens before its next batch; until the signal arrives, records
+    // still go to the moved file. Every request is in exactly one of the two.
+    let mut sent = 3;
+    let count = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+    gateway_tests::wait_until(
+        "records in a new file at the configured path",
+        std::time::Duration::from_secs(10),
+        async || {
+            requests(&gw, "/", 1, 200).await;
+            sent += 1;
+            count(&path) > 0
+        },
+    )
+    .await;
+    gw.wait_metric(
+        "gateway_outcome_records_total{result=\"written\"}",
+        f64::from(sent),
+    )
+    .await;
+    assert_eq!(count(&rotated) + count(&path), sent as usize);
+    assert!(count(&rotated) >= 3);
+    gw.wait_for_log(&["outcome recording reopened"]).await;
+}

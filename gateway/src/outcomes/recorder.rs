@@ -4,13 +4,15 @@
 //! A full queue (the disk is slow, or stuck) drops the record; a failed write (a full
 //! disk) drops the batch. Both are counted and logged at most once a second. A failed
 //! write may leave a torn line: the next batch starts on a new line, and replay names
-//! the torn line's number. Not done here: rotation (use copytruncate, or restart), and
-//! reopening the file on SIGHUP.
+//! the torn line's number. Rotation is not done here: after moving the file away, send
+//! SIGHUP (`reopen`), and the writer opens the path anew before its next batch.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use prometheus::IntCounter;
@@ -53,16 +55,28 @@ pub struct Recorder {
     queue: SyncSender<OutcomeRecord>,
     counters: RecordCounters,
     full_log: ThrottledLog,
+    /// Set by `reopen`; the writer opens its file anew before the next batch.
+    reopen: Arc<AtomicBool>,
     /// The headers a record keeps, from the config the recorder started with.
     pub headers: Vec<http::HeaderName>,
 }
+
+/// Where the writer writes: a file it can reopen, or any sink (tests).
+type Sink = Box<dyn Write + Send>;
 
 impl Recorder {
     /// Opens (creates, mode 0600: headers may be personal data) the file for appending
     /// and starts the writer thread.
     pub fn open(spec: &RecordOutcomesSpec, counters: RecordCounters) -> std::io::Result<Self> {
         let file = open(&spec.path)?;
-        Self::start(file, spec.queue.get(), spec.headers.clone(), counters)
+        let path = spec.path.clone();
+        Self::spawn(
+            Box::new(file),
+            Some(path),
+            spec.queue.get(),
+            spec.headers.clone(),
+            counters,
+        )
     }
 
     /// Starts a writer thread over any sink (tests use one that blocks or fails).
@@ -72,17 +86,39 @@ impl Recorder {
         headers: Vec<http::HeaderName>,
         counters: RecordCounters,
     ) -> std::io::Result<Self> {
+        Self::spawn(Box::new(sink), None, queue, headers, counters)
+    }
+
+    fn spawn(
+        sink: Sink,
+        path: Option<PathBuf>,
+        queue: usize,
+        headers: Vec<http::HeaderName>,
+        counters: RecordCounters,
+    ) -> std::io::Result<Self> {
         let (sender, receiver) = sync_channel(queue);
-        let writer_counters = counters.clone();
+        let reopen = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            sink,
+            path,
+            reopen: Arc::clone(&reopen),
+            counters: counters.clone(),
+        };
         std::thread::Builder::new()
             .name("outcome-recorder".into())
-            .spawn(move || write_all(receiver, sink, &writer_counters))?;
+            .spawn(move || writer.run(receiver))?;
         Ok(Self {
             queue: sender,
             counters,
             full_log: ThrottledLog::default(),
+            reopen,
             headers,
         })
+    }
+
+    /// Opens the file anew before the next batch (after it was moved away to rotate it).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
     }
 
     /// Hands a record to the writer; never blocks. A full queue drops it (counted).
@@ -111,48 +147,79 @@ fn open(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// The writer thread: takes what is queued, writes it in one call, until every sender
-/// is gone.
-fn write_all(records: Receiver<OutcomeRecord>, mut sink: impl Write, counters: &RecordCounters) {
-    let errors = ThrottledLog::default();
-    let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
-    let mut lines: u64 = 0;
-    let mut torn = false;
-    while let Ok(first) = records.recv() {
-        let mut next = Some(first);
-        while let Some(record) = next {
-            if torn {
-                // The last write may have stopped mid-line: start on a fresh one.
-                batch.push(b'\n');
-                torn = false;
+/// The writer thread's side.
+struct Writer {
+    sink: Sink,
+    /// The file to reopen on request (None: the sink cannot be reopened).
+    path: Option<PathBuf>,
+    reopen: Arc<AtomicBool>,
+    counters: RecordCounters,
+}
+
+impl Writer {
+    /// Takes what is queued, writes it in one call, until every sender is gone.
+    fn run(mut self, records: Receiver<OutcomeRecord>) {
+        let errors = ThrottledLog::default();
+        let mut batch: Vec<u8> = Vec::with_capacity(BATCH_BYTES);
+        let mut lines: u64 = 0;
+        let mut torn = false;
+        while let Ok(first) = records.recv() {
+            let mut next = Some(first);
+            while let Some(record) = next {
+                if torn {
+                    // The last write may have stopped mid-line: start on a fresh one.
+                    batch.push(b'\n');
+                    torn = false;
+                }
+                batch.extend_from_slice(&record.to_line());
+                lines += 1;
+                next = if batch.len() < BATCH_BYTES {
+                    records.try_recv().ok()
+                } else {
+                    None
+                };
             }
-            batch.extend_from_slice(&record.to_line());
-            lines += 1;
-            next = if batch.len() < BATCH_BYTES {
-                records.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        match sink.write_all(&batch).and_then(|()| sink.flush()) {
-            Ok(()) => counters.written.inc_by(lines),
-            Err(e) => {
-                counters.write_error.inc_by(lines);
-                torn = true;
-                if let Some(skipped) = errors.admit() {
-                    tracing::error!(target: "gateway::record", error = %e, lines, skipped, "outcome records dropped: cannot write");
+            self.reopen_if_asked();
+            let sink = &mut self.sink;
+            match sink.write_all(&batch).and_then(|()| sink.flush()) {
+                Ok(()) => self.counters.written.inc_by(lines),
+                Err(e) => {
+                    self.counters.write_error.inc_by(lines);
+                    torn = true;
+                    if let Some(skipped) = errors.admit() {
+                        tracing::error!(target: "gateway::record", error = %e, lines, skipped, "outcome records dropped: cannot write");
+                    }
                 }
             }
+            batch.clear();
+            lines = 0;
         }
-        batch.clear();
-        lines = 0;
+    }
+
+    fn reopen_if_asked(&mut self) {
+        if !self.reopen.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let Some(path) = &self.path else {
+            return;
+        };
+        // On failure the old file is kept: records still go somewhere.
+        match open(path) {
+            Ok(file) => {
+                self.sink = Box::new(file);
+                tracing::info!(target: "gateway::record", path = %path.display(), "outcome recording reopened");
+            }
+            Err(e) => {
+                tracing::error!(target: "gateway::record", path = %path.display(), error = %e, "cannot reopen the outcome recording; writing to the old file");
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
     use std::sync::mpsc::{Sender, channel};
-    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     use super::*;
