@@ -487,3 +487,64 @@ async fn sighup_reopens_the_recording_so_it_can_be_rotated() {
     assert!(count(&rotated) >= 3);
     gw.wait_for_log(&["outcome recording reopened"]).await;
 }
+
+#[test]
+fn a_million_outcomes_replay_well_under_a_minute() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    // 2 000 requests/s for 500 s; every 100 s, 10 s in which every third call is a 503.
+    const N: u64 = 1_000_000;
+    const START_US: u64 = 1_700_000_000_000_000;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let outcomes = dir.path().join("million.jsonl");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&outcomes).expect("create"));
+    for i in 0..N {
+        let at_us = START_US + i * 500;
+        let second = i / 2000;
+        let status = if second % 100 >= 50 && second % 100 < 60 && i % 3 == 0 {
+            503
+        } else {
+            200
+        };
+        writeln!(
+            out,
+            r#"{{"v":1,"at_us":{at_us},"elapsed_us":3000,"latency_us":2900,"route":"r","upstream":"api","method":"GET","path":"/","status":{status},"config":"c"}}"#
+        )
+        .expect("write");
+    }
+    out.flush().expect("flush");
+    drop(out);
+    let candidate = write(
+        dir.path(),
+        "candidate.yaml",
+        "listeners:\n  - address: \"127.0.0.1:1\"\nupstreams:\n  api:\n    endpoints: [\"127.0.0.1:2\"]\n    breaker: { window: { kind: time, size: 5s }, failure_rate: 0.2, open_duration: 5s }\nroutes:\n  - { upstream: api }\n",
+    );
+    let started = Instant::now();
+    let (code, stdout, stderr) = replay(&[
+        "--config".as_ref(),
+        candidate.as_os_str(),
+        "--outcomes".as_ref(),
+        outcomes.as_os_str(),
+        "--format".as_ref(),
+        "json".as_ref(),
+    ]);
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(report["replayed"], N);
+    let api = &report["upstreams"][0]["candidate"];
+    // Each burst opens it; rejections are counted, not guessed.
+    assert!(
+        api["transitions"].as_array().is_some_and(|t| t
+            .iter()
+            .filter(|s| s["to"] == "open")
+            .count()
+            >= 5),
+        "{api}"
+    );
+    assert!(api["rejected"].as_u64().is_some_and(|r| r > 0));
+    assert!(
+        took < Duration::from_secs(60),
+        "1 million outcomes took {took:?}"
+    );
+}
