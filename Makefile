@@ -70,6 +70,7 @@ bench: setup bench-peers plugins
 	$(CARGO) bench -p gateway-benches --bench plugin
 	$(CARGO) bench -p gateway-benches --bench routes
 	$(CARGO) bench -p gateway-benches --bench reload
+	$(CARGO) bench -p gateway-benches --bench replay
 	python3 benches/load/run.py
 	bash scripts/build-python-predicate.sh
 	python3 benches/load/plugin_start.py

@@ -3,7 +3,8 @@
 //! Module map (see docs/ARCHITECTURE.md): `config` turns YAML into checked specs,
 //! `runtime` compiles them into the snapshot requests use, `proxy` is the request path,
 //! `routing` and `upstream` are what it consults, `admin` is the operator's listener,
-//! `server` wires it all into Pingora, `demo` simulates upstreams with fault injection.
+//! `server` wires it all into Pingora, `demo` simulates upstreams with fault injection,
+//! `outcomes` records finished exchanges and `replay` runs breakers over a recording.
 
 pub mod admin;
 pub mod alerts;
@@ -23,9 +24,11 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod operator_modes;
+pub mod outcomes;
 pub mod plugin;
 pub mod proxy;
 pub mod reload;
+pub mod replay;
 pub mod routing;
 pub mod runtime;
 pub mod server;

@@ -60,6 +60,7 @@ pub struct Metrics {
     cluster_connected: IntGaugeVec,
     cluster_messages: IntCounterVec,
     cluster_lag: HistogramVec,
+    outcome_records: IntCounterVec,
 }
 
 /// The label under which requests that matched no route are counted.
@@ -498,6 +499,12 @@ impl Default for Metrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
                 &["cluster"],
             ),
+            outcome_records: counter(
+                r,
+                "gateway_outcome_records_total",
+                "Outcome records (server.record_outcomes) written, or dropped: queue full (a slow disk) or a failed write (a full disk).",
+                &["result"],
+            ),
             registry,
         }
     }
@@ -611,6 +618,14 @@ impl Metrics {
                 })
                 .collect(),
         }
+    }
+
+    /// The outcome recorder's counters (written, dropped_queue_full,
+    /// dropped_write_error); resolved only when recording is on, so a gateway that
+    /// records nothing exports none of these series.
+    pub fn outcome_records(&self) -> [IntCounter; 3] {
+        ["written", "dropped_queue_full", "dropped_write_error"]
+            .map(|result| self.outcome_records.with_label_values(&[result]))
     }
 
     pub fn config_applied(&self, config: &Config) {

@@ -15,6 +15,7 @@ use crate::config::{Config, ConfigErrors, ListenerSpec, TlsVersion};
 use crate::events::{EventHub, FleetNote};
 use crate::metrics::{Metrics, StateGauges};
 use crate::operator_modes::{OperatorModes, Override, Remote, Stamp, StateError};
+use crate::outcomes::{RecordCounters, Recorder};
 use crate::plugin::PluginSet;
 use crate::routing::{Route, RouteTable};
 use crate::tls::{CertificateStore, SniTable};
@@ -103,6 +104,11 @@ pub enum StartError {
     Config(#[from] ConfigErrors),
     #[error("server.state_dir: {0}")]
     State(#[from] StateError),
+    #[error("server.record_outcomes.path: cannot open {path}: {error}")]
+    Record {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// Where a breaker's mode comes from.
@@ -129,6 +135,8 @@ pub struct RuntimeHandle {
     /// Every snapshot swap (a reload, a DNS change) builds on the one before it, one
     /// at a time: a swap racing another would undo it.
     swaps: std::sync::Mutex<()>,
+    /// `server.record_outcomes`, opened at start for the life of the process.
+    pub recorder: Option<Arc<Recorder>>,
 }
 
 impl Runtime {
@@ -170,8 +178,21 @@ impl RuntimeHandle {
             .iter()
             .filter_map(|l| Some((l.address, Arc::new(CertificateStore::new(sni_table(l)?)))))
             .collect();
+        let recorder = match &config.server.record_outcomes {
+            None => None,
+            Some(spec) => {
+                let counters = RecordCounters::new(metrics.outcome_records());
+                let recorder =
+                    Recorder::open(spec, counters).map_err(|error| StartError::Record {
+                        path: spec.path.clone(),
+                        error,
+                    })?;
+                Some(Arc::new(recorder))
+            }
+        };
         let (runtime, _) = Runtime::build(config, plugins, 1, &events, None);
         let handle = Self {
+            recorder,
             metrics,
             certificates,
             current: ArcSwap::from_pointee(runtime),

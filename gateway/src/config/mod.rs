@@ -31,7 +31,8 @@ pub use listener::{
 };
 pub use model::{
     AdminSpec, Config, DEFAULT_RESOLVE_INTERVAL, HostEndpoint, HostMatch, LoadBalancing, PathMatch,
-    Protocol, RouteSpec, ServerSpec, Timeouts, UpstreamSpec, UpstreamTls, assemble_endpoints,
+    Protocol, RecordOutcomesSpec, RouteSpec, ServerSpec, Timeouts, UpstreamSpec, UpstreamTls,
+    assemble_endpoints,
 };
 pub use plugins::{
     MAX_LOG_BYTES_PER_SECOND, MAX_LOG_LINES_PER_SECOND, MAX_PLUGIN_MEMORY, OnPluginError,

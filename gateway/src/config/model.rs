@@ -64,6 +64,97 @@ pub struct ServerSpec {
     pub plugin_cache_dir: Option<PathBuf>,
     /// How host-name endpoints are looked up (`server.dns`).
     pub dns: ResolverSpec,
+    /// `server.record_outcomes`: None (the default) records nothing.
+    pub record_outcomes: Option<RecordOutcomesSpec>,
+}
+
+/// Where and what the outcome recorder writes (`crate::outcomes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordOutcomesSpec {
+    pub path: PathBuf,
+    /// Lowercase, valid, unique; never a credential header.
+    pub headers: Vec<http::HeaderName>,
+    pub queue: NonZeroUsize,
+}
+
+/// Headers that carry credentials: refused in `record_outcomes.headers`, so a recording
+/// never puts a secret on disk.
+const UNRECORDABLE_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// More headers than this per record is a config mistake, not a use.
+const MAX_RECORDED_HEADERS: usize = 32;
+
+fn record_outcomes(
+    raw: Option<super::raw::RawRecordOutcomes>,
+    source: &Path,
+    path: &KeyPath,
+    problems: &mut Problems,
+) -> Option<RecordOutcomesSpec> {
+    let raw = raw?;
+    let file = super::resolve_relative(source, &raw.path);
+    if raw.path.is_empty() {
+        problems.push(
+            path.key("path"),
+            "is empty; give the file to append records to",
+        );
+    } else if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        problems.push(
+            path.key("path"),
+            format!("directory `{}` does not exist", dir.display()),
+        );
+    }
+    if raw.headers.len() > MAX_RECORDED_HEADERS {
+        problems.push(
+            path.key("headers"),
+            format!(
+                "{} headers; at most {MAX_RECORDED_HEADERS} may be recorded",
+                raw.headers.len()
+            ),
+        );
+    }
+    let mut headers: Vec<http::HeaderName> = Vec::new();
+    for (i, name) in raw.headers.iter().enumerate() {
+        let at = path.key("headers").index(i);
+        let lower = name.to_ascii_lowercase();
+        if UNRECORDABLE_HEADERS.contains(&lower.as_str()) {
+            problems.push(
+                at,
+                format!("`{name}` carries credentials and is never recorded"),
+            );
+            continue;
+        }
+        match http::HeaderName::from_bytes(lower.as_bytes()) {
+            Ok(header) if headers.contains(&header) => {
+                problems.push(at, format!("`{name}` is listed twice"));
+            }
+            Ok(header) => headers.push(header),
+            Err(_) => problems.push(at, format!("`{name}` is not a valid header name")),
+        }
+    }
+    let queue = match raw.queue {
+        None => NonZeroUsize::new(8192),
+        Some(n) if n > 1 << 20 => {
+            problems.push(path.key("queue"), "at most 1048576 records may wait");
+            None
+        }
+        Some(n) => NonZeroUsize::new(n).or_else(|| {
+            problems.push(path.key("queue"), "must be at least 1");
+            None
+        }),
+    }
+    .unwrap_or(NonZeroUsize::MIN);
+    Some(RecordOutcomesSpec {
+        path: file,
+        headers,
+        queue,
+    })
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -272,6 +363,12 @@ pub fn server_spec(
             problems,
         ),
         dns: resolver_spec(raw.dns, &path.key("dns"), problems),
+        record_outcomes: record_outcomes(
+            raw.record_outcomes,
+            source,
+            &path.key("record_outcomes"),
+            problems,
+        ),
     }
 }
 

@@ -33,6 +33,8 @@ pub struct RawServer {
     pub state_dir: Option<String>,
     pub plugin_cache_dir: Option<String>,
     pub dns: Option<RawDns>,
+    /// Write one JSON line per finished exchange (`gateway replay` reads them).
+    pub record_outcomes: Option<RawRecordOutcomes>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +44,18 @@ pub struct RawDns {
     #[serde(default)]
     pub nameservers: Vec<String>,
     pub timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecordOutcomes {
+    /// The file records are appended to; relative to the config file.
+    pub path: String,
+    /// Request and response headers whose values are recorded (for predicate plugins).
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Records waiting for the writer; more are dropped (and counted).
+    pub queue: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,6 +94,24 @@ impl Interest {
             || self.headers.iter().any(|name| headers.contains_key(name))
     }
 
+    /// Whether an exchange told as `outcome` (with its response head's `headers`) is
+    /// asked about.
+    pub fn wants_outcome(
+        &self,
+        outcome: &types::Outcome,
+        headers: Option<&http::HeaderMap>,
+    ) -> bool {
+        match (&outcome.response, outcome.error) {
+            (_, Some(_)) => self.wants_transport_errors(),
+            (Some(response), None) => self.wants_response(
+                response.status,
+                headers.unwrap_or(&http::HeaderMap::new()),
+                Duration::from_micros(outcome.latency_us),
+            ),
+            (None, None) => self.all,
+        }
+    }
+
     /// Whether an exchange that failed on the wire is asked about.
     pub fn wants_transport_errors(&self) -> bool {
         self.all || self.transport_errors

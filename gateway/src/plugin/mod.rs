@@ -12,6 +12,7 @@
 //!   outgoing request is denied when made.
 //! - `instance.rs`: one plugin: instance pool, bounded calls, error accounting.
 //! - `convert.rs`: gateway types to and from WIT types.
+//! - `judge.rs`: a predicate's judgement, or the `on_plugin_error` policy's.
 //! - `answer.rs`: a fallback plugin's response, checked before it reaches a client.
 //!
 //! A config's plugins load as a `PluginSet` before its runtime is built; a plugin whose
@@ -26,6 +27,7 @@ mod engine;
 mod host;
 mod instance;
 mod interest;
+mod judge;
 mod log;
 mod wasi;
 mod wasi_http;
@@ -41,6 +43,7 @@ pub use bindings::types;
 pub use host::Exchange;
 pub use instance::Plugin;
 pub use interest::Interest;
+pub use judge::judge;
 
 /// Why a plugin call (or its instance's start) failed.
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,25 @@ pub struct Call {
     pub inspected: Option<(types::ResponseInfo, http::HeaderMap)>,
     /// Where a gRPC response stands: its status comes last, in the trailers.
     grpc: GrpcCall,
+    /// When the current attempt was admitted by the breaker.
+    admitted: Instant,
+    /// Every recorded attempt, kept only while outcomes are recorded (`recording`).
+    pub attempts: Vec<Attempt>,
+    pub recording: bool,
+    /// The response head's headers that `record_outcomes.headers` names.
+    pub response_headers: crate::outcomes::HeaderList,
+}
+
+/// One attempt as the breaker recorded it, for the outcome recording.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    pub result: CallResult,
+    pub latency: Duration,
+    pub endpoint: Option<std::net::SocketAddr>,
+    pub admitted: Instant,
+    pub finished: Instant,
+    /// The live judgement: failure, success, or nothing.
+    pub failed: Option<bool>,
 }
 
 /// A gRPC exchange is judged on its `grpc-status`, not on its HTTP status.
@@ -106,6 +125,10 @@ impl Call {
             judgement: None,
             inspected: None,
             grpc: GrpcCall::No,
+            admitted: Instant::now(),
+            attempts: Vec::new(),
+            recording: false,
+            response_headers: Vec::new(),
         })
     }
 
@@ -182,6 +205,7 @@ impl Call {
         match upstream.breaker.try_acquire() {
             Ok(permit) if !permit.is_probe() => {
                 self.permit = Some(permit);
+                self.admitted = Instant::now();
                 self.retries += 1;
                 upstream.metrics.retries.inc();
                 true
@@ -250,6 +274,16 @@ impl Call {
         outcome.slow = judgement.slow;
         if failed.is_some() {
             metrics.duration.observe(latency.as_secs_f64());
+        }
+        if self.recording {
+            self.attempts.push(Attempt {
+                result,
+                latency,
+                endpoint: self.endpoint(),
+                admitted: self.admitted,
+                finished: Instant::now(),
+                failed,
+            });
         }
         let counted = self.upstream.breaker.record(permit, outcome);
         if let Some(shadow) = &self.upstream.shadow {

@@ -15,7 +15,6 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 
 use super::call::Call;
-use crate::config::OnPluginError;
 use crate::plugin::{Exchange, convert, types};
 use crate::upstream::classify::{CallResult, Judgement};
 
@@ -137,19 +136,5 @@ fn ask(
         trailers,
     };
     let outcome = convert::outcome(response, error, call.latency());
-    match plugin.classify(&outcome, exchange) {
-        Ok(verdict) => convert::judgement(verdict),
-        Err(_) => match call.upstream.spec.on_plugin_error {
-            OnPluginError::FailureWhen => call.upstream.spec.failure_when.judge(result),
-            OnPluginError::CountAsFailure => Judgement {
-                failed: Some(true),
-                slow: None,
-            },
-            OnPluginError::CountAsSuccess => Judgement {
-                failed: Some(false),
-                slow: None,
-            },
-            OnPluginError::Ignore => Judgement::default(),
-        },
-    }
+    crate::plugin::judge(plugin, &call.upstream.spec, &outcome, exchange, result)
 }

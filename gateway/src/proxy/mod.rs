@@ -37,6 +37,7 @@ mod headers;
 mod judge;
 mod limits;
 mod normalize;
+mod record;
 mod respond;
 
 use std::net::SocketAddr;
@@ -109,6 +110,8 @@ pub struct RequestCtx {
     limit_hit: Option<Limit>,
     /// The route's total deadline and the timeouts Pingora is given for it.
     deadline: RequestDeadline,
+    /// The route's upstream turned the request away (for the outcome recording).
+    refused: Option<record::Refusal>,
     _in_flight: InFlightGuard,
 }
 
@@ -213,6 +216,7 @@ impl ProxyHttp for Gateway {
             body: None,
             limit_hit: None,
             deadline: RequestDeadline::default(),
+            refused: None,
             _in_flight: self.in_flight.enter(),
         }
     }
@@ -261,7 +265,21 @@ impl ProxyHttp for Gateway {
         ctx.body = Some(budget);
         ctx.deadline =
             RequestDeadline::start(session, &ctx.limits, &route.spec.limits, ctx.started);
-        let admission = fallback::admit(&ctx.runtime, &route.upstream);
+        let mut admission = fallback::admit(&ctx.runtime, &route.upstream);
+        let recording = self.runtime.recorder.is_some();
+        if recording {
+            ctx.refused = match &mut admission {
+                Admission::Call(call) => {
+                    call.recording = true;
+                    call.fallback_for
+                        .as_ref()
+                        .map(|(name, reason)| (name.clone(), reason.as_str()))
+                }
+                Admission::Respond { reason, .. } => {
+                    Some((route.upstream.name().to_string(), reason.as_str()))
+                }
+            };
+        }
         ctx.route = Some(route);
         match admission {
             Admission::Call(call) => {
@@ -276,7 +294,8 @@ impl ProxyHttp for Gateway {
             }
             Admission::Respond { upstream, reason } => {
                 match ctx.ask_fallback_plugin(session, &upstream, reason).await? {
-                    PluginAnswer::Rerouted(call) => {
+                    PluginAnswer::Rerouted(mut call) => {
+                        call.recording = recording;
                         ctx.call = Some(*call);
                         return Ok(false);
                     }
@@ -378,6 +397,10 @@ impl ProxyHttp for Gateway {
             .filter(|_| !response.status.is_informational())
         {
             call.on_response(response.status.as_u16());
+            if let Some(recorder) = self.runtime.recorder.as_ref().filter(|_| call.recording) {
+                call.response_headers =
+                    crate::outcomes::select_headers(&response.headers, &recorder.headers);
+            }
             grpc::at_head(call, response);
             judge::at_head(call, session, route_name(&ctx.route), response);
             // A Trailers-Only gRPC answer is complete in its head, which reaches the
@@ -568,6 +591,17 @@ impl ProxyHttp for Gateway {
             let result = call.result(e);
             judge::at_end(call, session, route_name(&ctx.route), result);
             call.finish(result);
+        }
+        if let Some(recorder) = &self.runtime.recorder {
+            record::write(
+                recorder,
+                session,
+                route_name(&ctx.route),
+                &ctx.runtime.config.hash,
+                ctx.call.as_ref(),
+                ctx.refused.as_ref(),
+                ctx.started,
+            );
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route_metrics = ctx

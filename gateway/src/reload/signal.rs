@@ -1,4 +1,5 @@
-//! SIGHUP reloads the config. Without a handler SIGHUP would terminate the process.
+//! SIGHUP reloads the config and reopens the outcome recording (for log rotation).
+//! Without a handler SIGHUP would terminate the process.
 
 use std::sync::Arc;
 
@@ -17,6 +18,9 @@ pub fn spawn(reloader: Arc<Reloader>) -> std::io::Result<()> {
         .spawn(move || {
             runtime.block_on(async move {
                 while hangups.recv().await.is_some() {
+                    if let Some(recorder) = &reloader.runtime().recorder {
+                        recorder.reopen();
+                    }
                     reloader.reload("sighup");
                 }
             });
