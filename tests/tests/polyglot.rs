@@ -110,10 +110,12 @@ async fn python_predicate_opens_the_breaker_on_what_it_calls_failures() {
             "{outcome} on {upstream}"
         );
     }
+    // The two healthy 200s are outside the interest its init declared (its statuses,
+    // its header, transport errors): judged by failure_when, the plugin not called.
     assert_eq!(
         gw.metric("gateway_plugin_calls_total{plugin=\"py\",result=\"ok\"}")
             .await,
-        7.0
+        5.0
     );
     assert_eq!(
         origin.stats().requests(),
