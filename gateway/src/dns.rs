@@ -4,14 +4,16 @@
 //! Two ways, chosen by `server.dns.nameservers`: without it, the system's resolver
 //! (`getaddrinfo`: `/etc/hosts`, search domains, nsswitch), which says nothing of TTLs;
 //! with it, A and AAAA queries over UDP to those servers in order (the wire format by
-//! hickory-proto), whose answers carry the TTL the refresher honours. Answers are
+//! hickory-proto; EDNS(0) with a 1232-byte payload, a truncated answer asked again over
+//! TCP), whose answers carry the TTL the refresher honours. Answers are
 //! hostile input: only a response to our own query id, from the server asked, with our
 //! question, is read, and only its A and AAAA records.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::time::Duration;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
 /// Where and how long to ask.
@@ -101,23 +103,35 @@ fn system(host: &str, port: u16) -> Result<Answer, LookupError> {
 }
 
 /// A then AAAA from one server: the addresses and the shortest TTL, None for NXDOMAIN,
-/// Err when the server did not answer usefully.
+/// Err when the server did not answer usefully. One family failing (an AAAA query a
+/// firewall drops) does not lose the other's addresses.
 type Found = Option<(Vec<IpAddr>, Option<Duration>)>;
 
 fn ask_both(server: SocketAddr, name: &Name, timeout: Duration) -> Result<Found, String> {
     let mut ips = Vec::new();
     let mut ttl: Option<u32> = None;
+    let mut problems = Vec::new();
     for kind in [RecordType::A, RecordType::AAAA] {
-        let Some(records) = ask(server, name, kind, timeout)? else {
-            return Ok(None);
-        };
-        for (ip, record_ttl) in records {
-            ips.push(ip);
-            ttl = Some(ttl.map_or(record_ttl, |t| t.min(record_ttl)));
+        match ask(server, name, kind, timeout) {
+            Ok(None) => return Ok(None),
+            Ok(Some(records)) => {
+                for (ip, record_ttl) in records {
+                    ips.push(ip);
+                    ttl = Some(ttl.map_or(record_ttl, |t| t.min(record_ttl)));
+                }
+            }
+            Err(problem) => problems.push(format!("{kind}: {problem}")),
         }
+    }
+    if ips.is_empty() && !problems.is_empty() {
+        return Err(problems.join(", "));
     }
     Ok(Some((ips, ttl.map(|t| Duration::from_secs(u64::from(t))))))
 }
+
+/// Payload size announced with EDNS(0): the size DNS Flag Day 2020 settled on, which
+/// needs no IP fragmentation; a bigger answer comes truncated and is asked over TCP.
+const EDNS_PAYLOAD: u16 = 1232;
 
 /// One query, one answer: `(address, ttl)` of each matching record.
 fn ask(
@@ -128,76 +142,118 @@ fn ask(
 ) -> Result<Option<Vec<(IpAddr, u32)>>, String> {
     let id: u16 = rand::random();
     let mut query = Message::new();
+    let mut edns = Edns::new();
+    edns.set_max_payload(EDNS_PAYLOAD);
     query
         .set_id(id)
         .set_message_type(MessageType::Query)
         .set_op_code(OpCode::Query)
         .set_recursion_desired(true)
-        .add_query(Query::query(name.clone(), kind));
+        .add_query(Query::query(name.clone(), kind))
+        .set_edns(edns);
     let bytes = query.to_vec().map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + timeout;
+    let ours = |answer: &Message| {
+        answer.id() == id
+            && answer.message_type() == MessageType::Response
+            && answer.queries().len() == 1
+            && answer.queries()[0].name() == name
+            && answer.queries()[0].query_type() == kind
+    };
+    let mut answer = over_udp(server, &bytes, deadline, &ours)?;
+    if answer.truncated() {
+        // Every record, not the first few that fit: a large headless service.
+        answer = over_tcp(server, &bytes, deadline, &ours)?;
+    }
+    match answer.response_code() {
+        ResponseCode::NoError => Ok(Some(
+            answer
+                .answers()
+                .iter()
+                .filter_map(|record| match record.data() {
+                    RData::A(a) if kind == RecordType::A => Some((IpAddr::V4(a.0), record.ttl())),
+                    RData::AAAA(a) if kind == RecordType::AAAA => {
+                        Some((IpAddr::V6(a.0), record.ttl()))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )),
+        ResponseCode::NXDomain => Ok(None),
+        other => Err(format!("answered {other}")),
+    }
+}
+
+fn left(deadline: Instant, timeout_text: &str) -> Result<Duration, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(format!("no answer within {timeout_text}"))
+    } else {
+        Ok(left)
+    }
+}
+
+fn over_udp(
+    server: SocketAddr,
+    query: &[u8],
+    deadline: Instant,
+    ours: &dyn Fn(&Message) -> bool,
+) -> Result<Message, String> {
     let bind: SocketAddr = match server {
         SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let socket = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
     socket.connect(server).map_err(|e| e.to_string())?;
-    socket
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    socket.send(&bytes).map_err(|e| e.to_string())?;
-    let deadline = std::time::Instant::now() + timeout;
-    let mut buffer = [0u8; 4096];
+    socket.send(query).map_err(|e| e.to_string())?;
+    let mut buffer = vec![0u8; usize::from(EDNS_PAYLOAD)];
     loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(format!("no answer within {timeout:?}"));
-        }
+        let wait = left(deadline, "the timeout")?;
         socket
-            .set_read_timeout(Some(left))
+            .set_read_timeout(Some(wait))
             .map_err(|e| e.to_string())?;
         let n = match socket.recv(&mut buffer) {
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(format!("no answer within {timeout:?}"));
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err("no answer within the timeout".into());
             }
             Err(e) => return Err(e.to_string()),
         };
         // Anything but the answer to this query (a late answer, a forgery) is skipped.
-        let Ok(answer) = Message::from_vec(&buffer[..n]) else {
-            continue;
-        };
-        let ours = answer.id() == id
-            && answer.message_type() == MessageType::Response
-            && answer.queries().len() == 1
-            && answer.queries()[0].name() == name
-            && answer.queries()[0].query_type() == kind;
-        if !ours {
-            continue;
+        if let Ok(answer) = Message::from_vec(&buffer[..n])
+            && ours(&answer)
+        {
+            return Ok(answer);
         }
-        return match answer.response_code() {
-            ResponseCode::NoError => Ok(Some(
-                answer
-                    .answers()
-                    .iter()
-                    .filter_map(|record| match record.data() {
-                        RData::A(a) if kind == RecordType::A => {
-                            Some((IpAddr::V4(a.0), record.ttl()))
-                        }
-                        RData::AAAA(a) if kind == RecordType::AAAA => {
-                            Some((IpAddr::V6(a.0), record.ttl()))
-                        }
-                        _ => None,
-                    })
-                    .collect(),
-            )),
-            ResponseCode::NXDomain => Ok(None),
-            other => Err(format!("answered {other}")),
-        };
+    }
+}
+
+/// The same query over TCP (RFC 7766): a two-byte length before each message.
+fn over_tcp(
+    server: SocketAddr,
+    query: &[u8],
+    deadline: Instant,
+    ours: &dyn Fn(&Message) -> bool,
+) -> Result<Message, String> {
+    let io = |e: std::io::Error| format!("over TCP: {e}");
+    let mut stream =
+        TcpStream::connect_timeout(&server, left(deadline, "the timeout")?).map_err(io)?;
+    stream
+        .set_write_timeout(Some(left(deadline, "the timeout")?))
+        .map_err(io)?;
+    let length = u16::try_from(query.len()).map_err(|_| "query too long".to_string())?;
+    stream.write_all(&length.to_be_bytes()).map_err(io)?;
+    stream.write_all(query).map_err(io)?;
+    stream
+        .set_read_timeout(Some(left(deadline, "the timeout")?))
+        .map_err(io)?;
+    let mut length = [0u8; 2];
+    stream.read_exact(&mut length).map_err(io)?;
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    stream.read_exact(&mut answer).map_err(io)?;
+    match Message::from_vec(&answer) {
+        Ok(message) if ours(&message) => Ok(message),
+        _ => Err("over TCP: an answer to another question".into()),
     }
 }
 
@@ -315,6 +371,97 @@ mod tests {
             lookup(&spec(server), "empty.test", 80),
             Err(LookupError::NoAddresses(..))
         ));
+    }
+
+    fn answer_with(query: &Message, ips: &[[u8; 4]]) -> Message {
+        let name = query.queries()[0].name().clone();
+        let mut answer = Message::new();
+        answer
+            .set_id(query.id())
+            .set_message_type(MessageType::Response)
+            .add_queries(query.queries().to_vec());
+        for ip in ips {
+            answer.add_answer(Record::from_rdata(
+                name.clone(),
+                60,
+                RData::A(rdata::A((*ip).into())),
+            ));
+        }
+        answer
+    }
+
+    #[test]
+    fn a_truncated_answer_is_asked_again_over_tcp() {
+        // UDP and TCP on one port, as a name server listens.
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+            let port = udp.local_addr().expect("addr").port();
+            if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                break (udp, tcp);
+            }
+        };
+        let server = udp.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 2048];
+            for _ in 0..2 {
+                let Ok((n, from)) = udp.recv_from(&mut buffer) else {
+                    return;
+                };
+                let query = Message::from_vec(&buffer[..n]).expect("query");
+                let mut cut = answer_with(&query, &[]);
+                if query.queries()[0].query_type() == RecordType::A {
+                    cut.set_truncated(true);
+                }
+                let _ = udp.send_to(&cut.to_vec().expect("encode"), from);
+            }
+        });
+        std::thread::spawn(move || {
+            let Ok((mut stream, _)) = tcp.accept() else {
+                return;
+            };
+            let mut length = [0u8; 2];
+            stream.read_exact(&mut length).expect("length");
+            let mut query = vec![0u8; usize::from(u16::from_be_bytes(length))];
+            stream.read_exact(&mut query).expect("query");
+            let query = Message::from_vec(&query).expect("query");
+            let ips: Vec<[u8; 4]> = (1..=40).map(|n| [10, 0, 0, n]).collect();
+            let answer = answer_with(&query, &ips).to_vec().expect("encode");
+            let length = u16::try_from(answer.len()).expect("length");
+            stream.write_all(&length.to_be_bytes()).expect("write");
+            stream.write_all(&answer).expect("write");
+        });
+        let answer = lookup(&spec(server), "big.test", 80).expect("lookup");
+        assert_eq!(
+            answer.addresses.len(),
+            40,
+            "every record, not those that fit"
+        );
+    }
+
+    #[test]
+    fn an_aaaa_failure_keeps_the_a_records() {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+        let server = udp.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 2048];
+            for _ in 0..2 {
+                let Ok((n, from)) = udp.recv_from(&mut buffer) else {
+                    return;
+                };
+                let query = Message::from_vec(&buffer[..n]).expect("query");
+                let mut answer = answer_with(&query, &[[127, 0, 0, 9]]);
+                if query.queries()[0].query_type() == RecordType::AAAA {
+                    answer = answer_with(&query, &[]);
+                    answer.set_response_code(ResponseCode::ServFail);
+                }
+                let _ = udp.send_to(&answer.to_vec().expect("encode"), from);
+            }
+        });
+        let answer = lookup(&spec(server), "v4.test", 80).expect("lookup");
+        assert_eq!(
+            answer.addresses,
+            vec!["127.0.0.9:80".parse().expect("addr")]
+        );
     }
 
     #[test]

@@ -26,6 +26,9 @@ const TICK: Duration = Duration::from_millis(50);
 struct Followed {
     addresses: Vec<SocketAddr>,
     interval: Duration,
+    /// The pace the last answer set (its TTL within bounds): a failed lookup is tried
+    /// again at the same pace.
+    pace: Duration,
     due: Instant,
     failing: bool,
 }
@@ -33,8 +36,9 @@ struct Followed {
 /// (upstream, host, port)
 type Key = (String, String, u16);
 
-/// Starts the thread (only when some upstream has a host-name endpoint or a reload may
-/// bring one: it costs a wake-up every 50 ms and nothing else).
+/// Starts the thread, always (a reload may bring a host name; without one it costs a
+/// wake-up every 50 ms). A panic in a round is logged and the next round starts
+/// afresh: the thread never dies silently with the endpoints frozen.
 pub fn spawn(runtime: Arc<RuntimeHandle>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("endpoint-dns".into())
@@ -42,7 +46,14 @@ pub fn spawn(runtime: Arc<RuntimeHandle>) -> std::io::Result<()> {
             let mut followed: HashMap<Key, Followed> = HashMap::new();
             let mut config_hash = String::new();
             loop {
-                round(&runtime, &mut followed, &mut config_hash);
+                let survived = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    round(&runtime, &mut followed, &mut config_hash);
+                }));
+                if survived.is_err() {
+                    tracing::error!(target: "gateway::dns", "endpoint refresh round panicked; starting over");
+                    followed.clear();
+                    config_hash.clear();
+                }
                 std::thread::sleep(TICK);
             }
         })
@@ -69,7 +80,10 @@ fn round(runtime: &RuntimeHandle, followed: &mut HashMap<Key, Followed>, config_
                     Followed {
                         addresses: host.addresses.clone(),
                         interval: spec.resolve_interval,
-                        due: Instant::now() + spec.resolve_interval,
+                        pace: spec.resolve_interval,
+                        // The load's answer said nothing of its TTL (the config keeps
+                        // none): the first look again is soon, then TTLs pace it.
+                        due: Instant::now() + TTL_FLOOR.min(spec.resolve_interval),
                         failing: false,
                     },
                 );
@@ -100,7 +114,8 @@ fn look_again(runtime: &RuntimeHandle, resolver: &ResolverSpec, key: &Key, entry
                 entry.failing = false;
                 tracing::info!(target: "gateway::dns", upstream = %upstream, host = %host, "host name resolves again");
             }
-            entry.due = Instant::now() + next_lookup(answer.ttl, entry.interval);
+            entry.pace = next_lookup(answer.ttl, entry.interval);
+            entry.due = Instant::now() + entry.pace;
             if answer.addresses != entry.addresses {
                 changed(runtime, key, &entry.addresses, &answer.addresses);
                 entry.addresses = answer.addresses;
@@ -119,7 +134,7 @@ fn look_again(runtime: &RuntimeHandle, resolver: &ResolverSpec, key: &Key, entry
                     "host name lookup failed; the last good addresses stay"
                 );
             }
-            entry.due = Instant::now() + entry.interval;
+            entry.due = Instant::now() + entry.pace;
         }
     }
 }
@@ -149,6 +164,7 @@ fn changed(
         .filter(|a| !new.contains(a))
         .map(ToString::to_string)
         .collect();
+    runtime.metrics.endpoints_gone(upstream, &removed);
     tracing::info!(
         target: "gateway::dns",
         upstream = %upstream,

@@ -605,6 +605,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Endpoints DNS took away: their series go, so that pods coming and going do not
+    /// grow the scrape for ever.
+    pub fn endpoints_gone(&self, upstream: &str, endpoints: &[String]) {
+        for endpoint in endpoints {
+            let _ = self
+                .endpoint_ejections
+                .remove_label_values(&[upstream, endpoint.as_str()]);
+        }
+    }
+
     /// Marks `hash` as the config in service.
     /// Handles for a listener; every limit starts at 0 so increase() sees the first.
     pub fn for_listener(&self, listener: &str) -> ListenerMetrics {

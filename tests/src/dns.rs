@@ -3,7 +3,7 @@
 //! with no record. Plain UDP on loopback, on a thread of its own; stops on drop.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +26,6 @@ pub enum DnsAnswer {
 pub struct DnsServer {
     pub addr: SocketAddr,
     answer: Arc<Mutex<DnsAnswer>>,
-    queries: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -40,14 +39,9 @@ impl DnsServer {
         let server = DnsServer {
             addr,
             answer: Arc::new(Mutex::new(answer)),
-            queries: Arc::default(),
             stop: Arc::default(),
         };
-        let (answer, queries, stop) = (
-            Arc::clone(&server.answer),
-            Arc::clone(&server.queries),
-            Arc::clone(&server.stop),
-        );
+        let (answer, stop) = (Arc::clone(&server.answer), Arc::clone(&server.stop));
         std::thread::spawn(move || {
             let mut buffer = [0u8; 2048];
             while !stop.load(Ordering::Relaxed) {
@@ -57,7 +51,6 @@ impl DnsServer {
                 let Ok(query) = Message::from_vec(&buffer[..n]) else {
                     continue;
                 };
-                queries.fetch_add(1, Ordering::SeqCst);
                 let current = answer.lock().expect("answer").clone();
                 if let Some(reply) = reply(&query, &current) {
                     let _ = socket.send_to(&reply, from);
@@ -70,10 +63,6 @@ impl DnsServer {
     /// What the server answers from now on.
     pub fn set(&self, answer: DnsAnswer) {
         *self.answer.lock().expect("answer") = answer;
-    }
-
-    pub fn queries(&self) -> u64 {
-        self.queries.load(Ordering::SeqCst)
     }
 }
 

@@ -1,6 +1,8 @@
 //! Endpoints that follow DNS: a name server the test controls moves a host name's
 //! addresses; the gateway adds and removes endpoints without a reload, keeps the state
-//! of addresses that stay, and keeps the last good set when lookups fail.
+//! of addresses that stay, and keeps the last good set when lookups fail (a reload
+//! meanwhile included). The records' TTL (1 s) paces the lookups, not the 30 s
+//! `resolve_interval`: every wait below would time out if TTLs were ignored.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -63,7 +65,7 @@ async fn endpoints_follow_a_host_names_records_keeping_state_and_the_last_good_s
 upstreams:
   api:
     endpoints: [\"svc.test:{port}\"]
-    resolve_interval: 200ms
+    resolve_interval: 30s
     outlier_detection: {{ consecutive_failures: 2, ejection: 1m, max_ejection_percent: 50 }}
 routes:
   - {{ upstream: api }}
@@ -148,7 +150,6 @@ routes:
     for _ in 0..4 {
         assert_eq!(gw.get("/").await.json()["origin"], "c");
     }
-    assert!(dns.queries() > 0);
 }
 
 #[test]

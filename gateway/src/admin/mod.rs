@@ -333,12 +333,18 @@ impl AdminApp {
                         json!({ "code": "NO_CONFIG_FILE", "message": "this gateway runs an embedded config; there is no file to write settings to" }),
                     );
                 };
-                let if_match = session
-                    .req_header()
-                    .headers
-                    .get(http::header::IF_MATCH)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
+                let if_match = match session.req_header().headers.get(http::header::IF_MATCH) {
+                    None => None,
+                    Some(value) => match value.to_str() {
+                        Ok(text) => Some(text.to_string()),
+                        Err(_) => {
+                            return Reply::Json(
+                                400,
+                                json!({ "code": "BAD_REQUEST", "message": "If-Match is not a file hash" }),
+                            );
+                        }
+                    },
+                };
                 let Some(body) = read_body(session).await else {
                     return Reply::Json(413, json!({ "code": "BODY_TOO_LARGE" }));
                 };

@@ -30,12 +30,14 @@ pub enum EditError {
         line: usize,
         why: &'static str,
     },
-    #[error("`{0}` is not a key this edit can write (letters, digits, '_' and '-')")]
+    #[error(
+        "`{0}` is not a key this edit can write (letters, digits, '_' and '-', not a YAML number, boolean or null)"
+    )]
     Key(String),
     #[error(
-        "the edited file would not read back as the requested change; nothing was written (this is a bug, please report it)"
+        "the change to `{0}` could not be written into the file's text exactly (the edited file would read back differently); nothing was written: change the file by hand"
     )]
-    Unverified,
+    Unverified(String),
 }
 
 /// Merges `change` into the value at `path` (mapping keys from the document's root):
@@ -51,7 +53,9 @@ pub fn merge(text: &str, path: &[&str], change: &Json) -> Result<String, EditErr
     let mut edits = Edits::default();
     let shown_parent = path[..path.len() - 1].join(".");
     document.merge_entry(parent, &shown_parent, key, change, unit, &mut edits)?;
-    let edited = edits.apply(text, &document.newline)?;
+    let edited = edits
+        .apply(text, &document.newline)
+        .map_err(|()| EditError::Unverified(path.join(".")))?;
     verify(text, &edited, path, change)?;
     Ok(edited)
 }
@@ -74,19 +78,20 @@ pub fn section(text: &str, path: &[&str]) -> Result<Json, EditError> {
 fn verify(old: &str, new: &str, path: &[&str], change: &Json) -> Result<(), EditError> {
     let mut expected: Yaml =
         serde_yaml::from_str(old).map_err(|e| EditError::Syntax(e.to_string()))?;
-    let change: Yaml = serde_yaml::to_value(change).map_err(|_| EditError::Unverified)?;
-    let (key, parents) = path.split_last().ok_or(EditError::Unverified)?;
+    let unverified = || EditError::Unverified(path.join("."));
+    let change: Yaml = serde_yaml::to_value(change).map_err(|_| unverified())?;
+    let (key, parents) = path.split_last().ok_or_else(unverified)?;
     let mut parent = &mut expected;
     for step in parents {
-        parent = parent.get_mut(step).ok_or(EditError::Unverified)?;
+        parent = parent.get_mut(step).ok_or_else(unverified)?;
     }
-    let parent = parent.as_mapping_mut().ok_or(EditError::Unverified)?;
+    let parent = parent.as_mapping_mut().ok_or_else(unverified)?;
     merge_value(parent, key, &change);
-    let actual: Yaml = serde_yaml::from_str(new).map_err(|_| EditError::Unverified)?;
+    let actual: Yaml = serde_yaml::from_str(new).map_err(|_| unverified())?;
     if actual == expected {
         Ok(())
     } else {
-        Err(EditError::Unverified)
+        Err(unverified())
     }
 }
 
@@ -172,12 +177,13 @@ struct Document<'a> {
 /// Builds the node tree from the parser's events.
 #[derive(Default)]
 struct TreeBuilder {
-    /// Char index -> byte offset.
-    bytes_at: Vec<usize>,
+    /// Byte offset where each line starts. Positions are taken from a marker's line
+    /// and column, not its index: yaml-rust2 counts the index in bytes within some
+    /// block scalars and in characters elsewhere.
+    line_starts: Vec<usize>,
     source: String,
     stack: Vec<Partial>,
     root: Option<Node>,
-    unsupported_key: Option<usize>,
 }
 
 enum Partial {
@@ -194,10 +200,15 @@ enum Partial {
 
 impl TreeBuilder {
     fn byte(&self, mark: &Marker) -> usize {
-        self.bytes_at
-            .get(mark.index())
-            .copied()
-            .unwrap_or(self.source.len())
+        let Some(&start) = self.line_starts.get(mark.line().saturating_sub(1)) else {
+            return self.source.len();
+        };
+        let line = &self.source[start..];
+        start
+            + line
+                .char_indices()
+                .nth(mark.col())
+                .map_or(line.len(), |(i, _)| i)
     }
 
     /// A finished node goes to its parent: a mapping's key, a mapping's value, an item.
@@ -214,10 +225,8 @@ impl TreeBuilder {
                 }),
                 None => match key_text {
                     Some(k) => *key = Some(k),
-                    None => {
-                        self.unsupported_key.get_or_insert(node.line());
-                        *key = Some((String::new(), node.line(), 0));
-                    }
+                    // A key that is itself a mapping or list: never one of ours.
+                    None => *key = Some((String::new(), node.line(), 0)),
                 },
             },
         }
@@ -234,6 +243,8 @@ impl TreeBuilder {
         let line_end = rest.find(['\n', '\r']).unwrap_or(rest.len());
         let line = &rest[..line_end];
         let length = match style {
+            // An empty value (`key:` alone) is placed at the next token: no span.
+            TScalarStyle::Plain if value.is_empty() => return None,
             TScalarStyle::Plain => line.starts_with(value).then_some(value.len())?,
             TScalarStyle::SingleQuoted => {
                 let body = line.strip_prefix('\'')?;
@@ -335,7 +346,9 @@ impl MarkedEventReceiver for TreeBuilder {
 impl<'a> Document<'a> {
     fn parse(text: &'a str) -> Result<Self, EditError> {
         let mut builder = TreeBuilder {
-            bytes_at: text.char_indices().map(|(i, _)| i).collect(),
+            line_starts: std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
             source: text.to_string(),
             ..TreeBuilder::default()
         };
@@ -445,7 +458,11 @@ impl<'a> Document<'a> {
             if self.is_blank_or_comment(line) {
                 continue;
             }
-            if self.indent_of(line) <= entry.column {
+            let indent = self.indent_of(line);
+            // A block list may sit at its key's own column (`key:` then `- item`).
+            let rest = &self.line_text(line)[indent..];
+            let item = rest == "-" || rest.starts_with("- ");
+            if indent < entry.column || (indent == entry.column && !item) {
                 break;
             }
             last = line;
@@ -582,7 +599,9 @@ fn check_key(key: &str) -> Result<(), EditError> {
         && key.len() <= 64
         && key
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        // `null`, `true`, `1`: YAML would read the key as something else.
+        && serde_yaml::from_str::<Yaml>(key).ok() == Some(Yaml::String(key.to_string()));
     if fine {
         Ok(())
     } else {
@@ -634,14 +653,33 @@ fn render_scalar(value: &Json) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
                 && s.as_bytes()[0].is_ascii_alphanumeric()
                 && serde_yaml::from_str::<Yaml>(s).ok() == Some(Yaml::String(s.clone()));
-            if plain {
-                s.clone()
-            } else {
-                Json::String(s.clone()).to_string()
-            }
+            if plain { s.clone() } else { double_quoted(s) }
         }
         other => other.to_string(),
     }
+}
+
+/// A YAML double-quoted string: JSON's escapes, plus every character YAML would take
+/// for a line break or refuses (NEL, the Unicode line and paragraph separators, DEL,
+/// the BOM) written as an escape.
+fn double_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}') => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Replacements on the original text, applied from the end so offsets stay valid.
@@ -659,12 +697,13 @@ impl Edits {
         self.0.push((at, at, std::cmp::Reverse(column), text));
     }
 
-    fn apply(mut self, text: &str, newline: &str) -> Result<String, EditError> {
+    /// Err when two edits overlap (which the merge never plans).
+    fn apply(mut self, text: &str, newline: &str) -> Result<String, ()> {
         self.0
             .sort_by_key(|(start, end, depth, _)| (*start, *end, *depth));
         for pair in self.0.windows(2) {
             if pair[1].0 < pair[0].1 {
-                return Err(EditError::Unverified);
+                return Err(());
             }
         }
         let mut out = text.to_string();
@@ -771,7 +810,7 @@ routes:
         assert_eq!(out, FILE.replace("    retries:\n      attempts: 1\n", ""));
         let out = edit(&["upstreams", "api", "breaker"], json!(null)).expect("edit");
         assert!(!out.contains("breaker:") && !out.contains("permitted_requests"));
-        assert!(out.contains("# Trip early") || !out.contains("failure_rate"));
+        assert!(!out.contains("failure_rate") && !out.contains("# Trip early"));
         assert!(out.contains("    retries:\n      attempts: 1\n"), "{out}");
     }
 
@@ -783,6 +822,10 @@ routes:
         assert_eq!(render_scalar(&json!("a: b")), "\"a: b\"");
         assert_eq!(render_scalar(&json!("")), "\"\"");
         assert_eq!(render_scalar(&json!([500, "5xx"])), "[500,\"5xx\"]");
+        assert_eq!(
+            render_scalar(&json!("a\u{2028}b\u{85}c\u{7f}\"q\"")),
+            "\"a\\u2028b\\u0085c\\u007f\\\"q\\\"\""
+        );
     }
 
     #[test]
@@ -833,6 +876,65 @@ routes:
         )
         .expect("edit");
         assert_eq!(out, format!("{bare}\n      minimum_requests: 5\n"));
+    }
+
+    #[test]
+    fn an_empty_value_is_given_one() {
+        let text = "upstreams:\n  api:\n    max_concurrent_requests:\nroutes: []\n";
+        let out = merge(
+            text,
+            &["upstreams", "api", "max_concurrent_requests"],
+            &json!(64),
+        )
+        .expect("edit");
+        assert_eq!(
+            out,
+            "upstreams:\n  api:\n    max_concurrent_requests: 64\nroutes: []\n"
+        );
+    }
+
+    #[test]
+    fn a_list_at_its_keys_column_belongs_to_its_key() {
+        let text = "upstreams:\n  api:\n    breaker:\n      failure_when:\n        statuses:\n        - 500\n        - 503\n      open_duration: 5s\n";
+        let at = ["upstreams", "api", "breaker"];
+        let out = merge(
+            text,
+            &at,
+            &json!({"failure_when": {"statuses": null, "errors": "all"}}),
+        )
+        .expect("edit");
+        assert_eq!(
+            out,
+            "upstreams:\n  api:\n    breaker:\n      failure_when:\n        errors: all\n      open_duration: 5s\n"
+        );
+        let out = merge(text, &at, &json!({"failure_when": {"statuses": [502]}})).expect("edit");
+        assert_eq!(
+            out,
+            "upstreams:\n  api:\n    breaker:\n      failure_when:\n        statuses: [502]\n      open_duration: 5s\n"
+        );
+    }
+
+    #[test]
+    fn non_ascii_text_before_the_change_does_not_shift_it() {
+        let text = "x:\n  body: |\n    Le service est momentanément indisponible, réessayez.\n    ñandú — ünïcödé\nupstreams:\n  api:\n    breaker:\n      failure_rate: 0.5 # keep\n";
+        let out = merge(
+            text,
+            &["upstreams", "api", "breaker"],
+            &json!({"failure_rate": 0.2}),
+        )
+        .expect("edit");
+        assert_eq!(
+            out,
+            text.replace("failure_rate: 0.5 # keep", "failure_rate: 0.2 # keep")
+        );
+    }
+
+    #[test]
+    fn keys_yaml_would_read_as_something_else_are_refused() {
+        for key in ["null", "true", "1", "~"] {
+            let err = edit(&["upstreams", "api", "breaker"], json!({ key: 1 })).expect_err(key);
+            assert!(matches!(err, EditError::Key(_)), "{key}: {err:?}");
+        }
     }
 
     #[test]

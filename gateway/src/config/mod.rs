@@ -64,15 +64,52 @@ pub enum LoadError {
 
 /// Reads and checks the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
+    load_knowing(path, &KnownHosts::default())
+}
+
+/// Like `load`, keeping `known` addresses for a host name that does not resolve now.
+pub fn load_knowing(path: &Path, known: &KnownHosts) -> Result<Config, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(parse(&text, path)?)
+    Ok(parse_knowing(&text, path, known)?)
+}
+
+/// What each host name of the running config resolved to: a reload (or a settings
+/// change) whose lookup of the same name fails keeps these (the last good set, with a
+/// warning) instead of refusing the whole file because DNS had a bad moment.
+#[derive(Debug, Default)]
+pub struct KnownHosts(std::collections::HashMap<(String, u16), Vec<std::net::SocketAddr>>);
+
+impl KnownHosts {
+    pub fn of(config: &Config) -> Self {
+        Self(
+            config
+                .upstreams
+                .values()
+                .flat_map(|u| &u.hosts)
+                .map(|h| ((h.host.clone(), h.port), h.addresses.clone()))
+                .collect(),
+        )
+    }
+
+    pub(crate) fn get(&self, host: &str, port: u16) -> Option<&Vec<std::net::SocketAddr>> {
+        self.0.get(&(host.to_string(), port))
+    }
 }
 
 /// Checks config `text`; `source` names it in errors.
 pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
+    parse_knowing(text, source, &KnownHosts::default())
+}
+
+/// Like `parse`, keeping `known` addresses for a host name that does not resolve now.
+pub fn parse_knowing(
+    text: &str,
+    source: &Path,
+    known: &KnownHosts,
+) -> Result<Config, ConfigErrors> {
     let fail = |problems: Problems, index: &PositionIndex| {
         let mut errors: Vec<ConfigError> = problems
             .0
@@ -127,7 +164,7 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
         }
     };
     let mut problems = Problems::default();
-    let config = check(value, source, text, &index, &mut problems);
+    let config = check(value, source, text, &index, known, &mut problems);
     match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(fail(problems, &index)),
@@ -173,6 +210,7 @@ fn check(
     source: &Path,
     text: &str,
     index: &PositionIndex,
+    known: &KnownHosts,
     problems: &mut Problems,
 ) -> Option<Config> {
     let root = KeyPath::root();
@@ -270,7 +308,9 @@ fn check(
         let Some(raw) = section::<RawUpstream>(value, &path, problems) else {
             continue;
         };
-        if let Some(spec) = model::upstream_spec(&name, raw, source, &server.dns, &path, problems) {
+        if let Some(spec) =
+            model::upstream_spec(&name, raw, source, (&server.dns, known), &path, problems)
+        {
             upstreams.insert(name, spec);
         }
     }

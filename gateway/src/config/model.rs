@@ -610,7 +610,7 @@ pub fn upstream_spec(
     name: &str,
     raw: RawUpstream,
     source: &Path,
-    resolver: &ResolverSpec,
+    (resolver, known): (&ResolverSpec, &super::KnownHosts),
     path: &KeyPath,
     problems: &mut Problems,
 ) -> Option<UpstreamSpec> {
@@ -628,7 +628,7 @@ pub fn upstream_spec(
     let mut hosts: Vec<HostEndpoint> = Vec::new();
     for (i, text) in raw.endpoints.iter().enumerate() {
         let at = path.key("endpoints").index(i);
-        match endpoint(text, resolver) {
+        match endpoint(text, resolver, known) {
             Ok(Endpoint::Address(addr)) if endpoints.contains(&addr) => {
                 problems.push(at, format!("`{text}` is listed twice"));
             }
@@ -788,7 +788,11 @@ enum Endpoint {
     Host(HostEndpoint),
 }
 
-fn endpoint(text: &str, resolver: &ResolverSpec) -> Result<Endpoint, String> {
+fn endpoint(
+    text: &str,
+    resolver: &ResolverSpec,
+    known: &super::KnownHosts,
+) -> Result<Endpoint, String> {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         if addr.port() == 0 {
             return Err(format!("`{text}` has port 0"));
@@ -808,11 +812,20 @@ fn endpoint(text: &str, resolver: &ResolverSpec) -> Result<Endpoint, String> {
     };
     // Looked up at load (a name that does not resolve now is refused), then again in
     // the background; the request path never waits on DNS.
-    let answer = crate::dns::lookup(resolver, host, port).map_err(|e| e.to_string())?;
+    let addresses = match crate::dns::lookup(resolver, host, port) {
+        Ok(answer) => answer.addresses,
+        Err(error) => match known.get(host, port) {
+            Some(last_good) => {
+                tracing::warn!(target: "gateway::dns", %error, kept = ?last_good, "host name lookup failed while loading the config; the running addresses stay");
+                last_good.clone()
+            }
+            None => return Err(error.to_string()),
+        },
+    };
     Ok(Endpoint::Host(HostEndpoint {
         host: host.to_string(),
         port,
-        addresses: answer.addresses,
+        addresses,
     }))
 }
 

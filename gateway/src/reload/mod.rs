@@ -134,7 +134,8 @@ impl Reloader {
     pub fn reload(&self, trigger: &str) -> ReloadResult {
         let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.runtime.snapshot();
-        let applied = config::load(&self.path).and_then(|config| {
+        let known = config::KnownHosts::of(&current.config);
+        let applied = config::load_knowing(&self.path, &known).and_then(|config| {
             if config.hash == current.config.hash {
                 return Ok(None);
             }
@@ -166,12 +167,27 @@ impl Reloader {
         let _serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.runtime.snapshot();
         let prepared = write_back::prepare(&self.path, &current.config, change)?;
-        write_back::write_atomically(&self.path, &prepared.text)?;
+        let new_hash = config::text_hash(&prepared.text);
+        if prepared.text == *current.config.text {
+            // Nothing to change: nothing written, nothing applied.
+            return Ok(write_back::Written {
+                old: prepared.old,
+                new: prepared.new,
+                old_hash: prepared.old_hash,
+                new_hash,
+                generation: current.generation,
+                fresh_upstreams: Vec::new(),
+            });
+        }
+        write_back::write_if_unchanged(&self.path, &prepared.on_disk, &prepared.text)?;
         let applied = match self.apply(&current.config, prepared.config) {
             Ok(applied) => applied,
             Err(errors) => {
-                // Not applied: the file goes back to what is running.
-                if let Err(e) = write_back::write_atomically(&self.path, &current.config.text) {
+                // Not applied: the file goes back to what is running, unless it was
+                // edited again meanwhile.
+                let restored =
+                    write_back::write_if_unchanged(&self.path, &new_hash, &current.config.text);
+                if let Err(e) = restored {
                     tracing::error!(target: "gateway::reload", error = %e, "could not restore the config file after a refused change");
                 }
                 let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
@@ -193,7 +209,7 @@ impl Reloader {
             old: prepared.old,
             new: prepared.new,
             old_hash: prepared.old_hash,
-            new_hash: config::text_hash(&prepared.text),
+            new_hash,
             generation,
             fresh_upstreams,
         })
@@ -247,6 +263,11 @@ impl Reloader {
 
     /// Keeps the result for `GET /admin/config` and tells the event stream.
     fn remember(&self, result: &ReloadResult, trigger: &str) {
+        // The watcher sees every write, the settings API's included: a file event that
+        // changed nothing is not worth replacing what the last reload said.
+        if trigger == "file" && matches!(result, ReloadResult::Unchanged { .. }) {
+            return;
+        }
         let mut record = result.to_json();
         record["trigger"] = json!(trigger);
         record["at_unix_ms"] = json!(unix_ms(SystemTime::now()));

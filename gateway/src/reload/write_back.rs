@@ -9,6 +9,7 @@
 //! is refused.
 
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
@@ -76,6 +77,8 @@ pub enum WriteBackError {
 
 /// The checked new text and config, before anything is written.
 pub struct Prepared {
+    /// The hash of the file as read (= the running text's).
+    pub on_disk: String,
     pub text: String,
     pub config: Config,
     pub old: Json,
@@ -107,10 +110,12 @@ pub fn prepare(
     }
     let at = ["upstreams", change.upstream, change.section];
     let text = edit::merge(&on_disk, &at, change.change)?;
-    let config = config::parse(&text, path).map_err(|errors| {
+    let known = config::KnownHosts::of(running);
+    let config = config::parse_knowing(&text, path, &known).map_err(|errors| {
         WriteBackError::Invalid(errors.0.iter().map(ToString::to_string).collect())
     })?;
     Ok(Prepared {
+        on_disk: disk_hash,
         old: edit::section(&on_disk, &at)?,
         new: edit::section(&text, &at)?,
         text,
@@ -120,9 +125,12 @@ pub fn prepare(
 }
 
 /// Replaces the file at `path` (the file a symlink points at, so the link stays) with
-/// `text`: a temp file beside it, fsync, rename, fsync of the directory. A reader sees
-/// the old file or the new one, never half of one.
-pub fn write_atomically(path: &Path, text: &str) -> Result<(), WriteBackError> {
+/// `text`, if the file still reads as `expected` (its text hash) just before the
+/// rename: an edit saved while the change was being checked (which may take seconds:
+/// host names are looked up, plugins loaded) is never overwritten. A temp file beside
+/// it (created new, with the file's mode, before anything is written to it), fsync,
+/// rename, fsync of the directory: a reader sees the old file or the new one.
+pub fn write_if_unchanged(path: &Path, expected: &str, text: &str) -> Result<(), WriteBackError> {
     let failed = |source| WriteBackError::Write {
         path: path.to_path_buf(),
         source,
@@ -134,20 +142,39 @@ pub fn write_atomically(path: &Path, text: &str) -> Result<(), WriteBackError> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp = dir.join(format!(".{name}.gateway-{}.tmp", std::process::id()));
-    let written = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(text.as_bytes())?;
-        if let Ok(metadata) = std::fs::metadata(&target) {
-            file.set_permissions(metadata.permissions())?;
-        }
-        file.sync_all()?;
-        std::fs::rename(&temp, &target)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
+    let mode = std::fs::metadata(&target).map_or(0o600, |m| m.permissions().mode() & 0o7777);
+    let _ = std::fs::remove_file(&temp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temp)
+        .map_err(failed)?;
+    let prepared = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all());
+    if let Err(e) = prepared {
         let _ = std::fs::remove_file(&temp);
+        return Err(failed(e));
     }
-    written.map_err(failed)
+    let on_disk = std::fs::read_to_string(&target).map_err(failed);
+    match on_disk {
+        Ok(now) if config::text_hash(&now) == expected => {}
+        other => {
+            let _ = std::fs::remove_file(&temp);
+            let file_hash = other.map(|now| config::text_hash(&now))?;
+            return Err(WriteBackError::Conflict { file_hash });
+        }
+    }
+    if let Err(e) = std::fs::rename(&temp, &target) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(failed(e));
+    }
+    // The file is replaced; a directory that cannot be synced only weakens durability.
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(target: "gateway::reload", dir = %dir.display(), error = %e, "config file written; its directory could not be synced");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -163,7 +190,7 @@ mod tests {
         std::fs::write(&real, "old").expect("write");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&real, &link).expect("symlink");
-        write_atomically(&link, "new").expect("write back");
+        write_if_unchanged(&link, &config::text_hash("old"), "new").expect("write back");
         assert_eq!(std::fs::read_to_string(&real).expect("read"), "new");
         assert!(
             std::fs::symlink_metadata(&link)
@@ -179,6 +206,35 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod conflict_tests {
+    use super::*;
+
+    #[test]
+    fn a_file_changed_before_the_rename_is_not_overwritten() {
+        let dir = std::env::temp_dir().join(format!("gw-write-back-c-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("gateway.yaml");
+        std::fs::write(&file, "edited by someone else").expect("write");
+        let error = write_if_unchanged(&file, &config::text_hash("what we read"), "ours")
+            .expect_err("conflict");
+        assert!(
+            matches!(&error, WriteBackError::Conflict { file_hash } if *file_hash == config::text_hash("edited by someone else")),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("read"),
+            "edited by someone else"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("dir").count(),
+            1,
+            "no temp file left"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
