@@ -50,6 +50,8 @@ plugins: setup polyglot
 # Needs python3 with venv and node 20+ with npm; the toolchains come from PyPI and npm.
 polyglot:
 	@bash scripts/ensure-packages.sh python3:python3 node:nodejs npm:npm
+	@# Debian's python3 makes venvs only with python3-venv (ensurepip).
+	@python3 -c 'import ensurepip' 2>/dev/null || bash scripts/ensure-packages.sh _no_ensurepip:python3-venv
 	bash scripts/build-polyglot-plugins.sh
 
 # Alert rules: syntax and unit tests (promtool comes from Debian's prometheus package).

@@ -13,6 +13,8 @@
 # Needs python3 (with venv) and node 20+ with npm; everything else comes from PyPI and
 # npm.
 set -euo pipefail
+# No __pycache__ in the source tree (it would look like a changed source).
+export PYTHONDONTWRITEBYTECODE=1
 cd "$(dirname "$0")/.."
 
 COMPONENTIZE_PY_VERSION=0.25.1

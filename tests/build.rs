@@ -65,8 +65,8 @@ fn main() {
     );
 }
 
-/// Re-run when any source under `dir` changes (build output and `node_modules`
-/// directories skipped).
+/// Re-run when any source under `dir` changes (build output, `node_modules` and
+/// Python's `__pycache__` skipped).
 fn watch(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -76,7 +76,7 @@ fn watch(dir: &Path) {
         // Build output, and what a developer may install next to a JavaScript plugin.
         if path
             .file_name()
-            .is_some_and(|n| n == "target" || n == "node_modules")
+            .is_some_and(|n| n == "target" || n == "node_modules" || n == "__pycache__")
         {
             continue;
         }

@@ -52,7 +52,9 @@ class WitWorld(wit_world.WitWorld):
         # What it is asked about; healthy traffic is judged by failure_when without a call.
         return types.Interest(
             all=False,
-            statuses=[types.StatusRange(min=low, max=high) for low, high in _failure_statuses],
+            # Every status from 300 up, so that one it does not list stays a success.
+            statuses=[types.StatusRange(min=low, max=high) for low, high in _failure_statuses]
+            + [types.StatusRange(min=300, max=999)],
             transport_errors=True,
             slower_than_us=None if _slow_us is None else max(_slow_us - 1, 0),
             response_headers=[] if _failure_header is None else [_failure_header.lower()],

@@ -24,6 +24,12 @@ use super::bindings::types;
 use super::log::{MAX_LOG_LINE, PluginLog};
 use super::wasi_http::HttpState;
 
+/// Resources (WASI streams, `wasi:http` requests, header sets, bodies) one instance
+/// may hold at once: a plugin that creates them in a loop and never drops them gets an
+/// error (a trap in most bindings) instead of growing host memory; the instance is then
+/// dropped like any that failed.
+pub const MAX_RESOURCES: usize = 1024;
+
 /// The data of one plugin instance's store.
 pub struct HostState {
     log: Arc<PluginLog>,
@@ -134,7 +140,11 @@ impl HostState {
             log,
             wasi,
             http: HttpState::default(),
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_RESOURCES);
+                table
+            },
             limiter: MemoryLimiter {
                 memory: usize::try_from(memory).unwrap_or(usize::MAX),
                 exceeded: false,
@@ -342,6 +352,16 @@ mod tests {
     fn test_log() -> Arc<PluginLog> {
         let dropped = prometheus::IntCounter::new("dropped", "test").expect("counter");
         Arc::new(PluginLog::new("test".into(), 100, 64 << 10, dropped))
+    }
+
+    #[test]
+    fn an_instance_holds_a_bounded_number_of_resources() {
+        let mut state = HostState::new(test_log(), 1 << 20);
+        let table = state.resource_table();
+        for i in 0..MAX_RESOURCES {
+            table.push(i).expect("within the bound");
+        }
+        assert!(table.push(0usize).is_err(), "one more is refused");
     }
 
     fn request(path: &[u8], headers: &[(&'static str, &'static [u8])]) -> RequestHeader {

@@ -49,11 +49,22 @@ impl Interest {
                 declared.response_headers.len()
             ));
         }
+        let nothing = !declared.all
+            && declared.statuses.is_empty()
+            && !declared.transport_errors
+            && declared.slower_than_us.is_none()
+            && declared.response_headers.is_empty();
+        if nothing {
+            return Err(
+                "interest: declares no exchange, so the predicate would never be asked; return `all: true` or what it needs to see".into(),
+            );
+        }
         let mut statuses = Vec::with_capacity(declared.statuses.len());
         for range in &declared.statuses {
-            if !(100..=599).contains(&range.min) || !(100..=599).contains(&range.max) {
+            // Upstreams may answer any three-digit status; Pingora passes up to 999.
+            if !(100..=999).contains(&range.min) || !(100..=999).contains(&range.max) {
                 return Err(format!(
-                    "interest: status range {}-{} is not within 100-599",
+                    "interest: status range {}-{} is not within 100-999",
                     range.min, range.max
                 ));
             }
@@ -69,7 +80,7 @@ impl Interest {
         for name in &declared.response_headers {
             let shown: String = name.chars().take(64).collect();
             let header = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("interest: `{shown}` is not a header name"))?;
+                .map_err(|_| format!("interest: {shown:?} is not a header name"))?;
             headers.push(header);
         }
         Ok(Self {
@@ -108,7 +119,9 @@ impl Interest {
                 headers.unwrap_or(&http::HeaderMap::new()),
                 Duration::from_micros(outcome.latency_us),
             ),
-            (None, None) => self.all,
+            // The client left before anything came back: never asked (as on the
+            // request path, which judges nothing then).
+            (None, None) => false,
         }
     }
 
@@ -155,10 +168,13 @@ mod tests {
     #[test]
     fn what_cannot_be_matched_is_refused_with_what_is_wrong() {
         let mut bad = declared();
-        bad.statuses.push(types::StatusRange { min: 600, max: 700 });
+        bad.statuses.push(types::StatusRange {
+            min: 900,
+            max: 1000,
+        });
         assert_eq!(
             Interest::from_plugin(bad),
-            Err("interest: status range 600-700 is not within 100-599".into())
+            Err("interest: status range 900-1000 is not within 100-999".into())
         );
         let mut bad = declared();
         bad.statuses.push(types::StatusRange { min: 503, max: 500 });
@@ -167,8 +183,16 @@ mod tests {
         bad.response_headers.push("bad header\n".into());
         assert_eq!(
             Interest::from_plugin(bad),
-            Err("interest: `bad header\n` is not a header name".into())
+            Err("interest: \"bad header\\n\" is not a header name".into())
         );
+        let nothing = types::Interest {
+            all: false,
+            statuses: Vec::new(),
+            transport_errors: false,
+            slower_than_us: None,
+            response_headers: Vec::new(),
+        };
+        assert!(Interest::from_plugin(nothing).is_err());
         let mut bad = declared();
         bad.statuses = vec![types::StatusRange { min: 200, max: 200 }; 33];
         assert!(Interest::from_plugin(bad).is_err());

@@ -36,10 +36,26 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 
 /// The `wasi:http` state of one instance: wasmtime-wasi-http's context and hooks that
 /// send nothing.
-#[derive(Default)]
 pub struct HttpState {
     ctx: WasiHttpCtx,
     hooks: NoNetwork,
+}
+
+/// What one `fields` (a header set) and one buffered body chunk may hold in host
+/// memory: with `host::MAX_RESOURCES` live resources an instance holds at most a few
+/// MiB of `wasi:http` state outside its own `limits.memory`.
+const FIELD_SIZE_LIMIT: usize = 16 * 1024;
+const BODY_CHUNK: usize = 16 * 1024;
+
+impl Default for HttpState {
+    fn default() -> Self {
+        let mut ctx = WasiHttpCtx::new();
+        ctx.set_field_size_limit(FIELD_SIZE_LIMIT);
+        Self {
+            ctx,
+            hooks: NoNetwork,
+        }
+    }
 }
 
 impl HttpState {
@@ -91,6 +107,14 @@ type Sent = Box<
 type Rest = dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send;
 
 impl WasiHttpHooks for NoNetwork {
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK
+    }
+
     fn send_request(
         &mut self,
         _request: http::Request<WasiBody>,

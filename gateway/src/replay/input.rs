@@ -49,6 +49,9 @@ pub struct Recording {
 
 /// Reads `path`, keeping `only` one upstream's lines when given; `keep_exchange` says
 /// for which upstreams headers, method and path are needed.
+/// Longest line replay reads: four times what the recorder writes at most.
+const LINE_LIMIT: usize = 4 * crate::outcomes::MAX_LINE;
+
 pub fn read(
     path: &Path,
     only: Option<&str>,
@@ -65,7 +68,9 @@ pub fn read(
     let mut number = 0;
     loop {
         buffer.clear();
-        let read = reader
+        // A line is read up to a bound (what the recorder writes, with room to spare):
+        // a file that is not a recording cannot make replay buffer gigabytes.
+        let read = std::io::Read::take(&mut reader, LINE_LIMIT as u64)
             .read_until(b'\n', &mut buffer)
             .map_err(|source| ReplayError::Read {
                 path: path.to_path_buf(),
@@ -75,6 +80,13 @@ pub fn read(
             break;
         }
         number += 1;
+        if buffer.len() >= LINE_LIMIT && buffer.last() != Some(&b'\n') {
+            return Err(ReplayError::Line {
+                path: path.to_path_buf(),
+                line: number,
+                message: format!("longer than {LINE_LIMIT} bytes: not a line the gateway wrote"),
+            });
+        }
         let line = buffer.trim_ascii();
         if line.is_empty() {
             continue;

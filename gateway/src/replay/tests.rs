@@ -222,6 +222,9 @@ fn bad_input_names_its_line() {
     let both = ok.replace("\"status\":200", "\"status\":200,\"error\":\"tls\"");
     let error = error_of(&format!("{ok}{both}"), &candidate, None);
     assert!(error.contains(":2: needs exactly one of"), "{error}");
+    let endless = format!("{ok}{}", "x".repeat(200_000));
+    let error = error_of(&endless, &candidate, None);
+    assert!(error.contains(":2: longer than 65536 bytes"), "{error}");
     let other = line(5, "payments", Some(CallResult::Response(200)));
     let error = error_of(&format!("{ok}{other}"), &candidate, None);
     assert!(

@@ -12,11 +12,15 @@
 //!
 //! Transport errors are always failures.
 //!
-//! It declares at `init` what it needs to see: the statuses above, transport errors,
-//! calls slower than `slow_ms`, responses carrying `failure_header`, and every call when
-//! `failure_grpc_statuses` is set (the status is in the trailers). Every other exchange
-//! (healthy traffic) is judged by the upstream's `failure_when` and the breaker's own
-//! `slow_call.duration`, without calling the plugin.
+//! It declares at `init` what it needs to see: every status from 300 up (so that a
+//! status it does not list is a success, as before, not `failure_when`'s call), the
+//! statuses above, transport errors, calls slower than `slow_ms`, responses carrying
+//! `failure_header`, and every call when `failure_grpc_statuses` is set (the status is
+//! in the trailers). The rest, fast 1xx/2xx answers without the header (healthy
+//! traffic), is judged by the upstream's `failure_when` and the breaker's own
+//! `slow_call.duration` without calling the plugin: with `slow_ms`, keep
+//! `slow_call.duration` unset or at least as long, and on a gRPC upstream set
+//! `failure_grpc_statuses` (else `failure_when.grpc_statuses` judges a 200's status).
 
 use std::cell::RefCell;
 
@@ -54,7 +58,11 @@ fn status_ranges(key: &str, text: &str) -> Result<Vec<(u16, u16)>, String> {
                         format!("{key}: `{part}` is not a status or a range like 500-599")
                     })
             };
-            Ok((parse(lo)?, parse(hi)?))
+            let (lo, hi) = (parse(lo)?, parse(hi)?);
+            if lo > hi {
+                return Err(format!("{key}: `{part}` is an empty range"));
+            }
+            Ok((lo, hi))
         })
         .collect()
 }
@@ -122,6 +130,7 @@ impl Guest for Plugin {
                 .failure_statuses
                 .iter()
                 .chain(&settings.ignore_statuses)
+                .chain(&[(300, 999)])
                 .map(|&(min, max)| StatusRange { min, max })
                 .collect(),
             transport_errors: true,
