@@ -7,7 +7,8 @@
 //! the cache for the life of the process (a change is reported as needing a restart).
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -29,6 +30,28 @@ pub struct PluginEngine {
     pub engine: Engine,
     pub linker: Linker<HostState>,
     cache: Option<PluginCache>,
+    epoch: Arc<EpochClock>,
+}
+
+/// Where the epoch counter stands against wall time. The ticker may wake late and
+/// then catch up several ticks at once; a deadline set while it lags would count from
+/// an epoch already past in wall time and cut the call early by the lag. Deadlines add
+/// the lag (`PluginEngine::deadline`).
+#[derive(Debug)]
+struct EpochClock {
+    start: Instant,
+    /// Ticks the ticker has counted so far.
+    counted: AtomicU64,
+}
+
+impl EpochClock {
+    /// Ticks wall time says are due but not yet counted.
+    fn lag(&self) -> u64 {
+        let due = self.start.elapsed().as_nanos() / EPOCH_TICK.as_nanos().max(1);
+        u64::try_from(due)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(self.counted.load(Ordering::Acquire))
+    }
 }
 
 /// Where a compiled component came from.
@@ -95,6 +118,11 @@ impl PluginEngine {
         host::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
 
         let weak = engine.weak();
+        let epoch = Arc::new(EpochClock {
+            start: Instant::now(),
+            counted: AtomicU64::new(0),
+        });
+        let clock = Arc::clone(&epoch);
         std::thread::Builder::new()
             .name("plugin-epoch".into())
             .spawn(move || {
@@ -102,13 +130,14 @@ impl PluginEngine {
                 // counting naps instead would stretch every deadline by what each nap
                 // oversleeps (10-30 % on a busy machine).
                 let tick = EPOCH_TICK.as_nanos();
-                let start = Instant::now();
+                let start = clock.start;
                 let mut ticks: u128 = 0;
                 while let Some(engine) = weak.upgrade() {
                     let due = start.elapsed().as_nanos() / tick;
                     while ticks < due {
                         engine.increment_epoch();
                         ticks += 1;
+                        clock.counted.fetch_add(1, Ordering::Release);
                     }
                     drop(engine);
                     let next = u64::try_from((ticks + 1) * tick).unwrap_or(u64::MAX);
@@ -119,6 +148,7 @@ impl PluginEngine {
             engine,
             linker,
             cache,
+            epoch,
         })
     }
 
@@ -168,6 +198,14 @@ impl PluginEngine {
     }
 }
 
+impl PluginEngine {
+    /// The epoch deadline (ticks from the counter's value now) for a call that may
+    /// run `limit` of wall time from now: `ticks(limit)` plus what the counter lags.
+    pub fn deadline(&self, limit: Duration) -> u64 {
+        ticks(limit).saturating_add(self.epoch.lag())
+    }
+}
+
 /// Epoch ticks for a wall-time limit: rounded up, plus one because the tick in
 /// progress when the deadline is set may be almost over.
 pub fn ticks(limit: Duration) -> u64 {
@@ -178,6 +216,20 @@ pub fn ticks(limit: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_set_while_the_ticker_lags_adds_the_lag() {
+        // The ticker has counted 3 ticks, wall time says at least 10 are due: a call
+        // armed now must not be cut 7 ticks early when the ticker catches up.
+        let clock = EpochClock {
+            start: Instant::now() - EPOCH_TICK * 10,
+            counted: AtomicU64::new(3),
+        };
+        let lag = clock.lag();
+        assert!((7..=9).contains(&lag), "{lag}");
+        clock.counted.store(1_000, Ordering::Release);
+        assert_eq!(clock.lag(), 0, "a counter ahead of wall time lags nothing");
+    }
 
     #[test]
     fn deadlines_round_up_and_add_the_tick_in_progress() {

@@ -17,7 +17,7 @@ use super::bindings::predicate::{FailurePredicate, FailurePredicatePre};
 use super::bindings::types::{
     FallbackAction, FallbackContext, Outcome, SyntheticResponse, Verdict,
 };
-use super::engine::{PluginEngine, ticks};
+use super::engine::PluginEngine;
 use super::host::{Exchange, HostState};
 use super::interest::Interest;
 use super::log::PluginLog;
@@ -237,7 +237,9 @@ impl Plugin {
 
     fn arm(&self, instance: &mut Instance, limit: Duration) {
         instance.store.data_mut().limiter.exceeded = false;
-        instance.store.set_epoch_deadline(ticks(limit));
+        instance
+            .store
+            .set_epoch_deadline(self.engine.deadline(limit));
     }
 
     fn settle<R>(
@@ -269,7 +271,7 @@ impl Plugin {
             HostState::new(Arc::clone(&self.log), limits.memory),
         );
         store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(ticks(limits.init_timeout));
+        store.set_epoch_deadline(self.engine.deadline(limits.init_timeout));
         let exports = match &self.pre {
             Pre::Predicate(pre) => pre.instantiate(&mut store).map(Exports::Predicate),
             Pre::Fallback(pre) => pre.instantiate(&mut store).map(Exports::Fallback),
