@@ -16,7 +16,10 @@ fn body(redis: &str, cluster: &str, instance: &str, origin: std::net::SocketAddr
 }
 
 async fn fleet(redis: &RedisServer, origin: std::net::SocketAddr) -> (String, Vec<Gateway>) {
-    let cluster = format!("t{}", redis.addr.port());
+    // Unique across test processes too: another suite's fleet may restart a Redis on a
+    // port this one used (seen with two suites running at once), and a shared name
+    // would then join the two fleets.
+    let cluster = format!("t{}-{}", std::process::id(), redis.addr.port());
     let mut gateways = Vec::new();
     for instance in ["a", "b", "c"] {
         gateways.push(Gateway::start(&body(&redis.url(), &cluster, instance, origin)).await);
