@@ -61,9 +61,14 @@ async fn a_trip_on_one_instance_opens_the_others_within_a_bounded_time() {
         assert_eq!(a.get("/").await.status, 500, "round {round}");
         let tripped = Instant::now();
         for other in [b, c] {
+            // The state moves first, its transition reaches the history a moment later.
             let view = other
                 .wait_breaker("api", "adopted A's open", Duration::from_secs(5), |v| {
                     v["state"] == "open"
+                        && v["transitions"]
+                            .as_array()
+                            .and_then(|t| t.last())
+                            .is_some_and(|t| t["to"] == "open")
                 })
                 .await;
             if round == 0 {
