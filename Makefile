@@ -47,7 +47,8 @@ plugins: setup polyglot
 	@ls -1 plugins/target/wasm32-wasip2/release/*.wasm
 
 # The Python and JavaScript plugins, into target/polyglot/ (the tests load them there).
-# Needs python3 with venv and node 20+ with npm; the toolchains come from PyPI and npm.
+# Needs python3 with venv and node with npm (a node 20 comes from npm into target/ when the
+# system's is older, as on Debian 12); the toolchains come from PyPI and npm.
 polyglot:
 	@bash scripts/ensure-packages.sh python3:python3 node:nodejs npm:npm
 	@# Debian's python3 makes venvs only with python3-venv (ensurepip).

