@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use gateway::config;
-use gateway::outcomes::{FORMAT_VERSION, OutcomeRecord};
+use gateway::outcomes::OutcomeRecord;
 use gateway::plugin::PluginSet;
 use gateway::replay::{Judge, replay};
 use gateway::upstream::classify::CallResult;
@@ -31,25 +31,8 @@ fn generate(path: &Path, n: u64) {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut random: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut record = OutcomeRecord {
-        v: FORMAT_VERSION,
-        at_us: 0,
-        elapsed_us: 0,
-        latency_us: 0,
-        route: "all".into(),
-        upstream: "api".into(),
         endpoint: Some("127.0.0.1:20000".into()),
-        method: "GET".into(),
-        path: "/api/orders".into(),
-        status: None,
-        grpc_status: None,
-        error: None,
-        abandoned: false,
-        rejected: None,
-        verdict: None,
-        config: "recorded".into(),
-        request_headers: Vec::new(),
-        response_headers: Vec::new(),
-        truncated: false,
+        ..OutcomeRecord::new("all", "api", "GET", "/api/orders", "recorded")
     };
     for i in 0..n {
         random ^= random << 13;

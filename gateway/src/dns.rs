@@ -262,36 +262,53 @@ mod tests {
     use super::*;
     use hickory_proto::rr::{Record, rdata};
 
-    /// A name server on loopback answering one query with `reply(query)`.
-    fn serve_once(reply: impl FnOnce(Message) -> Vec<u8> + Send + 'static) -> SocketAddr {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    /// A name server on `socket` (loopback) answering the A and the AAAA query of one
+    /// lookup with `reply(query)`.
+    fn serve(
+        socket: UdpSocket,
+        reply: impl Fn(&Message) -> Message + Send + 'static,
+    ) -> SocketAddr {
         let addr = socket.local_addr().expect("addr");
-        let mut reply = Some(reply);
         std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
+            let mut buffer = [0u8; 2048];
             for _ in 0..2 {
                 let Ok((n, from)) = socket.recv_from(&mut buffer) else {
                     return;
                 };
                 let query = Message::from_vec(&buffer[..n]).expect("query");
-                let kind = query.queries()[0].query_type();
-                let mut bytes = Vec::new();
-                if let (RecordType::A, Some(reply)) = (kind, reply.take()) {
-                    bytes = reply(query);
-                    let _ = socket.send_to(&bytes, from);
-                    continue;
-                }
-                let mut empty = Message::new();
-                empty
-                    .set_id(query.id())
-                    .set_message_type(MessageType::Response)
-                    .add_queries(query.queries().to_vec());
-                bytes.extend(empty.to_vec().expect("encode"));
-                let _ = socket.send_to(&bytes, from);
-                return;
+                let answer = reply(&query).to_vec().expect("encode");
+                let _ = socket.send_to(&answer, from);
             }
         });
         addr
+    }
+
+    fn on_loopback() -> UdpSocket {
+        UdpSocket::bind("127.0.0.1:0").expect("bind")
+    }
+
+    /// The answer to `query` with these A records (address, TTL); none for AAAA.
+    fn answer_with(query: &Message, records: &[([u8; 4], u32)]) -> Message {
+        let question = &query.queries()[0];
+        let mut answer = Message::new();
+        answer
+            .set_id(query.id())
+            .set_message_type(MessageType::Response)
+            .add_queries(query.queries().to_vec());
+        if question.query_type() == RecordType::A {
+            for (ip, ttl) in records {
+                answer.add_answer(Record::from_rdata(
+                    question.name().clone(),
+                    *ttl,
+                    RData::A(rdata::A((*ip).into())),
+                ));
+            }
+        }
+        answer
+    }
+
+    fn is_a(query: &Message) -> bool {
+        query.queries()[0].query_type() == RecordType::A
     }
 
     fn spec(server: SocketAddr) -> ResolverSpec {
@@ -303,21 +320,8 @@ mod tests {
 
     #[test]
     fn a_records_and_the_shortest_ttl_are_read() {
-        let server = serve_once(|query| {
-            let name = query.queries()[0].name().clone();
-            let mut answer = Message::new();
-            answer
-                .set_id(query.id())
-                .set_message_type(MessageType::Response)
-                .add_queries(query.queries().to_vec());
-            for (ip, ttl) in [([127, 0, 0, 3], 30), ([127, 0, 0, 2], 5)] {
-                answer.add_answer(Record::from_rdata(
-                    name.clone(),
-                    ttl,
-                    RData::A(rdata::A(ip.into())),
-                ));
-            }
-            answer.to_vec().expect("encode")
+        let server = serve(on_loopback(), |query| {
+            answer_with(query, &[([127, 0, 0, 3], 30), ([127, 0, 0, 2], 5)])
         });
         let answer = lookup(&spec(server), "svc.test", 8080).expect("lookup");
         assert_eq!(
@@ -332,13 +336,10 @@ mod tests {
 
     #[test]
     fn an_answer_to_another_query_is_not_read() {
-        let server = serve_once(|query| {
-            let mut answer = Message::new();
-            answer
-                .set_id(query.id().wrapping_add(1))
-                .set_message_type(MessageType::Response)
-                .add_queries(query.queries().to_vec());
-            answer.to_vec().expect("encode")
+        let server = serve(on_loopback(), |query| {
+            let mut forged = answer_with(query, &[([127, 0, 0, 3], 30)]);
+            forged.set_id(query.id().wrapping_add(1));
+            forged
         });
         let error = lookup(&spec(server), "svc.test", 80).expect_err("forged id");
         assert!(matches!(error, LookupError::NoAnswer(..)), "{error}");
@@ -346,74 +347,36 @@ mod tests {
 
     #[test]
     fn nxdomain_and_empty_answers_are_errors() {
-        let server = serve_once(|query| {
-            let mut answer = Message::new();
+        let server = serve(on_loopback(), |query| {
+            let mut answer = answer_with(query, &[]);
+            answer.set_response_code(ResponseCode::NXDomain);
             answer
-                .set_id(query.id())
-                .set_message_type(MessageType::Response)
-                .set_response_code(ResponseCode::NXDomain)
-                .add_queries(query.queries().to_vec());
-            answer.to_vec().expect("encode")
         });
         assert!(matches!(
             lookup(&spec(server), "gone.test", 80),
             Err(LookupError::NoSuchName(..))
         ));
-        let server = serve_once(|query| {
-            let mut answer = Message::new();
-            answer
-                .set_id(query.id())
-                .set_message_type(MessageType::Response)
-                .add_queries(query.queries().to_vec());
-            answer.to_vec().expect("encode")
-        });
+        let server = serve(on_loopback(), |query| answer_with(query, &[]));
         assert!(matches!(
             lookup(&spec(server), "empty.test", 80),
             Err(LookupError::NoAddresses(..))
         ));
     }
 
-    fn answer_with(query: &Message, ips: &[[u8; 4]]) -> Message {
-        let name = query.queries()[0].name().clone();
-        let mut answer = Message::new();
-        answer
-            .set_id(query.id())
-            .set_message_type(MessageType::Response)
-            .add_queries(query.queries().to_vec());
-        for ip in ips {
-            answer.add_answer(Record::from_rdata(
-                name.clone(),
-                60,
-                RData::A(rdata::A((*ip).into())),
-            ));
-        }
-        answer
-    }
-
     #[test]
     fn a_truncated_answer_is_asked_again_over_tcp() {
         // UDP and TCP on one port, as a name server listens.
         let (udp, tcp) = loop {
-            let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
+            let udp = on_loopback();
             let port = udp.local_addr().expect("addr").port();
             if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
                 break (udp, tcp);
             }
         };
-        let server = udp.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 2048];
-            for _ in 0..2 {
-                let Ok((n, from)) = udp.recv_from(&mut buffer) else {
-                    return;
-                };
-                let query = Message::from_vec(&buffer[..n]).expect("query");
-                let mut cut = answer_with(&query, &[]);
-                if query.queries()[0].query_type() == RecordType::A {
-                    cut.set_truncated(true);
-                }
-                let _ = udp.send_to(&cut.to_vec().expect("encode"), from);
-            }
+        let server = serve(udp, |query| {
+            let mut cut = answer_with(query, &[]);
+            cut.set_truncated(is_a(query));
+            cut
         });
         std::thread::spawn(move || {
             let Ok((mut stream, _)) = tcp.accept() else {
@@ -424,8 +387,8 @@ mod tests {
             let mut query = vec![0u8; usize::from(u16::from_be_bytes(length))];
             stream.read_exact(&mut query).expect("query");
             let query = Message::from_vec(&query).expect("query");
-            let ips: Vec<[u8; 4]> = (1..=40).map(|n| [10, 0, 0, n]).collect();
-            let answer = answer_with(&query, &ips).to_vec().expect("encode");
+            let records: Vec<([u8; 4], u32)> = (1..=40).map(|n| ([10, 0, 0, n], 60)).collect();
+            let answer = answer_with(&query, &records).to_vec().expect("encode");
             let length = u16::try_from(answer.len()).expect("length");
             stream.write_all(&length.to_be_bytes()).expect("write");
             stream.write_all(&answer).expect("write");
@@ -440,22 +403,12 @@ mod tests {
 
     #[test]
     fn an_aaaa_failure_keeps_the_a_records() {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
-        let server = udp.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 2048];
-            for _ in 0..2 {
-                let Ok((n, from)) = udp.recv_from(&mut buffer) else {
-                    return;
-                };
-                let query = Message::from_vec(&buffer[..n]).expect("query");
-                let mut answer = answer_with(&query, &[[127, 0, 0, 9]]);
-                if query.queries()[0].query_type() == RecordType::AAAA {
-                    answer = answer_with(&query, &[]);
-                    answer.set_response_code(ResponseCode::ServFail);
-                }
-                let _ = udp.send_to(&answer.to_vec().expect("encode"), from);
+        let server = serve(on_loopback(), |query| {
+            let mut answer = answer_with(query, &[([127, 0, 0, 9], 60)]);
+            if !is_a(query) {
+                answer.set_response_code(ResponseCode::ServFail);
             }
+            answer
         });
         let answer = lookup(&spec(server), "v4.test", 80).expect("lookup");
         assert_eq!(

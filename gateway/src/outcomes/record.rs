@@ -82,6 +82,32 @@ pub enum RecordedResult {
 }
 
 impl OutcomeRecord {
+    /// A record of an exchange on `route` with `upstream`, its result, times, endpoint
+    /// and headers still to be told.
+    pub fn new(route: &str, upstream: &str, method: &str, path: &str, config: &str) -> Self {
+        Self {
+            v: FORMAT_VERSION,
+            at_us: 0,
+            elapsed_us: 0,
+            latency_us: 0,
+            route: route.to_string(),
+            upstream: upstream.to_string(),
+            endpoint: None,
+            method: method.to_string(),
+            path: path.to_string(),
+            status: None,
+            grpc_status: None,
+            error: None,
+            abandoned: false,
+            rejected: None,
+            verdict: None,
+            config: config.to_string(),
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            truncated: false,
+        }
+    }
+
     /// The line as written: one JSON object and a newline, at most `MAX_LINE` bytes.
     pub fn to_line(&self) -> Vec<u8> {
         let mut line = serde_json::to_vec(self).unwrap_or_default();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use pingora::proxy::Session;
 
 use super::call::Call;
-use crate::outcomes::{FORMAT_VERSION, MAX_PATH, OutcomeRecord, Recorder, cut, select_headers};
+use crate::outcomes::{MAX_PATH, OutcomeRecord, Recorder, cut, select_headers};
 use crate::upstream::classify::CallResult;
 
 /// A request the route's upstream refused: its name and why (`circuit_open`, `overloaded`).
@@ -37,25 +37,14 @@ pub fn write(
     let req = session.req_header();
     let request_headers = select_headers(&req.headers, &recorder.headers);
     let base = || OutcomeRecord {
-        v: FORMAT_VERSION,
-        at_us: 0,
-        elapsed_us: 0,
-        latency_us: 0,
-        route: route.to_string(),
-        upstream: String::new(),
-        endpoint: None,
-        method: req.method.as_str().to_string(),
-        path: cut(req.uri.path(), MAX_PATH).to_string(),
-        status: None,
-        grpc_status: None,
-        error: None,
-        abandoned: false,
-        rejected: None,
-        verdict: None,
-        config: config.to_string(),
         request_headers: request_headers.clone(),
-        response_headers: Vec::new(),
-        truncated: false,
+        ..OutcomeRecord::new(
+            route,
+            "",
+            req.method.as_str(),
+            cut(req.uri.path(), MAX_PATH),
+            config,
+        )
     };
     if let Some((upstream, reason)) = refused {
         let mut record = base();

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::outcomes::{FORMAT_VERSION, OutcomeRecord};
+use crate::outcomes::OutcomeRecord;
 use crate::upstream::classify::{CallResult, TransportError};
 
 fn config(breaker: &str) -> Config {
@@ -29,25 +29,10 @@ const START_US: u64 = 1_700_000_000_000_000;
 /// An attempt `ms` after the start, ending 1 ms later.
 fn line(ms: u64, upstream: &str, result: Option<CallResult>) -> String {
     let mut record = OutcomeRecord {
-        v: FORMAT_VERSION,
         at_us: START_US + ms * 1000,
         elapsed_us: 1000,
         latency_us: 1000,
-        route: "all".into(),
-        upstream: upstream.into(),
-        endpoint: None,
-        method: "GET".into(),
-        path: "/".into(),
-        status: None,
-        grpc_status: None,
-        error: None,
-        abandoned: false,
-        rejected: None,
-        verdict: None,
-        config: "live".into(),
-        request_headers: Vec::new(),
-        response_headers: Vec::new(),
-        truncated: false,
+        ..OutcomeRecord::new("all", upstream, "GET", "/", "live")
     };
     match result {
         Some(result) => record.set_result(result),
