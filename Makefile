@@ -9,6 +9,8 @@
 #                ComponentizeJS (pinned, installed under target/; `make polyglot`)
 #   make bench   criterion benches, reload benchmark, the side-by-side load run
 #                against nginx and HAProxy (installs nginx, haproxy, wrk when missing),
+#                memory per idle connection (HTTP/1 and h2, against the same peers),
+#                open-loop latency at 25/50/75 % of nginx's capacity (oha, from crates.io),
 #                and start time and memory with a large (componentize-py) plugin
 #                (installs componentize-py in a venv under target/)
 #   make fuzz    every cargo-fuzz target in fuzz/ for FUZZ_SECONDS each (default 60) on
@@ -66,6 +68,7 @@ test: lint alerts-test polyglot
 # Peers for side-by-side measurements, from Debian.
 bench-peers:
 	@bash scripts/ensure-packages.sh nginx:nginx-light haproxy:haproxy wrk:wrk python3:python3
+	@command -v oha >/dev/null || [ -x "$$HOME/.cargo/bin/oha" ] || $(CARGO) install oha --locked --version 1.16.0
 
 bench: setup bench-peers plugins
 	$(CARGO) build --release -p gateway -p gateway-benches --bins
@@ -75,6 +78,8 @@ bench: setup bench-peers plugins
 	$(CARGO) bench -p gateway-benches --bench reload
 	$(CARGO) bench -p gateway-benches --bench replay
 	python3 benches/load/run.py
+	python3 benches/load/idle.py
+	python3 benches/load/openloop.py
 	bash scripts/build-python-predicate.sh
 	python3 benches/load/plugin_start.py
 

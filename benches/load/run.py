@@ -253,7 +253,7 @@ def certificate():
     return cert, key, both
 
 
-def nginx_conf(name, listen, body, tls=False):
+def nginx_conf(name, listen, body, tls=False, connections=8192, http2=False):
     ssl = ""
     if tls:
         cert, key, _ = certificate()
@@ -266,14 +266,15 @@ def nginx_conf(name, listen, body, tls=False):
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-events {{ worker_connections 8192; }}
+worker_rlimit_nofile {connections * 2};
+events {{ worker_connections {connections}; }}
 http {{
   access_log off;
   keepalive_requests 1000000;
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   {body}
-  server {{ listen 127.0.0.1:{listen}{ssl}; location / {{ {"return 200 'hello from upstream';" if name == "upstream" else "proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ''; proxy_connect_timeout 1s; proxy_read_timeout 1s; proxy_next_upstream error timeout;"} }} }}
+  server {{ listen 127.0.0.1:{listen}{ssl}{" http2" if http2 else ""}; location / {{ {"return 200 'hello from upstream';" if name == "upstream" else "proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ''; proxy_connect_timeout 1s; proxy_read_timeout 1s; proxy_next_upstream error timeout;"} }} }}
 }}
 """)
     return conf
@@ -284,8 +285,10 @@ def nginx_upstream_block(servers):
     return f"upstream up {{ {lines} keepalive 64; }}"
 
 
-def haproxy_conf(servers, name="haproxy", tls=False):
+def haproxy_conf(servers, name="haproxy", tls=False, maxconn=4000, h2=False):
     ssl = f" ssl crt {certificate()[2]}" if tls else ""
+    if h2:
+        ssl += " proto h2"
     path = os.path.join(TMP, name + ".cfg")
     lines = "\n".join(
         f"  server s{i} 127.0.0.1:{s} check inter 500ms fall 3 rise 2 observe layer7 error-limit 3 on-error mark-down"
@@ -293,7 +296,7 @@ def haproxy_conf(servers, name="haproxy", tls=False):
     with open(path, "w") as f:
         f.write(f"""global
   nbthread 1
-  maxconn 4000
+  maxconn {maxconn}
 defaults
   mode http
   timeout connect 1s

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod allocator;
 pub mod breaker;
 pub mod cli;
 pub mod cluster;
@@ -37,11 +38,3 @@ pub mod throttled_log;
 pub mod tls;
 pub mod upgrade_socket;
 pub mod upstream;
-
-// A proxy allocates and frees small buffers on every request; mimalloc's thread-local
-// free lists beat glibc malloc there (measured in docs/PERFORMANCE.md). Not under
-// cargo-fuzz (`--cfg fuzzing`): AddressSanitizer and libFuzzer's malloc limit only see
-// the system allocator.
-#[cfg(not(fuzzing))]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -11,7 +11,9 @@ use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownS
 use tokio::signal::unix::{SignalKind, signal};
 
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::ListenerConfig;
 use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::services::listening::Service;
 
 use crate::config::{Config, ListenerSpec};
@@ -310,6 +312,9 @@ fn listener_service(
     };
     let app = ListenerApp::new(listener.address, proxy, tls, Arc::clone(runtime), limits);
     let mut service = Service::new(format!("gateway {label}"), app);
-    service.add_tcp(&label);
+    // No L4 read buffer: Pingora's default is 64 KiB per connection, held for the
+    // connection's whole life, idle keep-alive included; the HTTP/1 and h2 codecs read
+    // into buffers of their own anyway (docs/PERFORMANCE.md, idle connections).
+    service.add_listener(ListenerConfig::tcp(label).l4_buffer(L4BufferSettings::default().read(0)));
     Ok(service)
 }

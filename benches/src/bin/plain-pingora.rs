@@ -1,6 +1,7 @@
 //! The smallest Pingora proxy: one fixed upstream, nothing else. A reference row for
 //! the load benchmark, to tell Pingora's own per-request cost from the gateway's.
-//! `plain-pingora LISTEN UPSTREAM`, e.g. `plain-pingora 127.0.0.1:18104 127.0.0.1:18100`.
+//! `plain-pingora LISTEN UPSTREAM [h2c]`, e.g. `plain-pingora 127.0.0.1:18104 127.0.0.1:18100`;
+//! `h2c` also accepts HTTP/2 with prior knowledge (the idle-connection benchmark).
 
 use std::net::SocketAddr;
 
@@ -42,6 +43,13 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Plain(upstream));
+    if args.get(2).is_some_and(|a| a == "h2c")
+        && let Some(app) = proxy.app_logic_mut()
+    {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
     proxy.add_tcp(listen);
     server.add_service(proxy);
     server.run_forever()

@@ -44,6 +44,13 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
 }
 
+impl Config {
+    /// The listener bound to `address`, if this config has one.
+    pub fn listener(&self, address: std::net::SocketAddr) -> Option<&ListenerSpec> {
+        self.listeners.iter().find(|l| l.address == address)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSpec {
     pub threads: NonZeroUsize,

@@ -22,6 +22,7 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,8 +48,9 @@ pub struct RequestBoundary {
 }
 
 /// Runs a connection's requests with `boundary` reachable from `request_finished`.
-pub async fn scope<F: Future>(boundary: Arc<RequestBoundary>, f: F) -> F::Output {
-    BOUNDARY.scope(boundary, f).await
+/// (Not an `async fn`: that would hold `f` twice in the connection's future.)
+pub fn scope<F: Future>(boundary: Arc<RequestBoundary>, f: F) -> impl Future<Output = F::Output> {
+    BOUNDARY.scope(boundary, f)
 }
 
 /// Called by the proxy once a request is done; the next request's header is timed.
@@ -215,15 +217,8 @@ impl ClientStream {
     /// nothing in time (counted), or failed.
     pub async fn first_bytes(&mut self) -> bool {
         let deadline = self.deadline.unwrap_or_else(Instant::now);
-        let mut chunk = vec![0u8; 4096];
-        let read = tokio::time::timeout_at(deadline, self.inner.read(&mut chunk)).await;
-        match read {
-            Ok(Ok(n)) if n > 0 => {
-                chunk.truncate(n);
-                self.prefetched = chunk;
-                true
-            }
-            Ok(_) => false,
+        match tokio::time::timeout_at(deadline, self.read_ahead()).await {
+            Ok(got) => got,
             Err(_) => {
                 self.limits.fired(
                     Limit::HeaderReadTimeout,
@@ -231,6 +226,41 @@ impl ClientStream {
                 );
                 false
             }
+        }
+    }
+
+    /// Waits for the client's next bytes and keeps them for the proxy; false: the client
+    /// closed or the read failed. The buffer read into lives on the stack of one poll,
+    /// not in the future: a connection waiting here (between keep-alive requests, or for
+    /// its first) holds no buffer at all.
+    pub async fn read_ahead(&mut self) -> bool {
+        std::future::poll_fn(|cx| {
+            let mut chunk = [MaybeUninit::<u8>::uninit(); 4096];
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    self.prefetched.extend_from_slice(buf.filled());
+                    Poll::Ready(true)
+                }
+                Poll::Ready(_) => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Whether the first bytes read (`first_bytes`) may be the h2c preface: they are
+    /// HTTP/2 with prior knowledge, or too few to tell yet.
+    pub fn may_be_h2c(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Http1Header {
+                preface: Some(_),
+                ..
+            }
+        ) && {
+            let n = self.prefetched.len().min(H2_PREFACE.len());
+            self.prefetched[..n] == H2_PREFACE[..n]
         }
     }
 

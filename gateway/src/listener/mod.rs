@@ -18,8 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::listeners::tls::Acceptor;
+use pingora::prelude::fast_timeout::fast_timeout;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
@@ -109,11 +111,7 @@ impl ListenerApp {
     /// apply to the next connection).
     fn current(&self, peer: Option<IpAddr>) -> ConnectionPolicy {
         let runtime = self.runtime.snapshot();
-        let spec = runtime
-            .config
-            .listeners
-            .iter()
-            .find(|l| l.address == self.address);
+        let spec = runtime.config.listener(self.address);
         ConnectionPolicy {
             limits: spec.map_or_else(ListenerLimits::default, |l| l.limits),
             min_version: spec.and_then(|l| l.tls.as_ref().map(|t| t.min_version)),
@@ -122,6 +120,15 @@ impl ListenerApp {
                 l.trusted_proxies.is_empty() || peer.is_some_and(|ip| l.trusts(ip))
             }),
         }
+    }
+
+    /// This listener's limits in the config being served now.
+    fn limits_now(&self) -> ListenerLimits {
+        let runtime = self.runtime.snapshot();
+        runtime
+            .config
+            .listener(self.address)
+            .map_or_else(ListenerLimits::default, |l| l.limits)
     }
 
     /// On a `proxy_protocol` listener, reads the PROXY header (before TLS) and makes
@@ -174,6 +181,66 @@ impl ListenerApp {
     }
 }
 
+impl ListenerApp {
+    /// An HTTP/1 connection's requests, one at a time through Pingora's proxy (what
+    /// Pingora's own loop does), except that between two requests the connection waits
+    /// here, outside the request's future: an idle keep-alive connection holds its
+    /// socket and `ClientStream`, and nothing of the proxy's per-request state.
+    async fn serve_http1(
+        &self,
+        mut client: Box<ClientStream>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut reused: Option<HttpPersistentSettings> = None;
+        let mut shutting_down = shutdown.clone();
+        loop {
+            let mut session = ServerSession::new_http1(client);
+            match reused.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => {
+                    // As Pingora starts a connection; the proxy sets the listener's own
+                    // keep-alive once it has the request (proxy::Gateway::request_filter).
+                    session.set_keepalive((!*shutdown.borrow()).then_some(60));
+                    session.set_keepalive_reuses_remaining(
+                        self.requests
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            let (stream, settings) = self
+                .requests
+                .process_new_http(session, shutdown)
+                .await?
+                .consume();
+            // Pingora hands back the stream it was given.
+            client = stream.into_any().downcast::<ClientStream>().ok()?;
+            if !self.next_request(&mut client, &mut shutting_down).await {
+                return None;
+            }
+            reused = settings;
+        }
+    }
+
+    /// Waits, for at most the listener's `keepalive_timeout`, for the next request's
+    /// first bytes; false: close the connection (timed out, closed by the client, or
+    /// the process is shutting down).
+    /// Pingora's coarse timer, the one its own keep-alive wait used: armed once per
+    /// request, it has to be cheap.
+    async fn next_request(&self, client: &mut ClientStream, shutdown: &mut ShutdownWatch) -> bool {
+        if *shutdown.borrow_and_update() {
+            return false;
+        }
+        let keepalive = self.limits_now().keepalive_timeout;
+        tokio::select! {
+            // Bytes already here are served even when shutdown has just begun.
+            biased;
+            next = fast_timeout(keepalive, client.read_ahead()) => next.unwrap_or(false),
+            _ = shutdown.changed() => false,
+        }
+    }
+}
+
 /// What a new connection on a listener is held to.
 #[derive(Debug, Clone, Copy)]
 struct ConnectionPolicy {
@@ -211,6 +278,7 @@ impl ServerApp for ListenerApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        crate::allocator::tidy_this_thread();
         let policy = self.current(peer_ip(&stream));
         let (limits, min_version) = (policy.limits, policy.min_version);
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
@@ -259,8 +327,14 @@ impl ServerApp for ListenerApp {
         if protocol != Protocol::H2 && !stream.first_bytes().await {
             return None;
         }
-        let stream: Stream = Box::new(stream);
-        client_stream::scope(boundary, self.requests.process_new(stream, shutdown)).await
+        let serve = async {
+            if protocol == Protocol::H2 || stream.may_be_h2c() {
+                self.requests.process_new(Box::new(stream), shutdown).await
+            } else {
+                self.serve_http1(Box::new(stream), shutdown).await
+            }
+        };
+        client_stream::scope(boundary, serve).await
     }
 
     async fn cleanup(&self) {

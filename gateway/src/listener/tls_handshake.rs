@@ -24,7 +24,10 @@ pub enum Handshake {
 }
 
 pub async fn accept(acceptor: &Acceptor, tcp: Stream, timeout: Duration) -> Handshake {
-    match tokio::time::timeout(timeout, acceptor.tls_handshake(Plain(tcp))).await {
+    // Boxed: the handshake's state (~5 KB) is needed only until it ends, and inline it
+    // would sit in every connection's future for the connection's whole life.
+    let handshake = Box::pin(acceptor.tls_handshake(Plain(tcp)));
+    match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(tls)) => Handshake::Done(Box::new(tls)),
         Ok(Err(e)) => Handshake::Failed(e),
         Err(_) => Handshake::TimedOut,
