@@ -224,9 +224,8 @@ impl ListenerApp {
 
     /// Waits, for at most the listener's `keepalive_timeout`, for the next request's
     /// first bytes; false: close the connection (timed out, closed by the client, or
-    /// the process is shutting down).
-    /// Pingora's coarse timer, the one its own keep-alive wait used: armed once per
-    /// request, it has to be cheap.
+    /// the process is shutting down). The clock is Pingora's coarse timer, the one its
+    /// own keep-alive wait used: it is armed once per request, so it has to be cheap.
     async fn next_request(&self, client: &mut ClientStream, shutdown: &mut ShutdownWatch) -> bool {
         if *shutdown.borrow_and_update() {
             return false;
