@@ -8,7 +8,6 @@
 
 pub mod admin;
 pub mod alerts;
-pub mod allocator;
 pub mod breaker;
 pub mod cli;
 pub mod cluster;
@@ -38,3 +37,6 @@ pub mod throttled_log;
 pub mod tls;
 pub mod upgrade_socket;
 pub mod upstream;
+
+/// The allocator (mimalloc, declared there) and its per-thread tidying.
+pub use gateway_allocator as allocator;

@@ -314,7 +314,11 @@ fn listener_service(
     let mut service = Service::new(format!("gateway {label}"), app);
     // No L4 read buffer: Pingora's default is 64 KiB per connection, held for the
     // connection's whole life, idle keep-alive included; the HTTP/1 and h2 codecs read
-    // into buffers of their own anyway (docs/PERFORMANCE.md, idle connections).
-    service.add_listener(ListenerConfig::tcp(label).l4_buffer(L4BufferSettings::default().read(0)));
+    // into buffers of their own anyway (docs/PERFORMANCE.md, idle connections). A
+    // PROXY-protocol listener keeps a small one: that header is read a few bytes at a
+    // time, one system call each without it (larger reads bypass the buffer).
+    let read_buffer = if listener.proxy_protocol { 512 } else { 0 };
+    let l4_buffer = L4BufferSettings::default().read(read_buffer);
+    service.add_listener(ListenerConfig::tcp(label).l4_buffer(l4_buffer));
     Ok(service)
 }

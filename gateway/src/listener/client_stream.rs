@@ -249,6 +249,11 @@ impl ClientStream {
         .await
     }
 
+    /// Whether bytes read ahead still wait for the proxy.
+    pub fn has_read_ahead(&self) -> bool {
+        !self.prefetched.is_empty()
+    }
+
     /// Whether the first bytes read (`first_bytes`) may be the h2c preface: they are
     /// HTTP/2 with prior knowledge, or too few to tell yet.
     pub fn may_be_h2c(&self) -> bool {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
+use futures_util::FutureExt;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::listeners::tls::Acceptor;
 use pingora::prelude::fast_timeout::fast_timeout;
@@ -213,8 +214,13 @@ impl ListenerApp {
                 .process_new_http(session, shutdown)
                 .await?
                 .consume();
-            // Pingora hands back the stream it was given.
-            client = stream.into_any().downcast::<ClientStream>().ok()?;
+            // Pingora hands back the stream it was given; anything else would be a
+            // Pingora change this loop must not hide.
+            let Ok(stream) = stream.into_any().downcast::<ClientStream>() else {
+                tracing::error!(listener = %self.address, "keep-alive connection closed: Pingora handed back a stream of another type");
+                return None;
+            };
+            client = stream;
             if !self.next_request(&mut client, &mut shutting_down).await {
                 return None;
             }
@@ -227,8 +233,13 @@ impl ListenerApp {
     /// the process is shutting down). The clock is Pingora's coarse timer, the one its
     /// own keep-alive wait used: it is armed once per request, so it has to be cheap.
     async fn next_request(&self, client: &mut ClientStream, shutdown: &mut ShutdownWatch) -> bool {
+        if client.has_read_ahead() {
+            return true;
+        }
         if *shutdown.borrow_and_update() {
-            return false;
+            // A request already here is still served (with `connection: close`), as
+            // Pingora's own loop does; only a wait for one that has not come ends.
+            return client.read_ahead().now_or_never().unwrap_or(false);
         }
         let keepalive = self.limits_now().keepalive_timeout;
         tokio::select! {

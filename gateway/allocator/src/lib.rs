@@ -30,10 +30,13 @@ thread_local! {
 
 /// Starts, once per thread, a task on this thread's runtime that collects this thread's
 /// heap every `TIDY_EVERY`. Called on each new connection: a no-op but the first time.
-/// The runtime must run its tasks on the calling thread (Pingora's proxy threads do:
-/// one single-threaded runtime each).
+/// Only on a single-threaded runtime (Pingora's proxy threads without work stealing:
+/// one each), where the task is sure to run on the thread whose heap it collects.
 pub fn tidy_this_thread() {
-    if TIDYING.replace(true) {
+    // Only a runtime that runs its tasks on this thread collects this thread's heap.
+    let here = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+    if !here || TIDYING.replace(true) {
         return;
     }
     tokio::spawn(async {
