@@ -16,7 +16,6 @@ gateway-benches --bins`; `make bench` runs it). Environment: IDLE_LEVELS (defaul
 "1000,10000"), IDLE_PROXIES (default "nginx,haproxy,pingora,gateway"), IDLE_PROTOCOLS
 (default "h1,h2"), IDLE_AFTER (seconds after close to read RSS at, default "1,10,30"). Results: stdout and target/bench/idle.json.
 """
-import json
 import os
 import re
 import resource
@@ -254,11 +253,8 @@ def main():
                 print(f"{kind + ' ' + protocol:16}{row['idle_mb']:>9.1f}{held:>26}{per:>40}{after:>30}  "
                       f"{'yes' if back else 'no'}", flush=True)
     finally:
-        for p in R.PROCS:
-            R.stop(p)
-    with open(os.path.join(R.OUT, "idle.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"\nwritten: {R.OUT}/idle.json (process logs in {R.TMP})")
+        R.stop_all()
+    R.write_report("idle", report)
 
 
 if __name__ == "__main__":

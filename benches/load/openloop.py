@@ -91,11 +91,8 @@ def main():
             print(f"{share:>3} % {rate:>7}/s  {line}{ratio}" + (f"  ({failed} failed)" if failed else ""), flush=True)
             report["rates"].append({"share": share, "rate": rate, **{k: v for k, v in rows.items()}})
     finally:
-        for p in R.PROCS:
-            R.stop(p)
-    with open(os.path.join(R.OUT, "openloop.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"\nwritten: {R.OUT}/openloop.json (process logs in {R.TMP})")
+        R.stop_all()
+    R.write_report("openloop", report)
 
 
 if __name__ == "__main__":

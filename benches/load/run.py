@@ -159,6 +159,18 @@ def check_alive(proc, name):
         raise SystemExit(f"{name} died during the run (exit {proc.returncode}); its figures are void; logs in {TMP}")
 
 
+def stop_all():
+    for p in PROCS:
+        stop(p)
+
+
+def write_report(name, report):
+    """target/bench/NAME.json, and where it and the processes' logs are."""
+    with open(os.path.join(OUT, name + ".json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwritten: {OUT}/{name}.json (process logs in {TMP})")
+
+
 def launch(cmd, name, port):
     """Starts `cmd` as `name`, which must come to listen on `port`, and checks it does."""
     port_free(port, name)

@@ -33,12 +33,16 @@ thread_local! {
 /// Only on a single-threaded runtime (Pingora's proxy threads without work stealing:
 /// one each), where the task is sure to run on the thread whose heap it collects.
 pub fn tidy_this_thread() {
+    if TIDYING.get() {
+        return;
+    }
     // Only a runtime that runs its tasks on this thread collects this thread's heap.
     let here = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
-    if !here || TIDYING.replace(true) {
+    if !here {
         return;
     }
+    TIDYING.set(true);
     tokio::spawn(async {
         let mut tick = tokio::time::interval(TIDY_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -57,4 +61,34 @@ fn collect() {
     unsafe {
         libmimalloc_sys::mi_collect(false)
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_task_per_thread_and_only_on_a_single_threaded_runtime() -> std::io::Result<()> {
+        let shared = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()?;
+        shared.block_on(async { tidy_this_thread() });
+        assert!(
+            !TIDYING.get(),
+            "a work-stealing runtime may run it elsewhere"
+        );
+        assert_eq!(shared.metrics().num_alive_tasks(), 0);
+
+        let own = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        own.block_on(async {
+            tidy_this_thread();
+            tidy_this_thread();
+        });
+        assert!(TIDYING.get());
+        assert_eq!(own.metrics().num_alive_tasks(), 1);
+        Ok(())
+    }
 }
