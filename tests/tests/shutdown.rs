@@ -3,25 +3,35 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gateway_tests::{Gateway, Reply, Request, one_upstream, start_origin};
-use tokio::sync::mpsc;
+use gateway_tests::{Gateway, Origin, Reply, Request, one_upstream, start_origin};
+use tokio::sync::mpsc::{self, UnboundedReceiver};
 
-#[tokio::test]
-async fn sigterm_drains_a_slow_in_flight_request() {
-    let (received_tx, mut received) = mpsc::unbounded_channel();
+/// A gateway (20 s grace period) in front of an origin that answers `/slow` after
+/// `delay`, saying on the channel when such a request arrives, and anything else at once.
+async fn behind_a_slow_origin(delay: Duration) -> (Gateway, Origin, UnboundedReceiver<()>) {
+    let (received_tx, received) = mpsc::unbounded_channel();
     let received_tx = Mutex::new(received_tx);
-    let origin = start_origin(Arc::new(move |_: &Request| {
+    let origin = start_origin(Arc::new(move |req: &Request| {
+        if req.path() != "/slow" {
+            return Reply::text(200, "quick");
+        }
         if let Ok(tx) = received_tx.lock() {
             let _ = tx.send(());
         }
-        Reply::text(200, "finished").delayed(Duration::from_millis(1500))
+        Reply::text(200, "finished").delayed(delay)
     }))
     .await;
-    let mut gw = Gateway::start(&format!(
+    let gw = Gateway::start(&format!(
         "server: {{ shutdown_grace_period: 20s }}\n{}",
         one_upstream(&[origin.addr()], "")
     ))
     .await;
+    (gw, origin, received)
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_slow_in_flight_request() {
+    let (mut gw, _origin, mut received) = behind_a_slow_origin(Duration::from_millis(1500)).await;
 
     let mut conn = gw.conn().await;
     let in_flight = tokio::spawn(async move { conn.get("/slow").await });
@@ -57,23 +67,7 @@ async fn sigterm_drains_a_slow_in_flight_request() {
 /// shutdown begins, not when the process exits or keep-alive runs out.
 #[tokio::test]
 async fn sigterm_closes_idle_keep_alive_connections_while_requests_finish() {
-    let (received_tx, mut received) = mpsc::unbounded_channel();
-    let received_tx = Mutex::new(received_tx);
-    let origin = start_origin(Arc::new(move |req: &Request| {
-        if req.path() != "/slow" {
-            return Reply::text(200, "quick");
-        }
-        if let Ok(tx) = received_tx.lock() {
-            let _ = tx.send(());
-        }
-        Reply::text(200, "finished").delayed(Duration::from_secs(3))
-    }))
-    .await;
-    let mut gw = Gateway::start(&format!(
-        "server: {{ shutdown_grace_period: 20s }}\n{}",
-        one_upstream(&[origin.addr()], "")
-    ))
-    .await;
+    let (mut gw, _origin, mut received) = behind_a_slow_origin(Duration::from_secs(3)).await;
 
     let mut idle = gw.conn().await;
     let first = idle.get("/quick").await.expect("first request");
